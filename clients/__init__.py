@@ -1,0 +1,1 @@
+"""The Flower ClientApp: each site's local training and evaluation."""

@@ -1,0 +1,3 @@
+from fedretrain.simulate import main
+
+main()

@@ -1,0 +1,400 @@
+"""The configuration schema: one dataclass per Hydra config group, validated before any run.
+
+Hydra merges the YAML files under ``conf/`` into :class:`RunConfig`, so a misspelt key or a
+value of the wrong type fails at compose time. :func:`validate` then checks what types cannot
+(ranges, the arguments of every ``_target_``), builds each target once, and reports every
+problem at once, each naming the key, the bad value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_MODULE = "fedretrain.conf"  # conf/ at the repository root, installed under this name
+
+
+class ConfigError(ValueError):
+    """One or more configuration problems, each on its own line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+class LrSchedule(str, Enum):
+    """How the client learning rate changes over server rounds (local runs are too short)."""
+
+    constant = "constant"
+    exponential = "exponential"  # lr * gamma ** (round - 1)
+    cosine = "cosine"  # from lr down to lr_min at the last round
+
+
+class Device(str, Enum):
+    auto = "auto"  # CUDA when the client sees a GPU, else CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class TaskConfig:
+    """What is learned: a dataset factory and a model factory, both given by ``_target_``.
+
+    ``dataset`` returns a :class:`fedretrain.tasks.ArrayDataset`; ``model`` is a partial called
+    as ``model(input_shape=..., num_classes=...)``.
+    """
+
+    name: str = "custom"
+    dataset: Any = None
+    model: Any = None
+
+
+@dataclass
+class DataConfig:
+    """How the task's pool is split across sites and, at each site, into train and holdout."""
+
+    partitioner: Any = None
+    holdout_fraction: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    """Local training at each site."""
+
+    optimizer: Optimizer = Optimizer.sgd
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    local_epochs: int = 3
+    batch_size: int = 16
+    lr_schedule: LrSchedule = LrSchedule.constant
+    lr_gamma: float = 0.95
+    lr_min: float = 0.0
+    max_grad_norm: float | None = None  # clip each step's gradient norm; null disables
+    proximal_mu: float = 0.0  # FedProx's mu; used by strategy=fedprox
+
+    def __post_init__(self) -> None:
+        _problems(
+            (self.lr > 0, f"train.lr={self.lr}: must be positive, e.g. 0.05"),
+            (0 <= self.momentum < 1, f"train.momentum={self.momentum}: must lie in [0, 1)"),
+            (self.weight_decay >= 0, f"train.weight_decay={self.weight_decay}: must be >= 0"),
+            (self.local_epochs >= 1, f"train.local_epochs={self.local_epochs}: must be >= 1"),
+            (self.batch_size >= 1, f"train.batch_size={self.batch_size}: must be >= 1"),
+            (0 < self.lr_gamma <= 1, f"train.lr_gamma={self.lr_gamma}: must lie in (0, 1]"),
+            (
+                0 <= self.lr_min <= max(self.lr, 0),
+                f"train.lr_min={self.lr_min}: must lie in [0, train.lr]",
+            ),
+            (
+                self.max_grad_norm is None or self.max_grad_norm > 0,
+                f"train.max_grad_norm={self.max_grad_norm}: must be positive, or null to disable",
+            ),
+            (self.proximal_mu >= 0, f"train.proximal_mu={self.proximal_mu}: must be >= 0"),
+        )
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how the federation runs."""
+
+    num_clients: int = 10
+    num_rounds: int = 10
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    cpus_per_client: float = 1.0
+    gpus_per_client: float = 0.0
+    device: Device = Device.auto
+    torch_threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        gpus = self.gpus_per_client
+        _problems(
+            (self.num_clients >= 1, f"runtime.num_clients={self.num_clients}: must be at least 1"),
+            (self.num_rounds >= 1, f"runtime.num_rounds={self.num_rounds}: must be at least 1"),
+            (
+                0 < self.fraction_train <= 1,
+                f"runtime.fraction_train={self.fraction_train}: must lie in (0, 1]",
+            ),
+            (
+                0 <= self.fraction_evaluate <= 1,
+                f"runtime.fraction_evaluate={self.fraction_evaluate}: must lie in [0, 1]",
+            ),
+            (
+                self.cpus_per_client > 0,
+                f"runtime.cpus_per_client={self.cpus_per_client}: must be positive",
+            ),
+            (
+                gpus == 0 or 0 < gpus <= 1 or float(gpus).is_integer(),
+                f"runtime.gpus_per_client={gpus}: a fraction in [0, 1] or a whole number",
+            ),
+            (
+                self.torch_threads >= 1,
+                f"runtime.torch_threads={self.torch_threads}: must be at least 1",
+            ),
+        )
+
+
+@dataclass
+class RunConfig:
+    """The root of the composed config."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    strategy: Any = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+def register_schema() -> None:
+    """Make the schema known to Hydra as ``fedretrain_schema`` (``conf/config.yaml`` uses it)."""
+    ConfigStore.instance().store(name="fedretrain_schema", node=RunConfig)
+
+
+def _problems(*checks: tuple[bool, str]) -> None:
+    failed = [message for ok, message in checks if not ok]
+    if failed:
+        raise ConfigError(failed)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _locate(target: str) -> Callable[..., Any]:
+    module_name, _, attr = target.rpartition(".")
+    if not module_name:
+        raise ImportError(f"{target!r} is not a dotted path such as 'package.module.name'")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)  # type: ignore[no-any-return]
+    except AttributeError:
+        raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def check_target(node: Any, key: str, runtime_args: tuple[str, ...] = ()) -> list[str]:
+    """Check that ``node`` names an importable ``_target_`` that accepts its keys.
+
+    ``runtime_args`` are supplied by fedretrain when it builds the object and must not be set in
+    the config. Returns the problems found (empty when the node is fine).
+    """
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return [f"{key}: needs a '_target_' naming a class or function, got {node!r}"]
+    try:
+        target = _locate(str(node._target_))
+    except ImportError as err:
+        return [f"{key}._target_={node._target_}: cannot be imported ({err})"]
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return []  # builtins without signatures: let instantiate() judge
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    valid = [n for n in params if n not in runtime_args and n != "self"]
+    problems = []
+    for name in node:
+        if str(name).startswith("_"):
+            continue
+        if name in runtime_args:
+            problems.append(f"{key}.{name}: is set by fedretrain at run time; remove it")
+        elif name not in params:
+            close = difflib.get_close_matches(str(name), valid, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            problems.append(
+                f"{key}.{name}: not an argument of {node._target_}; {hint}valid keys: {valid}"
+            )
+    return problems
+
+
+# Arguments fedretrain passes when it builds these targets: they are not config keys.
+MODEL_RUNTIME_ARGS = ("input_shape", "num_classes")
+STRATEGY_RUNTIME_ARGS = (
+    "fraction_train",
+    "fraction_evaluate",
+    "min_train_nodes",
+    "min_evaluate_nodes",
+    "min_available_nodes",
+    "train_metrics_aggr_fn",
+    "evaluate_metrics_aggr_fn",
+)
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides, as ``fedretrain-simulate`` would."""
+    register_schema()
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def check_override_keys(overrides: Sequence[str]) -> list[str]:
+    """Find dotted override keys that name nothing in the config they would change.
+
+    Hydra rejects these too, but suggests ``+key=value``, which a schema refuses as well. This
+    check names the closest existing key instead. Group choices are applied first (the first
+    value of a sweep), so ``strategy=krum strategy.num_malicous_nodes=2`` is checked against
+    Krum's keys.
+    """
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    choices = []
+    for o in parsed:
+        if "." in o.key_or_group or o.is_hydra_override() or o.is_delete() or o.is_add():
+            continue
+        if o.is_sweep_override():
+            if not o.is_choice_sweep():
+                continue
+            first = next(o.sweep_string_iterator())
+            choices.append(f"{o.key_or_group}={first}")
+        else:
+            choices.append(f"{o.key_or_group}={o.get_value_element_as_str()}")
+    try:
+        cfg = compose(choices)
+    except Exception:
+        return []  # a bad group choice: Hydra's own message lists the options
+    problems = []
+    for o in parsed:
+        key = o.key_or_group
+        if "." not in key or o.is_hydra_override() or o.is_add() or o.is_force_add():
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key, default=None)
+        if isinstance(parent, DictConfig) and leaf not in parent:
+            valid = [str(k) for k in parent if not str(k).startswith("_")]
+            close = difflib.get_close_matches(leaf, valid, n=1)
+            hint = f"did you mean '{parent_key}.{close[0]}'? " if close else ""
+            problems.append(f"{key}: no such key; {hint}keys of '{parent_key}': {valid}")
+        elif parent is None and OmegaConf.select(cfg, key, default=None) is None:
+            top = [str(k) for k in cfg]
+            problems.append(f"{key}: no such key; top-level keys are {top}")
+    return problems
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The config with every interpolation resolved: what sites receive and runs record."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def from_yaml(text: str) -> RunConfig:
+    """Parse a config written by :func:`to_yaml`, re-checking it against the schema.
+
+    Targets are not built again: the launcher did that before the run started.
+    """
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(text))
+    assert isinstance(merged, DictConfig)
+    return to_typed(merged, build_targets=False)
+
+
+def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
+    """Validate a composed config and return it as typed objects; raise :class:`ConfigError`.
+
+    Every group is checked even when an earlier one fails, so the user sees all problems at
+    once. Targets are built once (dataset, partition, model, strategy) so that a bad argument
+    surfaces here and not in a worker process minutes later.
+    """
+    problems: list[str] = []
+    typed: dict[str, Any] = {}
+    for group in ("train", "runtime", "data", "task"):
+        try:
+            typed[group] = OmegaConf.to_object(cfg[group])
+        except ConfigError as err:
+            problems += err.problems
+        except Exception as err:  # OmegaConf's own type errors
+            problems.append(f"{group}: {err}")
+    problems += check_target(cfg.task.dataset, "task.dataset")
+    problems += check_target(cfg.task.model, "task.model", MODEL_RUNTIME_ARGS)
+    problems += check_target(cfg.data.partitioner, "data.partitioner", ("num_partitions",))
+    problems += check_target(cfg.strategy, "strategy", STRATEGY_RUNTIME_ARGS)
+    if not 0 <= cfg.data.holdout_fraction < 1:
+        problems.append(f"data.holdout_fraction={cfg.data.holdout_fraction}: must lie in [0, 1)")
+    runtime = typed.get("runtime")
+    if runtime is not None:
+        problems += _check_device(runtime)
+    if problems:
+        raise ConfigError(problems)
+    if build_targets:
+        problems += _build_targets(cfg, typed["runtime"])
+    if problems:
+        raise ConfigError(problems)
+    # Target nodes stay DictConfigs: instantiate() and error messages want them as written.
+    typed["task"].dataset, typed["task"].model = cfg.task.dataset, cfg.task.model
+    typed["data"].partitioner = cfg.data.partitioner
+    return RunConfig(
+        task=typed["task"],
+        data=typed["data"],
+        strategy=cfg.strategy,
+        train=typed["train"],
+        runtime=typed["runtime"],
+    )
+
+
+def strategy_kwargs(runtime: RuntimeConfig) -> dict[str, Any]:
+    """The sampling arguments every Flower strategy takes, derived from ``runtime``.
+
+    In simulation every site exists from the start, so the strategy waits for all of them and
+    samples by fraction alone (at least one site).
+    """
+    return {
+        "fraction_train": runtime.fraction_train,
+        "fraction_evaluate": runtime.fraction_evaluate,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1 if runtime.fraction_evaluate > 0 else 0,
+        "min_available_nodes": runtime.num_clients,
+    }
+
+
+def _check_device(runtime: RuntimeConfig) -> list[str]:
+    if torch.cuda.is_available():
+        return []
+    problems = []
+    if runtime.device is Device.cuda:
+        problems.append(
+            "runtime.device=cuda: torch sees no CUDA device here; use runtime.device=auto or cpu"
+        )
+    if runtime.gpus_per_client > 0:
+        problems.append(
+            f"runtime.gpus_per_client={runtime.gpus_per_client}: torch sees no CUDA device "
+            "here; set it to 0"
+        )
+    return problems
+
+
+def _build_targets(cfg: DictConfig, runtime: RuntimeConfig) -> list[str]:
+    from fedretrain.site import build_pool, partition_pool  # torch/sklearn heavy, so late
+
+    problems = []
+    try:
+        pool = build_pool(cfg.task.dataset)
+    except Exception as err:
+        return [f"task.dataset ({cfg.task.dataset._target_}): {err}"]
+    try:
+        partition_pool(cfg.data.partitioner, pool, runtime.num_clients, runtime.seed)
+    except Exception as err:
+        problems.append(f"data.partitioner with runtime.num_clients={runtime.num_clients}: {err}")
+    try:
+        instantiate(cfg.task.model)(input_shape=pool.input_shape, num_classes=pool.num_classes)
+    except Exception as err:
+        problems.append(f"task.model ({cfg.task.model._target_}): {err}")
+    try:
+        instantiate(cfg.strategy, _partial_=True)(**strategy_kwargs(runtime))
+    except Exception as err:
+        problems.append(f"strategy ({cfg.strategy._target_}): {err}")
+    return problems

@@ -1,0 +1,54 @@
+"""Our types as Flower records, and back."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+from fedretrain.metrics import sum_confusion
+from fedretrain.training import EvalResult, TrainResult
+
+CONFIG_KEY = "fedretrain-config"  # the composed run config, as YAML, in every instruction
+NUM_ROUNDS_KEY = "num-rounds"
+NUM_EXAMPLES_KEY = "num-examples"  # the weighting key of Flower's strategies
+
+
+def instruction_config(config_yaml: str, num_rounds: int) -> ConfigRecord:
+    """A fresh ConfigRecord for one round's instructions (Flower's strategies write into it)."""
+    return ConfigRecord({CONFIG_KEY: config_yaml, NUM_ROUNDS_KEY: num_rounds})
+
+
+def train_metrics(result: TrainResult) -> MetricRecord:
+    return MetricRecord({NUM_EXAMPLES_KEY: result.num_examples, "train-loss": result.mean_loss})
+
+
+def eval_metrics(result: EvalResult) -> MetricRecord:
+    return MetricRecord(
+        {
+            NUM_EXAMPLES_KEY: result.num_examples,
+            "loss-sum": result.loss_sum,
+            "num-classes": int(result.confusion.shape[0]),
+            "confusion": [int(v) for v in result.confusion.ravel()],
+        }
+    )
+
+
+def eval_result(record: MetricRecord) -> EvalResult:
+    k = int(record["num-classes"])  # type: ignore[arg-type]
+    confusion = np.asarray(record["confusion"], dtype=np.int64).reshape(k, k)
+    return EvalResult(int(record[NUM_EXAMPLES_KEY]), float(record["loss-sum"]), confusion)  # type: ignore[arg-type]
+
+
+def sum_eval_metrics(replies: list[RecordDict], weighting_key: str) -> MetricRecord:
+    """Flower ``evaluate_metrics_aggr_fn``: add the sites' statistics instead of averaging.
+
+    Confusion matrices, loss sums and counts add up exactly, so the global scores computed from
+    the result are those of one model evaluated on the union of the holdouts.
+    """
+    results = [eval_result(r) for reply in replies for r in reply.metric_records.values()]
+    total = EvalResult(
+        num_examples=sum(r.num_examples for r in results),
+        loss_sum=sum(r.loss_sum for r in results),
+        confusion=sum_confusion(r.confusion for r in results),
+    )
+    return eval_metrics(total)

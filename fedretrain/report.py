@@ -1,0 +1,145 @@
+"""What a run leaves in its folder and shows in the terminal.
+
+One row per server round goes to ``metrics.csv`` as soon as the round ends (so a killed run
+keeps what it did), a progress line goes to the terminal, and at the end ``metrics.png`` and
+``summary.json`` are written and a one-screen summary is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TextIO
+
+import pandas as pd
+
+from fedretrain.metrics import scores
+from fedretrain.training import EvalResult
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    round: int
+    train_loss: float
+    eval_loss: float
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    train_clients: int
+    eval_clients: int
+    eval_examples: int
+    seconds: float
+
+    @classmethod
+    def from_eval(
+        cls,
+        server_round: int,
+        evaluation: EvalResult | None,
+        train_loss: float,
+        train_clients: int,
+        eval_clients: int,
+        seconds: float,
+    ) -> RoundRow:
+        if evaluation is None or evaluation.num_examples == 0:
+            nan = math.nan
+            return cls(server_round, train_loss, nan, nan, nan, nan, nan, train_clients, 0, 0, seconds)
+        s = scores(evaluation.confusion)
+        return cls(
+            round=server_round,
+            train_loss=train_loss,
+            eval_loss=evaluation.loss_sum / evaluation.num_examples,
+            accuracy=s.accuracy,
+            precision=s.precision,
+            recall=s.recall,
+            f1=s.f1,
+            train_clients=train_clients,
+            eval_clients=eval_clients,
+            eval_examples=evaluation.num_examples,
+            seconds=seconds,
+        )
+
+
+class RunReport:
+    """Collects round rows for one run folder."""
+
+    def __init__(self, run_dir: Path, num_rounds: int, out: TextIO = sys.stdout) -> None:
+        self.run_dir = run_dir
+        self.num_rounds = num_rounds
+        self.out = out
+        self._rows: list[RoundRow] = []
+        self._start = time.perf_counter()
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def rows(self) -> list[RoundRow]:
+        return list(self._rows)
+
+    def add(self, row: RoundRow) -> None:
+        self._rows.append(row)
+        self.table().to_csv(self.run_dir / "metrics.csv", index=False)
+        label = "initial model" if row.round == 0 else f"round {row.round}/{self.num_rounds}"
+        train = "" if math.isnan(row.train_loss) else f"train loss {row.train_loss:.4f} | "
+        print(
+            f"[fedretrain] {label:>13} | {train}eval loss {row.eval_loss:.4f} | "
+            f"acc {row.accuracy:.4f} | macro F1 {row.f1:.4f} | "
+            f"{row.train_clients} trained, {row.eval_clients} evaluated | {row.seconds:.1f} s",
+            file=self.out,
+            flush=True,
+        )
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame([asdict(r) for r in self._rows])
+
+    def finish(self, extra: dict[str, object]) -> dict[str, object]:
+        """Write the plot and ``summary.json``, print the summary, and return it."""
+        table = self.table()
+        first, last = self._rows[0], self._rows[-1]
+        best = table.loc[table["accuracy"].idxmax()] if table["accuracy"].notna().any() else None
+        summary: dict[str, object] = {
+            "rounds": last.round,
+            "initial_accuracy": first.accuracy,
+            "final_accuracy": last.accuracy,
+            "final_precision": last.precision,
+            "final_recall": last.recall,
+            "final_f1": last.f1,
+            "final_eval_loss": last.eval_loss,
+            "best_accuracy": None if best is None else float(best["accuracy"]),
+            "best_round": None if best is None else int(best["round"]),
+            "wall_seconds": round(time.perf_counter() - self._start, 2),
+            **extra,
+        }
+        plot_metrics(table, self.run_dir / "metrics.png")
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        width = max(len(k) for k in summary)
+        lines = ["", "fedretrain summary", "-" * 40]
+        for key, value in summary.items():
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            lines.append(f"{key:<{width}}  {shown}")
+        lines.append("-" * 40)
+        print("\n".join(lines), file=self.out, flush=True)
+        return summary
+
+
+def plot_metrics(table: pd.DataFrame, path: Path) -> None:
+    """Accuracy, macro F1 and losses per round, side by side."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state to touch
+
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
+    left.plot(table["round"], table["accuracy"], marker="o", label="accuracy")
+    left.plot(table["round"], table["f1"], marker="s", label="macro F1")
+    left.set(xlabel="server round", ylabel="score", ylim=(0, 1.02), title="federated evaluation")
+    left.legend()
+    right.plot(table["round"], table["eval_loss"], marker="o", label="eval loss")
+    right.plot(table["round"], table["train_loss"], marker="s", label="train loss")
+    right.set(xlabel="server round", ylabel="cross-entropy", title="loss")
+    right.legend()
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

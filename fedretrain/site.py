@@ -1,0 +1,76 @@
+"""One site's share of a simulated federation: its data and its model skeleton.
+
+Every site of a run builds the same pool from the task's dataset factory and the same split
+from the run's seed, then keeps its own part. Nothing here talks to Flower: the ClientApp caches
+a :class:`Site` per worker process and hands it the arrays it receives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from fedretrain.config import Device, RunConfig
+from fedretrain.tasks.dataset import ArrayDataset
+
+
+def build_pool(dataset_cfg: DictConfig) -> ArrayDataset:
+    pool = instantiate(dataset_cfg)
+    if not isinstance(pool, ArrayDataset):
+        raise TypeError(
+            f"{dataset_cfg._target_} returned {type(pool).__name__}; a dataset factory must "
+            "return fedretrain.tasks.ArrayDataset (see fedretrain.tasks.as_dataset)"
+        )
+    return pool
+
+
+def partition_pool(
+    partitioner_cfg: DictConfig, pool: ArrayDataset, num_partitions: int, seed: int
+) -> list[np.ndarray]:
+    partitioner = instantiate(partitioner_cfg)
+    return partitioner.partition(pool.y, num_partitions, np.random.default_rng([seed, 0]))
+
+
+def select_device(device: Device) -> torch.device:
+    if device is Device.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device.value)
+
+
+@dataclass
+class Site:
+    """A site's train and holdout data and a model skeleton on its device."""
+
+    partition_id: int
+    train_data: ArrayDataset
+    holdout: ArrayDataset
+    model: nn.Module
+    device: torch.device
+
+    @classmethod
+    def build(cls, cfg: RunConfig, partition_id: int, num_partitions: int) -> Site:
+        """Build site ``partition_id`` of ``num_partitions`` as every process would."""
+        if not 0 <= partition_id < num_partitions:
+            raise ValueError(f"partition_id {partition_id} outside [0, {num_partitions})")
+        pool = build_pool(cfg.task.dataset)
+        parts = partition_pool(cfg.data.partitioner, pool, num_partitions, cfg.runtime.seed)
+        local = pool.subset(parts[partition_id])
+        rng = np.random.default_rng([cfg.runtime.seed, 1, partition_id])
+        train_data, holdout = local.split(cfg.data.holdout_fraction, rng)
+        device = select_device(cfg.runtime.device)
+        model = build_model(cfg, pool).to(device)
+        return cls(partition_id, train_data, holdout, model, device)
+
+
+def build_model(cfg: RunConfig, pool: ArrayDataset) -> nn.Module:
+    """The task's model for data shaped like ``pool``; seeded so every process agrees."""
+    torch.manual_seed(cfg.runtime.seed)
+    model: nn.Module = instantiate(cfg.task.model)(
+        input_shape=pool.input_shape, num_classes=pool.num_classes
+    )
+    return model

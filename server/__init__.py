@@ -1,0 +1,1 @@
+"""The Flower ServerApp: fedretrain's federation loop wired to a Flower Grid."""

@@ -1,0 +1,119 @@
+"""The federation loop: initial evaluation, then train and evaluate for each server round.
+
+We own the loop (``Strategy.start`` cannot be extended); the configured Flower strategy only
+samples sites and aggregates their replies.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TextIO
+
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedretrain.config import RunConfig, from_yaml
+from fedretrain.flower.records import eval_result, instruction_config
+from fedretrain.flower.strategies import build_strategy
+from fedretrain.model_io import save_state_dict
+from fedretrain.report import RoundRow, RunReport
+from fedretrain.site import build_model, build_pool
+from fedretrain.training import EvalResult
+
+log = logging.getLogger(__name__)
+
+REPLY_TIMEOUT_S = 3600.0
+
+
+class FederationError(RuntimeError):
+    """No site could do what a round asked of it."""
+
+
+def run_federation(
+    grid: Grid, config_yaml: str, run_dir: Path, out: TextIO = sys.stdout
+) -> dict[str, object]:
+    """Run ``runtime.num_rounds`` rounds on ``grid``; write the run folder; return the summary."""
+    cfg = from_yaml(config_yaml)
+    random.seed(cfg.runtime.seed)  # Flower samples nodes with the global `random` module
+    strategy = build_strategy(cfg)
+    pool = build_pool(cfg.task.dataset)
+    model = build_model(cfg, pool)
+    arrays = ArrayRecord(model.state_dict())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_yaml)
+    report = RunReport(run_dir, cfg.runtime.num_rounds, out)
+
+    start = time.perf_counter()
+    evaluation, n_eval = _evaluate(strategy, grid, arrays, 0, config_yaml, cfg)
+    report.add(RoundRow.from_eval(0, evaluation, math.nan, 0, n_eval, time.perf_counter() - start))
+    for server_round in range(1, cfg.runtime.num_rounds + 1):
+        start = time.perf_counter()
+        messages = strategy.configure_train(
+            server_round, arrays, instruction_config(config_yaml, cfg.runtime.num_rounds), grid
+        )
+        replies = _checked(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S), "train")
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        train_loss = float(train_metrics["train-loss"]) if train_metrics else math.nan  # type: ignore[arg-type]
+        evaluation, n_eval = _evaluate(strategy, grid, arrays, server_round, config_yaml, cfg)
+        report.add(
+            RoundRow.from_eval(
+                server_round,
+                evaluation,
+                train_loss,
+                sum(not r.has_error() for r in replies),
+                n_eval,
+                time.perf_counter() - start,
+            )
+        )
+
+    model.load_state_dict(arrays.to_torch_state_dict())
+    save_state_dict(
+        model.state_dict(), run_dir / "model.safetensors", metadata={"task": cfg.task.name}
+    )
+    return report.finish(
+        {
+            "task": cfg.task.name,
+            "strategy": str(cfg.strategy._target_),
+            "clients": cfg.runtime.num_clients,
+            "run_dir": str(run_dir),
+        }
+    )
+
+
+def _evaluate(
+    strategy: Strategy,
+    grid: Grid,
+    arrays: ArrayRecord,
+    server_round: int,
+    config_yaml: str,
+    cfg: RunConfig,
+) -> tuple[EvalResult | None, int]:
+    """Federated evaluation; returns the summed statistics and how many sites replied."""
+    messages = strategy.configure_evaluate(
+        server_round, arrays, instruction_config(config_yaml, cfg.runtime.num_rounds), grid
+    )
+    replies = _checked(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S), "evaluate")
+    metrics = strategy.aggregate_evaluate(server_round, replies)
+    valid = sum(not r.has_error() for r in replies)
+    return (eval_result(metrics) if metrics is not None else None), valid
+
+
+def _checked(replies: Iterable[Message], what: str) -> list[Message]:
+    """Log failed replies; stop the run when every site failed, with their reasons."""
+    replies = list(replies)
+    errors = [r for r in replies if r.has_error()]
+    for reply in errors:
+        log.warning("%s failed at node %s: %s", what, reply.metadata.src_node_id, reply.error.reason)
+    if replies and len(errors) == len(replies):
+        reasons = sorted({r.error.reason.strip().splitlines()[-1] for r in errors})
+        raise FederationError(f"every site failed to {what}: " + "; ".join(reasons))
+    return replies
