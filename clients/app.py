@@ -7,6 +7,7 @@ are cached per worker process, keyed by the run config and the partition.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 import torch
@@ -14,12 +15,7 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedretrain.config import RunConfig, from_yaml
-from fedretrain.flower.records import (
-    CONFIG_KEY,
-    NUM_ROUNDS_KEY,
-    eval_metrics,
-    train_metrics,
-)
+from fedretrain.flower.records import Instruction, eval_metrics, train_metrics
 from fedretrain.site import Site
 from fedretrain.training import evaluate, lr_at, train
 
@@ -33,25 +29,22 @@ def _site(config_yaml: str, partition_id: int, num_partitions: int) -> tuple[Run
     return cfg, Site.build(cfg, partition_id, num_partitions)
 
 
-def _load(msg: Message, context: Context) -> tuple[RunConfig, Site]:
-    config = msg.content["config"]
+def _load(msg: Message, context: Context) -> tuple[RunConfig, Site, Instruction]:
+    instruction = Instruction.from_record(msg.content.config_records["config"])
     cfg, site = _site(
-        str(config[CONFIG_KEY]),
-        int(context.node_config["partition-id"]),
-        int(context.node_config["num-partitions"]),
+        instruction.config_yaml,
+        int(cast(int, context.node_config["partition-id"])),
+        int(cast(int, context.node_config["num-partitions"])),
     )
-    state = msg.content["arrays"].to_torch_state_dict()
-    site.model.load_state_dict(state)
-    return cfg, site
+    site.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    return cfg, site, instruction
 
 
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
-    cfg, site = _load(msg, context)
-    config = msg.content["config"]
-    server_round = int(config["server-round"])
-    lr = lr_at(cfg.train, server_round, int(config[NUM_ROUNDS_KEY]))
-    seed = np.random.SeedSequence([cfg.runtime.seed, site.partition_id, server_round])
+    cfg, site, instruction = _load(msg, context)
+    lr = lr_at(cfg.train, instruction.server_round, instruction.num_rounds)
+    seed = np.random.SeedSequence([cfg.runtime.seed, site.partition_id, instruction.server_round])
     generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
     result = train(
         site.model,
@@ -60,7 +53,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         lr,
         site.device,
         generator,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        proximal_mu=instruction.proximal_mu,
     )
     content = RecordDict(
         {"arrays": ArrayRecord(site.model.state_dict()), "metrics": train_metrics(result)}
@@ -70,6 +63,6 @@ def train_handler(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
-    _, site = _load(msg, context)
+    _, site, _ = _load(msg, context)
     result = evaluate(site.model, site.holdout, site.device)
     return Message(content=RecordDict({"metrics": eval_metrics(result)}), reply_to=msg)

@@ -32,9 +32,7 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__(
-            "invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)
-        )
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 class Optimizer(str, Enum):
@@ -212,13 +210,13 @@ def check_target(node: Any, key: str, runtime_args: tuple[str, ...] = ()) -> lis
         return []
     valid = [n for n in params if n not in runtime_args and n != "self"]
     problems = []
-    for name in node:
-        if str(name).startswith("_"):
+    for name in map(str, node):
+        if name.startswith("_"):
             continue
         if name in runtime_args:
             problems.append(f"{key}.{name}: is set by fedretrain at run time; remove it")
         elif name not in params:
-            close = difflib.get_close_matches(str(name), valid, n=1)
+            close = difflib.get_close_matches(name, valid, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             problems.append(
                 f"{key}.{name}: not an argument of {node._target_}; {hint}valid keys: {valid}"

@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_state_dict(
+    state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     """Write ``state`` to ``path`` so that a crash leaves either the old file or the new one.
 
     The bytes go to a temporary file in the same folder, are fsynced, renamed over ``path``,

@@ -64,9 +64,13 @@ class DirichletPartitioner:
 
     def __post_init__(self) -> None:
         if not self.alpha > 0:
-            raise ValueError(f"alpha must be positive (0.1 = strong skew, 100 = near IID), got {self.alpha}")
+            raise ValueError(
+                f"alpha must be positive (0.1 = strong skew, 100 = near IID), got {self.alpha}"
+            )
         if self.min_partition_size < 1:
-            raise ValueError(f"min_partition_size must be at least 1, got {self.min_partition_size}")
+            raise ValueError(
+                f"min_partition_size must be at least 1, got {self.min_partition_size}"
+            )
 
     def partition(
         self, labels: np.ndarray, num_partitions: int, rng: np.random.Generator
@@ -86,6 +90,7 @@ class DirichletPartitioner:
                 return result
         raise ValueError(
             f"no Dirichlet(alpha={self.alpha}) draw in {self.max_attempts} gave every one of "
-            f"{num_partitions} sites {self.min_partition_size} samples; raise data.partitioner.alpha, "
+            f"{num_partitions} sites {self.min_partition_size} samples; "
+            "raise data.partitioner.alpha, "
             "lower data.partitioner.min_partition_size or runtime.num_clients"
         )

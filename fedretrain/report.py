@@ -47,7 +47,9 @@ class RoundRow:
     ) -> RoundRow:
         if evaluation is None or evaluation.num_examples == 0:
             nan = math.nan
-            return cls(server_round, train_loss, nan, nan, nan, nan, nan, train_clients, 0, 0, seconds)
+            return cls(
+                server_round, train_loss, nan, nan, nan, nan, nan, train_clients, 0, 0, seconds
+            )
         s = scores(evaluation.confusion)
         return cls(
             round=server_round,

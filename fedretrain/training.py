@@ -30,7 +30,9 @@ def lr_at(cfg: TrainConfig, server_round: int, num_rounds: int) -> float:
     return cfg.lr
 
 
-def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    cfg: TrainConfig, params: list[nn.Parameter], lr: float
+) -> torch.optim.Optimizer:
     if cfg.optimizer is Optimizer.sgd:
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer is Optimizer.adam:
@@ -73,7 +75,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[batch]), y[batch])
             if anchor:
-                drift = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+                params = zip(model.parameters(), anchor, strict=True)
+                drift = sum(((p - a) ** 2).sum() for p, a in params)
                 loss = loss + 0.5 * proximal_mu * drift
             loss.backward()
             if cfg.max_grad_norm is not None:

@@ -112,8 +112,16 @@ def _checked(replies: Iterable[Message], what: str) -> list[Message]:
     replies = list(replies)
     errors = [r for r in replies if r.has_error()]
     for reply in errors:
-        log.warning("%s failed at node %s: %s", what, reply.metadata.src_node_id, reply.error.reason)
+        log.warning(
+            "%s failed at node %s: %s", what, reply.metadata.src_node_id, reply.error.reason
+        )
     if replies and len(errors) == len(replies):
-        reasons = sorted({r.error.reason.strip().splitlines()[-1] for r in errors})
+        # A site's reason is often a whole traceback: its last line names the exception.
+        reasons = sorted({_last_line(r.error.reason) for r in errors})
         raise FederationError(f"every site failed to {what}: " + "; ".join(reasons))
     return replies
+
+
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else "no reason given"

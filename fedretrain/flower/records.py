@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import cast
+
 import numpy as np
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
@@ -16,6 +19,25 @@ NUM_EXAMPLES_KEY = "num-examples"  # the weighting key of Flower's strategies
 def instruction_config(config_yaml: str, num_rounds: int) -> ConfigRecord:
     """A fresh ConfigRecord for one round's instructions (Flower's strategies write into it)."""
     return ConfigRecord({CONFIG_KEY: config_yaml, NUM_ROUNDS_KEY: num_rounds})
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """What a site reads from an instruction's ConfigRecord."""
+
+    config_yaml: str
+    server_round: int
+    num_rounds: int
+    proximal_mu: float  # set by Flower's FedProx, 0 otherwise
+
+    @classmethod
+    def from_record(cls, config: ConfigRecord) -> Instruction:
+        return cls(
+            config_yaml=str(config[CONFIG_KEY]),
+            server_round=int(cast(int, config["server-round"])),
+            num_rounds=int(cast(int, config[NUM_ROUNDS_KEY])),
+            proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))),
+        )
 
 
 def train_metrics(result: TrainResult) -> MetricRecord:
@@ -34,9 +56,11 @@ def eval_metrics(result: EvalResult) -> MetricRecord:
 
 
 def eval_result(record: MetricRecord) -> EvalResult:
-    k = int(record["num-classes"])  # type: ignore[arg-type]
+    k = int(cast(int, record["num-classes"]))
     confusion = np.asarray(record["confusion"], dtype=np.int64).reshape(k, k)
-    return EvalResult(int(record[NUM_EXAMPLES_KEY]), float(record["loss-sum"]), confusion)  # type: ignore[arg-type]
+    return EvalResult(
+        int(cast(int, record[NUM_EXAMPLES_KEY])), float(cast(float, record["loss-sum"])), confusion
+    )
 
 
 def sum_eval_metrics(replies: list[RecordDict], weighting_key: str) -> MetricRecord:

@@ -50,7 +50,9 @@ class ArrayDataset:
     def subset(self, indices: np.ndarray) -> ArrayDataset:
         return ArrayDataset(self.x[indices], self.y[indices], self.num_classes)
 
-    def split(self, holdout_fraction: float, rng: np.random.Generator) -> tuple[ArrayDataset, ArrayDataset]:
+    def split(
+        self, holdout_fraction: float, rng: np.random.Generator
+    ) -> tuple[ArrayDataset, ArrayDataset]:
         """Split into (train, holdout) at random; the holdout keeps at least one sample."""
         order = rng.permutation(len(self))
         n_holdout = max(1, round(holdout_fraction * len(self))) if holdout_fraction > 0 else 0

@@ -39,7 +39,9 @@ def _check_size(n_samples: int) -> None:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
 
 
-def sea(n_samples: int = 5000, theta: float = 8.0, noise: float = 0.0, seed: int = 0) -> ArrayDataset:
+def sea(
+    n_samples: int = 5000, theta: float = 8.0, noise: float = 0.0, seed: int = 0
+) -> ArrayDataset:
     """SEA concepts: three features on ``[0, 10]``, the label thresholds the first two."""
     _check_size(n_samples)
     rng = np.random.default_rng(seed)
@@ -47,7 +49,9 @@ def sea(n_samples: int = 5000, theta: float = 8.0, noise: float = 0.0, seed: int
     return _finish(x, x[:, 0] + x[:, 1] > theta, noise, rng)
 
 
-def sine(n_samples: int = 5000, flip: bool = False, noise: float = 0.0, seed: int = 0) -> ArrayDataset:
+def sine(
+    n_samples: int = 5000, flip: bool = False, noise: float = 0.0, seed: int = 0
+) -> ArrayDataset:
     """SINE: the label says whether the point lies under ``sin(x0)``; ``flip`` inverts it."""
     _check_size(n_samples)
     rng = np.random.default_rng(seed)

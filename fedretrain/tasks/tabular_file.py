@@ -39,9 +39,11 @@ def load_table(
             f"{file}: no label column {label_column!r}; columns are {list(frame.columns)}. "
             "Set task.dataset.label_column."
         )
-    columns = list(feature_columns) if feature_columns else [
-        c for c in frame.columns if c != label_column
-    ]
+    columns = (
+        list(feature_columns)
+        if feature_columns
+        else [c for c in frame.columns if c != label_column]
+    )
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{file}: feature columns {missing} not found in {list(frame.columns)}")
