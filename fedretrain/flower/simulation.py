@@ -6,10 +6,13 @@ import logging
 import os
 import warnings
 
+import torch
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
-from fedretrain.config import RuntimeConfig
+from fedretrain.config import Device, RuntimeConfig
+
+log = logging.getLogger(__name__)
 
 
 def backend_config(runtime: RuntimeConfig) -> dict[str, dict[str, float | int | str | bool]]:
@@ -27,6 +30,16 @@ def simulate(server_app: ServerApp, client_app: ClientApp, runtime: RuntimeConfi
     """Run one federation of ``runtime.num_clients`` simulated sites to completion."""
     from flwr.simulation import run_simulation
 
+    if (
+        runtime.gpus_per_client == 0
+        and runtime.device is not Device.cpu
+        and torch.cuda.is_available()
+    ):
+        log.warning(
+            "a GPU is present but runtime.gpus_per_client=0, so Ray hides it from the sites and "
+            "they train on CPU; set runtime.gpus_per_client (e.g. 0.25 for four sites per GPU)"
+        )
+
     # Ray would otherwise warn on every start that it may override accelerator env vars.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     with warnings.catch_warnings():
@@ -37,4 +50,3 @@ def simulate(server_app: ServerApp, client_app: ClientApp, runtime: RuntimeConfi
             num_supernodes=runtime.num_clients,
             backend_config=backend_config(runtime),  # type: ignore[arg-type]
         )
-    logging.getLogger("flwr").debug("simulation finished")

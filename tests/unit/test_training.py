@@ -64,7 +64,7 @@ def test_proximal_term_with_zero_mu_equals_plain_training_and_positive_mu_stays_
 
     def drift(m: torch.nn.Module) -> float:
         pairs = zip(m.parameters(), start.parameters(), strict=True)
-        return sum(float(((p - q) ** 2).sum()) for p, q in pairs)
+        return sum(float(((p - q) ** 2).sum().detach()) for p, q in pairs)
 
     assert drift(runs[10.0][0]) < 0.5 * drift(plain)
 
