@@ -36,7 +36,8 @@ def _run(cfg: DictConfig) -> float:
     # Flower logs every sampling step at INFO and its own deprecation of run_simulation at
     # WARNING; our progress line reports rounds, and failed sites are logged by server.loop.
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    for chatty in ("matplotlib", "alembic"):  # font cache, Flower's in-memory state migrations
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     server_app = build_server_app(to_yaml(cfg), run_dir)
     simulate(server_app, client_app, run.runtime)
