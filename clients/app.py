@@ -1,7 +1,7 @@
 """The ClientApp: each site trains and evaluates the global model on its own data.
 
-Flower builds a fresh ClientApp call for every message, so the site's data and model skeleton
-are cached per worker process, keyed by the run config and the partition.
+Flower builds a fresh ClientApp call for every message, so the run's pool, split and model
+skeleton are cached per worker process, keyed by the run config, and so is each site's data.
 """
 
 from __future__ import annotations
@@ -16,17 +16,23 @@ from flwr.clientapp import ClientApp
 
 from fedretrain.config import RunConfig, from_yaml
 from fedretrain.flower.records import Instruction, eval_metrics, train_metrics
-from fedretrain.site import Site
+from fedretrain.site import SimulatedFederation, Site
 from fedretrain.training import evaluate, lr_at, train
 
 app = ClientApp()
 
 
-@lru_cache(maxsize=4)
-def _site(config_yaml: str, partition_id: int, num_partitions: int) -> tuple[RunConfig, Site]:
+@lru_cache(maxsize=2)
+def _federation(config_yaml: str, num_partitions: int) -> SimulatedFederation:
     cfg = from_yaml(config_yaml)
     torch.set_num_threads(cfg.runtime.torch_threads)
-    return cfg, Site.build(cfg, partition_id, num_partitions)
+    return SimulatedFederation(cfg, num_partitions)
+
+
+@lru_cache(maxsize=1024)  # a worker serves any of the run's sites, so keep them all
+def _site(config_yaml: str, partition_id: int, num_partitions: int) -> tuple[RunConfig, Site]:
+    federation = _federation(config_yaml, num_partitions)
+    return federation.cfg, federation.site(partition_id)
 
 
 def _load(msg: Message, context: Context) -> tuple[RunConfig, Site, Instruction]:

@@ -55,16 +55,35 @@ class Site:
     @classmethod
     def build(cls, cfg: RunConfig, partition_id: int, num_partitions: int) -> Site:
         """Build site ``partition_id`` of ``num_partitions`` as every process would."""
-        if not 0 <= partition_id < num_partitions:
-            raise ValueError(f"partition_id {partition_id} outside [0, {num_partitions})")
-        pool = build_pool(cfg.task.dataset)
-        parts = partition_pool(cfg.data.partitioner, pool, num_partitions, cfg.runtime.seed)
-        local = pool.subset(parts[partition_id])
-        rng = np.random.default_rng([cfg.runtime.seed, 1, partition_id])
-        train_data, holdout = local.split(cfg.data.holdout_fraction, rng)
-        device = select_device(cfg.runtime.device)
-        model = build_model(cfg, pool).to(device)
-        return cls(partition_id, train_data, holdout, model, device)
+        return SimulatedFederation(cfg, num_partitions).site(partition_id)
+
+
+class SimulatedFederation:
+    """What all simulated sites of a run share: the pool, its split and one model skeleton.
+
+    A worker process serves many sites in turn (Ray hands any partition to any worker), so it
+    keeps one of these per run and slices sites from it, rather than rebuilding the pool for
+    each site. The sites it hands out share the model skeleton: a worker handles one message
+    at a time, and every message loads its own weights into it.
+    """
+
+    def __init__(self, cfg: RunConfig, num_partitions: int) -> None:
+        self.cfg = cfg
+        self.num_partitions = num_partitions
+        self._pool = build_pool(cfg.task.dataset)
+        self._parts = partition_pool(
+            cfg.data.partitioner, self._pool, num_partitions, cfg.runtime.seed
+        )
+        self._device = select_device(cfg.runtime.device)
+        self._model = build_model(cfg, self._pool).to(self._device)
+
+    def site(self, partition_id: int) -> Site:
+        if not 0 <= partition_id < self.num_partitions:
+            raise ValueError(f"partition_id {partition_id} outside [0, {self.num_partitions})")
+        local = self._pool.subset(self._parts[partition_id])
+        rng = np.random.default_rng([self.cfg.runtime.seed, 1, partition_id])
+        train_data, holdout = local.split(self.cfg.data.holdout_fraction, rng)
+        return Site(partition_id, train_data, holdout, self._model, self._device)
 
 
 def build_model(cfg: RunConfig, pool: ArrayDataset) -> nn.Module:

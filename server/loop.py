@@ -58,7 +58,9 @@ def run_federation(
         messages = strategy.configure_train(
             server_round, arrays, instruction_config(config_yaml, cfg.runtime.num_rounds), grid
         )
-        replies = _checked(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S), "train")
+        replies = _canonical_order(
+            _checked(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S), "train")
+        )
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
@@ -125,3 +127,18 @@ def _checked(replies: Iterable[Message], what: str) -> list[Message]:
 def _last_line(text: str | None) -> str:
     lines = (text or "").strip().splitlines()
     return lines[-1] if lines else "no reason given"
+
+
+def _canonical_order(replies: list[Message]) -> list[Message]:
+    """Replies sorted by the hash of their arrays rather than by arrival.
+
+    Aggregation adds floats in reply order, and arrival order varies with scheduling; sorting by
+    content makes a run repeat itself bit for bit under the same seed.
+    """
+
+    def key(reply: Message) -> tuple[bool, str]:
+        if reply.has_error() or "arrays" not in reply.content.array_records:
+            return (True, "")
+        return (False, reply.content.array_records["arrays"].object_id)
+
+    return sorted(replies, key=key)

@@ -19,9 +19,7 @@ from fedretrain.training import evaluate
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run")
+def _simulate(out: Path) -> Path:
     result = subprocess.run(
         [
             sys.executable, "-m", "fedretrain",
@@ -32,6 +30,11 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "round 2/2" in result.stdout and "fedretrain summary" in result.stdout
     return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _simulate(tmp_path_factory.mktemp("run"))
 
 
 def test_accuracy_rose_above_the_untrained_model(run_dir: Path) -> None:
@@ -69,3 +72,15 @@ def test_run_folder_holds_config_plot_and_hydra_record(run_dir: Path) -> None:
     assert (run_dir / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert from_yaml((run_dir / "config.yaml").read_text()).runtime.num_rounds == 2
+
+
+def test_same_seed_repeats_the_run_bit_for_bit(run_dir: Path, tmp_path: Path) -> None:
+    """Sites reply in whatever order they finish; aggregation must not depend on it."""
+    again = _simulate(tmp_path / "again")
+    same = (again / "model.safetensors").read_bytes() == (
+        run_dir / "model.safetensors"
+    ).read_bytes()
+    assert same, "a second run with the same seed saved a different model"
+    columns = ["train_loss", "eval_loss", "accuracy", "f1"]
+    first = pd.read_csv(run_dir / "metrics.csv")[columns]
+    pd.testing.assert_frame_equal(pd.read_csv(again / "metrics.csv")[columns], first)
