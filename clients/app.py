@@ -11,12 +11,14 @@ from typing import cast
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedretrain.attacks import AttackKind, attackers, drops_out, poison
 from fedretrain.config import RunConfig, from_yaml
 from fedretrain.flower.records import Instruction, eval_metrics, train_metrics
 from fedretrain.site import SimulatedFederation, Site
+from fedretrain.tasks.dataset import ArrayDataset
 from fedretrain.training import evaluate, lr_at, train
 
 app = ClientApp()
@@ -46,25 +48,47 @@ def _load(msg: Message, context: Context) -> tuple[RunConfig, Site, Instruction]
     return cfg, site, instruction
 
 
+class SiteDropout(RuntimeError):
+    """The attack harness made this site skip the round."""
+
+
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
     cfg, site, instruction = _load(msg, context)
+    attack, attacking = cfg.attack, _is_attacker(cfg, site.partition_id, context)
+    if drops_out(cfg.runtime.seed, site.partition_id, instruction.server_round, attack.dropout):
+        raise SiteDropout(f"site {site.partition_id} dropped out (attack.dropout={attack.dropout})")
     lr = lr_at(cfg.train, instruction.server_round, instruction.num_rounds)
     seed = np.random.SeedSequence([cfg.runtime.seed, site.partition_id, instruction.server_round])
     generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
-    result = train(
-        site.model,
-        site.train_data,
-        cfg.train,
-        lr,
-        site.device,
-        generator,
-        proximal_mu=instruction.proximal_mu,
-    )
-    content = RecordDict(
-        {"arrays": ArrayRecord(site.model.state_dict()), "metrics": train_metrics(result)}
-    )
-    return Message(content=content, reply_to=msg)
+    data = site.train_data
+    if attacking and attack.kind is AttackKind.label_flip:
+        data = ArrayDataset(data.x, data.num_classes - 1 - data.y, data.num_classes)
+    result = train(site.model, data, cfg.train, lr, site.device, generator, instruction.proximal_mu)
+    arrays = ArrayRecord(site.model.state_dict())
+    metrics = train_metrics(result)
+    if attacking:
+        reference = {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}
+        honest = {k: v.numpy() for k, v in arrays.items()}
+        sent = poison(
+            reference,
+            honest,
+            attack.kind,
+            np.random.default_rng(seed),
+            attack.scale,
+            attack.noise_std,
+        )
+        arrays = ArrayRecord({k: Array(v) for k, v in sent.items()})
+        if attack.kind is AttackKind.num_examples_lie:
+            metrics["num-examples"] = attack.claimed_examples
+    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+def _is_attacker(cfg: RunConfig, partition_id: int, context: Context) -> bool:
+    if cfg.attack.kind is AttackKind.none:
+        return False
+    num_partitions = int(cast(int, context.node_config["num-partitions"]))
+    return partition_id in attackers(num_partitions, cfg.attack.fraction, cfg.runtime.seed)
 
 
 @app.evaluate()

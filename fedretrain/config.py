@@ -24,6 +24,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fedretrain.attacks import AttackKind
+from fedretrain.validation import NormPolicy, UpdateRules
+
 CONFIG_MODULE = "fedretrain.conf"  # conf/ at the repository root, installed under this name
 
 
@@ -155,6 +158,73 @@ class RuntimeConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Checks on every reply before aggregation, quorum and deadlines (fedretrain.validation)."""
+
+    enabled: bool = True  # false: Flower's strategy sees replies unchecked (for comparisons)
+    max_num_examples: int = 1_000_000
+    max_update_norm: float | None = None
+    max_norm_ratio: float | None = 5.0  # x the median update norm of the round
+    norm_policy: NormPolicy = NormPolicy.reject
+    quorum_fraction: float = 0.5  # of the sampled sites must reply validly, else skip the round
+    quorum_min_replies: int = 1
+    reply_timeout_s: float = 600.0  # a round's deadline for replies
+    node_wait_timeout_s: float = 120.0  # how long to wait for sites to connect
+
+    def __post_init__(self) -> None:
+        v = "validation."
+        _problems(
+            (self.max_num_examples >= 1, f"{v}max_num_examples={self.max_num_examples}: >= 1"),
+            (
+                self.max_update_norm is None or self.max_update_norm > 0,
+                f"{v}max_update_norm={self.max_update_norm}: must be positive, or null",
+            ),
+            (
+                self.max_norm_ratio is None or self.max_norm_ratio >= 1,
+                f"{v}max_norm_ratio={self.max_norm_ratio}: must be >= 1, or null",
+            ),
+            (
+                0 <= self.quorum_fraction <= 1,
+                f"{v}quorum_fraction={self.quorum_fraction}: must lie in [0, 1]",
+            ),
+            (
+                self.quorum_min_replies >= 1,
+                f"{v}quorum_min_replies={self.quorum_min_replies}: must be >= 1",
+            ),
+            (self.reply_timeout_s > 0, f"{v}reply_timeout_s={self.reply_timeout_s}: must be > 0"),
+            (
+                self.node_wait_timeout_s > 0,
+                f"{v}node_wait_timeout_s={self.node_wait_timeout_s}: must be > 0",
+            ),
+        )
+
+    @property
+    def rules(self) -> UpdateRules:
+        return UpdateRules(
+            self.max_num_examples, self.max_update_norm, self.max_norm_ratio, self.norm_policy
+        )
+
+
+@dataclass
+class AttackConfig:
+    """Simulation only: a share of sites misbehave (fedretrain.attacks)."""
+
+    kind: AttackKind = AttackKind.none
+    fraction: float = 0.0  # share of sites that attack
+    scale: float = 100.0  # for scale and sign_flip
+    noise_std: float = 1.0  # for gaussian
+    claimed_examples: int = 1_000_000_000  # for num_examples_lie
+    dropout: float = 0.0  # every site skips each round with this probability
+
+    def __post_init__(self) -> None:
+        _problems(
+            (0 <= self.fraction <= 1, f"attack.fraction={self.fraction}: must lie in [0, 1]"),
+            (0 <= self.dropout < 1, f"attack.dropout={self.dropout}: must lie in [0, 1)"),
+            (self.noise_std >= 0, f"attack.noise_std={self.noise_std}: must be >= 0"),
+        )
+
+
+@dataclass
 class RunConfig:
     """The root of the composed config."""
 
@@ -163,6 +233,8 @@ class RunConfig:
     strategy: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
 
 def register_schema() -> None:
@@ -310,7 +382,7 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
     """
     problems: list[str] = []
     typed: dict[str, Any] = {}
-    for group in ("train", "runtime", "data", "task"):
+    for group in ("train", "runtime", "data", "task", "validation", "attack"):
         try:
             typed[group] = OmegaConf.to_object(cfg[group])
         except ConfigError as err:
@@ -341,6 +413,8 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
         strategy=cfg.strategy,
         train=typed["train"],
         runtime=typed["runtime"],
+        validation=typed["validation"],
+        attack=typed["attack"],
     )
 
 

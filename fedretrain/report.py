@@ -7,11 +7,12 @@ keeps what it did), a progress line goes to the terminal, and at the end ``metri
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -19,6 +20,7 @@ import pandas as pd
 
 from fedretrain.metrics import scores
 from fedretrain.training import EvalResult
+from fedretrain.validation import Rejection
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class RoundRow:
     eval_clients: int
     eval_examples: int
     seconds: float
+    rejected: int = 0  # replies that failed validation or came back as errors
+    skipped: bool = False  # below quorum: the model was left as it was
 
     @classmethod
     def from_eval(
@@ -74,6 +78,7 @@ class RunReport:
         self.num_rounds = num_rounds
         self.out = out
         self._rows: list[RoundRow] = []
+        self._rejections: list[Rejection] = []
         self._start = time.perf_counter()
         run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -81,15 +86,42 @@ class RunReport:
     def rows(self) -> list[RoundRow]:
         return list(self._rows)
 
+    def reject(self, rejection: Rejection) -> None:
+        """Record a reply that did not reach aggregation, or a skipped round, in rejections.csv."""
+        path = self.run_dir / "rejections.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["round", "phase", "node_id", "reason"])
+            writer.writerow(
+                [rejection.server_round, rejection.phase, rejection.node_id, rejection.reason]
+            )
+        self._rejections.append(rejection)
+
+    def rejected(self, server_round: int, phase: str) -> int:
+        """Replies of ``server_round`` and ``phase`` that were failed or rejected."""
+        return sum(
+            r.server_round == server_round and r.phase == phase and r.node_id != 0
+            for r in self._rejections
+        )
+
     def add(self, row: RoundRow) -> None:
+        rejected = sum(r.server_round == row.round and r.node_id != 0 for r in self._rejections)
+        skipped = any(r.server_round == row.round and r.node_id == 0 for r in self._rejections)
+        row = replace(row, rejected=rejected, skipped=skipped)
         self._rows.append(row)
         self.table().to_csv(self.run_dir / "metrics.csv", index=False)
         label = "initial model" if row.round == 0 else f"round {row.round}/{self.num_rounds}"
         train = "" if math.isnan(row.train_loss) else f"train loss {row.train_loss:.4f} | "
+        flags = (f" | {row.rejected} rejected" if row.rejected else "") + (
+            " | SKIPPED: below quorum" if row.skipped else ""
+        )
         print(
             f"[fedretrain] {label:>13} | {train}eval loss {row.eval_loss:.4f} | "
             f"acc {row.accuracy:.4f} | macro F1 {row.f1:.4f} | "
-            f"{row.train_clients} trained, {row.eval_clients} evaluated | {row.seconds:.1f} s",
+            f"{row.train_clients} trained, {row.eval_clients} evaluated | {row.seconds:.1f} s"
+            f"{flags}",
             file=self.out,
             flush=True,
         )
@@ -112,6 +144,8 @@ class RunReport:
             "final_eval_loss": last.eval_loss,
             "best_accuracy": None if best is None else float(best["accuracy"]),
             "best_round": None if best is None else int(best["round"]),
+            "rejected_replies": sum(r.node_id != 0 for r in self._rejections),
+            "skipped_rounds": int(table["skipped"].sum()),
             "wall_seconds": round(time.perf_counter() - self._start, 2),
             **extra,
         }

@@ -22,18 +22,13 @@ from flwr.serverapp.strategy import Strategy
 from fedretrain.config import RunConfig, from_yaml
 from fedretrain.flower.records import eval_result, instruction_config
 from fedretrain.flower.strategies import build_strategy
+from fedretrain.flower.validated import FederationError
 from fedretrain.model_io import save_state_dict
 from fedretrain.report import RoundRow, RunReport
 from fedretrain.site import build_model, build_pool
 from fedretrain.training import EvalResult
 
 log = logging.getLogger(__name__)
-
-REPLY_TIMEOUT_S = 3600.0
-
-
-class FederationError(RuntimeError):
-    """No site could do what a round asked of it."""
 
 
 def run_federation(
@@ -42,36 +37,39 @@ def run_federation(
     """Run ``runtime.num_rounds`` rounds on ``grid``; write the run folder; return the summary."""
     cfg = from_yaml(config_yaml)
     random.seed(cfg.runtime.seed)  # Flower samples nodes with the global `random` module
-    strategy = build_strategy(cfg)
+    report = RunReport(run_dir, cfg.runtime.num_rounds, out)
+    (run_dir / "config.yaml").write_text(config_yaml)
+    strategy = build_strategy(cfg, report.reject)
     pool = build_pool(cfg.task.dataset)
     model = build_model(cfg, pool)
     arrays = ArrayRecord(model.state_dict())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_yaml)
-    report = RunReport(run_dir, cfg.runtime.num_rounds, out)
+    timeout = cfg.validation.reply_timeout_s
 
     start = time.perf_counter()
-    evaluation, n_eval = _evaluate(strategy, grid, arrays, 0, config_yaml, cfg)
+    evaluation, n_eval = _evaluate(strategy, report, grid, arrays, 0, config_yaml, cfg)
     report.add(RoundRow.from_eval(0, evaluation, math.nan, 0, n_eval, time.perf_counter() - start))
+    # Sites count as trained or evaluated only when their reply passed validation.
     for server_round in range(1, cfg.runtime.num_rounds + 1):
         start = time.perf_counter()
         messages = strategy.configure_train(
             server_round, arrays, instruction_config(config_yaml, cfg.runtime.num_rounds), grid
         )
         replies = _canonical_order(
-            _checked(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S), "train")
+            _checked(grid.send_and_receive(messages, timeout=timeout), "train")
         )
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
         train_loss = float(train_metrics["train-loss"]) if train_metrics else math.nan  # type: ignore[arg-type]
-        evaluation, n_eval = _evaluate(strategy, grid, arrays, server_round, config_yaml, cfg)
+        evaluation, n_eval = _evaluate(
+            strategy, report, grid, arrays, server_round, config_yaml, cfg
+        )
         report.add(
             RoundRow.from_eval(
                 server_round,
                 evaluation,
                 train_loss,
-                sum(not r.has_error() for r in replies),
+                sum(not r.has_error() for r in replies) - report.rejected(server_round, "train"),
                 n_eval,
                 time.perf_counter() - start,
             )
@@ -93,6 +91,7 @@ def run_federation(
 
 def _evaluate(
     strategy: Strategy,
+    report: RunReport,
     grid: Grid,
     arrays: ArrayRecord,
     server_round: int,
@@ -103,9 +102,10 @@ def _evaluate(
     messages = strategy.configure_evaluate(
         server_round, arrays, instruction_config(config_yaml, cfg.runtime.num_rounds), grid
     )
-    replies = _checked(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S), "evaluate")
+    timeout = cfg.validation.reply_timeout_s
+    replies = _checked(grid.send_and_receive(messages, timeout=timeout), "evaluate")
     metrics = strategy.aggregate_evaluate(server_round, replies)
-    valid = sum(not r.has_error() for r in replies)
+    valid = sum(not r.has_error() for r in replies) - report.rejected(server_round, "evaluate")
     return (eval_result(metrics) if metrics is not None else None), valid
 
 

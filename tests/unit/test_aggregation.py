@@ -48,7 +48,8 @@ def _updates(n_sites: int, seed: int) -> list[dict[str, np.ndarray]]:
 
 
 def _strategy(name: str, *extra: str):  # noqa: ANN202
-    return build_strategy(to_typed(compose([f"strategy={name}", "runtime.num_clients=7", *extra])))
+    overrides = [f"strategy={name}", "runtime.num_clients=7", "validation=off", *extra]
+    return build_strategy(to_typed(compose(overrides)))
 
 
 def _aggregate(strategy, updates, counts) -> dict[str, np.ndarray]:  # noqa: ANN001

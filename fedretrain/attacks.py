@@ -1,0 +1,76 @@
+"""An attack harness for simulation: some sites misbehave on purpose.
+
+Which sites attack is fixed per run by the seed; what they send is a pure function of the
+global model, their honest update and a generator, so an attack is repeatable.
+
+>>> import numpy as np
+>>> sorted(attackers(10, 0.2, seed=0))
+[3, 7]
+>>> g, w = {"w": np.zeros(2, np.float32)}, {"w": np.ones(2, np.float32)}
+>>> poison(g, w, AttackKind.sign_flip, np.random.default_rng(0), scale=3.0)["w"].tolist()
+[-3.0, -3.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import Enum
+
+import numpy as np
+
+
+class AttackKind(str, Enum):
+    none = "none"
+    nan = "nan"  # every float array NaN
+    inf = "inf"  # every float array +inf
+    scale = "scale"  # update multiplied by `scale`
+    sign_flip = "sign_flip"  # update multiplied by -`scale`
+    gaussian = "gaussian"  # update replaced by N(0, noise_std^2) noise
+    num_examples_lie = "num_examples_lie"  # honest update, claims `claimed_examples`
+    label_flip = "label_flip"  # trains honestly on labels mapped y -> K-1-y
+
+
+def attackers(num_partitions: int, fraction: float, seed: int) -> frozenset[int]:
+    """The partition ids that attack: ``round(fraction * num_partitions)`` of them."""
+    count = round(fraction * num_partitions)
+    order = np.random.default_rng([seed, 7]).permutation(num_partitions)
+    return frozenset(int(p) for p in order[:count])
+
+
+def drops_out(seed: int, partition_id: int, server_round: int, probability: float) -> bool:
+    """Whether a site skips this round: independent per site and round, repeatable."""
+    if probability <= 0:
+        return False
+    return bool(np.random.default_rng([seed, 8, partition_id, server_round]).random() < probability)
+
+
+def poison(
+    reference: Mapping[str, np.ndarray],
+    arrays: Mapping[str, np.ndarray],
+    kind: AttackKind,
+    rng: np.random.Generator,
+    scale: float = 100.0,
+    noise_std: float = 1.0,
+) -> dict[str, np.ndarray]:
+    """What an attacking site sends in place of ``arrays`` (float arrays only are touched)."""
+    out = {}
+    for name, honest in arrays.items():
+        ref = reference[name]
+        if not np.issubdtype(honest.dtype, np.floating):
+            out[name] = honest
+            continue
+        delta = honest - ref
+        if kind is AttackKind.nan:
+            sent = np.full_like(honest, np.nan)
+        elif kind is AttackKind.inf:
+            sent = np.full_like(honest, np.inf)
+        elif kind is AttackKind.scale:
+            sent = ref + scale * delta
+        elif kind is AttackKind.sign_flip:
+            sent = ref - scale * delta
+        elif kind is AttackKind.gaussian:
+            sent = ref + rng.normal(0.0, noise_std, size=honest.shape)
+        else:
+            sent = honest
+        out[name] = np.asarray(sent, dtype=honest.dtype)
+    return out

@@ -1,0 +1,217 @@
+"""A strategy wrapper that checks every reply, enforces a quorum and bounds waiting.
+
+It wraps any Flower strategy: sampling and aggregation stay the inner strategy's; what reaches
+``aggregate_*`` is only what passed :mod:`fedretrain.validation`. Replies are rebuilt rather
+than edited, so records handed to us are never mutated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedretrain.validation import (
+    Quorum,
+    Rejection,
+    UpdateRules,
+    check_update,
+    confusion_problem,
+    num_examples_problem,
+    round_norm_bound,
+    structure_problem,
+    update_norm,
+)
+
+
+class FederationError(RuntimeError):
+    """The federation cannot go on: sites never connected, or every site failed a round."""
+
+
+@dataclass
+class _Candidate:
+    reply: Message
+    arrays: dict[str, np.ndarray]
+    metrics: MetricRecord
+    norm: float
+
+
+class ValidatedStrategy(Strategy):
+    """``inner`` with reply validation, a quorum per training round and a wait deadline."""
+
+    def __init__(
+        self,
+        inner: Strategy,
+        rules: UpdateRules,
+        quorum: Quorum,
+        node_wait_timeout_s: float,
+        record: Callable[[Rejection], None],
+    ) -> None:
+        self.inner = inner
+        self.rules = rules
+        self.quorum = quorum
+        self.node_wait_timeout_s = node_wait_timeout_s
+        self.record = record
+        self._reference: dict[str, np.ndarray] = {}
+        self._sampled = 0
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    # ------------------------------------------------------------------ configure
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._wait_for_nodes(grid)
+        self._reference = {k: v.numpy() for k, v in arrays.items()}
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self._sampled = len(messages)
+        return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._wait_for_nodes(grid)
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def _wait_for_nodes(self, grid: Grid) -> None:
+        """Flower's own sampling waits forever for ``min_available_nodes``; we give it a limit."""
+        needed = int(getattr(self.inner, "min_available_nodes", 1))
+        deadline = time.monotonic() + self.node_wait_timeout_s
+        while (connected := len(list(grid.get_node_ids()))) < needed:
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"only {connected} of {needed} sites connected within "
+                    f"{self.node_wait_timeout_s:.0f} s (validation.node_wait_timeout_s); start "
+                    "the missing SuperNodes or lower runtime.num_clients"
+                )
+            time.sleep(0.2)
+
+    # ------------------------------------------------------------------ aggregate
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        candidates = [
+            c for r in replies if (c := self._train_candidate(server_round, r)) is not None
+        ]
+        bound = round_norm_bound([c.norm for c in candidates], self.rules)
+        accepted: list[Message] = []
+        metric_keys: set[str] | None = None
+        for c in candidates:
+            n = c.metrics.get("num-examples")
+            checked = check_update(self._reference, c.arrays, n, self.rules, norm_bound=bound)
+            keys = set(c.metrics)
+            metric_keys = keys if metric_keys is None else metric_keys
+            reason = checked.reason or _metric_problem(c.metrics, metric_keys)
+            if reason is not None:
+                self._reject(server_round, "train", c.reply, reason)
+                continue
+            accepted.append(_rebuilt(c.reply, checked.arrays, c.metrics))
+        required = self.quorum.required(self._sampled)
+        if len(accepted) < required:
+            self.record(
+                Rejection(
+                    server_round,
+                    "train",
+                    0,
+                    f"round skipped: {len(accepted)} valid replies of {self._sampled} sampled, "
+                    f"quorum {required}; the model stays as it was",
+                )
+            )
+            return None, None
+        return self.inner.aggregate_train(server_round, accepted)
+
+    def _train_candidate(self, server_round: int, reply: Message) -> _Candidate | None:
+        if reply.has_error():
+            self._reject(server_round, "train", reply, f"site failed: {_error_line(reply)}")
+            return None
+        content = reply.content
+        if len(content.array_records) != 1 or len(content.metric_records) != 1:
+            shape = "a train reply must hold exactly one ArrayRecord and one MetricRecord"
+            self._reject(server_round, "train", reply, shape)
+            return None
+        arrays = {k: v.numpy() for k, v in next(iter(content.array_records.values())).items()}
+        metrics = next(iter(content.metric_records.values()))
+        reason = structure_problem(self._reference, arrays) or num_examples_problem(
+            metrics.get("num-examples"), self.rules.max_num_examples
+        )
+        if reason is not None:
+            self._reject(server_round, "train", reply, reason)
+            return None
+        return _Candidate(reply, arrays, metrics, update_norm(self._reference, arrays))
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        accepted: list[Message] = []
+        for reply in replies:
+            reason: str | None
+            if reply.has_error():
+                reason = f"site failed: {_error_line(reply)}"
+            elif len(reply.content.metric_records) != 1:
+                reason = "an evaluate reply must hold exactly one MetricRecord"
+            else:
+                metrics = next(iter(reply.content.metric_records.values()))
+                reason = _metric_problem(metrics, set(metrics)) or _eval_problem(metrics)
+            if reason is None:
+                accepted.append(reply)
+            else:
+                self._reject(server_round, "evaluate", reply, reason)
+        return self.inner.aggregate_evaluate(server_round, accepted) if accepted else None
+
+    def _reject(self, server_round: int, phase: str, reply: Message, reason: str) -> None:
+        self.record(Rejection(server_round, phase, int(reply.metadata.src_node_id), reason))
+
+
+def _error_line(reply: Message) -> str:
+    lines = (reply.error.reason or "").strip().splitlines()
+    return lines[-1] if lines else f"error code {reply.error.code}"
+
+
+def _metric_problem(metrics: MetricRecord, expected_keys: set[str]) -> str | None:
+    if set(metrics) != expected_keys:
+        expected = sorted(expected_keys)
+        return f"metric keys {sorted(metrics)} differ from the other replies' {expected}"
+    for key, value in metrics.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(np.isfinite(v) for v in values):
+            return f"metric {key!r} is not finite"
+    return None
+
+
+def _eval_problem(metrics: MetricRecord) -> str | None:
+    if "confusion" not in metrics:
+        return None  # not our evaluation protocol: only the generic checks apply
+    return confusion_problem(
+        metrics["confusion"],
+        metrics.get("num-classes"),
+        metrics.get("num-examples"),
+        metrics.get("loss-sum"),
+    )
+
+
+def _rebuilt(reply: Message, arrays: dict[str, np.ndarray], metrics: MetricRecord) -> Message:
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            "metrics": MetricRecord(dict(metrics)),
+        }
+    )
+    return Message(
+        content=content, dst_node_id=reply.metadata.src_node_id, message_type=MessageType.TRAIN
+    )
