@@ -69,7 +69,7 @@ def run_federation(
                 server_round,
                 evaluation,
                 train_loss,
-                sum(not r.has_error() for r in replies) - report.rejected(server_round, "train"),
+                _accepted(replies, report, server_round, "train"),
                 n_eval,
                 time.perf_counter() - start,
             )
@@ -105,7 +105,7 @@ def _evaluate(
     timeout = cfg.validation.reply_timeout_s
     replies = _checked(grid.send_and_receive(messages, timeout=timeout), "evaluate")
     metrics = strategy.aggregate_evaluate(server_round, replies)
-    valid = sum(not r.has_error() for r in replies) - report.rejected(server_round, "evaluate")
+    valid = _accepted(replies, report, server_round, "evaluate")
     return (eval_result(metrics) if metrics is not None else None), valid
 
 
@@ -142,3 +142,10 @@ def _canonical_order(replies: list[Message]) -> list[Message]:
         return (False, reply.content.array_records["arrays"].object_id)
 
     return sorted(replies, key=key)
+
+
+def _accepted(replies: list[Message], report: RunReport, server_round: int, phase: str) -> int:
+    """Replies that reached aggregation: the validation wrapper records every failed or
+    rejected one; without it, only error replies are left out."""
+    recorded = report.rejected(server_round, phase)
+    return len(replies) - recorded if recorded else sum(not r.has_error() for r in replies)
