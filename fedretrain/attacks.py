@@ -50,7 +50,7 @@ def poison(
     kind: AttackKind,
     rng: np.random.Generator,
     scale: float = 100.0,
-    noise_std: float = 1.0,
+    noise_std: float = 10.0,
 ) -> dict[str, np.ndarray]:
     """What an attacking site sends in place of ``arrays`` (float arrays only are touched)."""
     out = {}

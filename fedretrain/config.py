@@ -212,7 +212,7 @@ class AttackConfig:
     kind: AttackKind = AttackKind.none
     fraction: float = 0.0  # share of sites that attack
     scale: float = 100.0  # for scale and sign_flip
-    noise_std: float = 1.0  # for gaussian
+    noise_std: float = 10.0  # for gaussian
     claimed_examples: int = 1_000_000_000  # for num_examples_lie
     dropout: float = 0.0  # every site skips each round with this probability
 

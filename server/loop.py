@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedretrain.config import RunConfig, from_yaml
-from fedretrain.flower.records import eval_result, instruction_config
+from fedretrain.flower.records import error_summary, eval_result, instruction_config
 from fedretrain.flower.strategies import build_strategy
 from fedretrain.flower.validated import FederationError
 from fedretrain.model_io import save_state_dict
@@ -119,14 +119,9 @@ def _checked(replies: Iterable[Message], what: str) -> list[Message]:
         )
     if replies and len(errors) == len(replies):
         # A site's reason is often a whole traceback: its last line names the exception.
-        reasons = sorted({_last_line(r.error.reason) for r in errors})
+        reasons = sorted({error_summary(r.error.reason) for r in errors})
         raise FederationError(f"every site failed to {what}: " + "; ".join(reasons))
     return replies
-
-
-def _last_line(text: str | None) -> str:
-    lines = (text or "").strip().splitlines()
-    return lines[-1] if lines else "no reason given"
 
 
 def _canonical_order(replies: list[Message]) -> list[Message]:

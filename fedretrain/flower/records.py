@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import cast
 
@@ -14,6 +15,33 @@ from fedretrain.training import EvalResult, TrainResult
 CONFIG_KEY = "fedretrain-config"  # the composed run config, as YAML, in every instruction
 NUM_ROUNDS_KEY = "num-rounds"
 NUM_EXAMPLES_KEY = "num-examples"  # the weighting key of Flower's strategies
+
+
+def error_summary(reason: str | None) -> str:
+    """The site's own words from a failed reply's error reason, without Flower's wrapping.
+
+    Flower reports a ClientApp exception as ``<class '...'>:<'... Message: TEXT'>``, where TEXT
+    may itself span lines; other reasons come through as their last line.
+
+    >>> error_summary("<class 'flwr.clientapp.exception.ClientAppException'>:<'\\n"
+    ...               "Exception ClientAppException occurred. Message: site 3 dropped out'>")
+    'site 3 dropped out'
+    >>> error_summary("Traceback (most recent call last):\\n  ...\\nValueError: bad shape")
+    'ValueError: bad shape'
+    >>> error_summary(None)
+    'no reason given'
+    """
+    text = (reason or "").strip()
+    if text.endswith("'>"):
+        text = text[:-2]
+    wrapped = _FLOWER_MESSAGE.search(text)
+    if wrapped:
+        text = wrapped.group(1)
+    lines = text.strip().splitlines()
+    return lines[-1].strip() if lines else "no reason given"
+
+
+_FLOWER_MESSAGE = re.compile(r"occurred\. Message: (.*)\Z", re.DOTALL)
 
 
 def instruction_config(config_yaml: str, num_rounds: int) -> ConfigRecord:

@@ -24,6 +24,7 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedretrain.flower.records import error_summary
 from fedretrain.validation import (
     Quorum,
     Rejection,
@@ -138,7 +139,9 @@ class ValidatedStrategy(Strategy):
 
     def _train_candidate(self, server_round: int, reply: Message) -> _Candidate | None:
         if reply.has_error():
-            self._reject(server_round, "train", reply, f"site failed: {_error_line(reply)}")
+            self._reject(
+                server_round, "train", reply, f"site failed: {error_summary(reply.error.reason)}"
+            )
             return None
         content = reply.content
         if len(content.array_records) != 1 or len(content.metric_records) != 1:
@@ -162,7 +165,7 @@ class ValidatedStrategy(Strategy):
         for reply in replies:
             reason: str | None
             if reply.has_error():
-                reason = f"site failed: {_error_line(reply)}"
+                reason = f"site failed: {error_summary(reply.error.reason)}"
             elif len(reply.content.metric_records) != 1:
                 reason = "an evaluate reply must hold exactly one MetricRecord"
             else:
@@ -176,11 +179,6 @@ class ValidatedStrategy(Strategy):
 
     def _reject(self, server_round: int, phase: str, reply: Message, reason: str) -> None:
         self.record(Rejection(server_round, phase, int(reply.metadata.src_node_id), reason))
-
-
-def _error_line(reply: Message) -> str:
-    lines = (reply.error.reason or "").strip().splitlines()
-    return lines[-1] if lines else f"error code {reply.error.code}"
 
 
 def _metric_problem(metrics: MetricRecord, expected_keys: set[str]) -> str | None:
