@@ -1,0 +1,1 @@
+"""The global drift monitor: summable site statistics, detectors and the trigger policy."""
