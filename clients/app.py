@@ -1,7 +1,10 @@
-"""The ClientApp: each site trains and evaluates the global model on its own data.
+"""The ClientApp: each site trains and evaluates the global model on its own data, and in a
+drift scenario reports its window's summable statistics to the monitor.
 
 Flower builds a fresh ClientApp call for every message, so the run's pool, split and model
 skeleton are cached per worker process, keyed by the run config, and so is each site's data.
+In a drift scenario a message names its monitoring period and the site uses that period's
+window (``fedretrain.site.ScenarioFederation``).
 """
 
 from __future__ import annotations
@@ -14,12 +17,19 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedretrain.attacks import AttackKind, attackers, drops_out, poison
+from fedretrain.attacks import AttackKind, attackers, corrupt_stats, drops_out, poison
 from fedretrain.config import RunConfig, from_yaml
-from fedretrain.flower.records import Instruction, eval_metrics, train_metrics
-from fedretrain.site import SimulatedFederation, Site
+from fedretrain.flower.records import (
+    Instruction,
+    edges_from_record,
+    eval_metrics,
+    stats_record,
+    train_metrics,
+)
+from fedretrain.monitor.stats import window_stats
+from fedretrain.site import ScenarioFederation, SimulatedFederation, Site
 from fedretrain.tasks.dataset import ArrayDataset
-from fedretrain.training import evaluate, lr_at, train
+from fedretrain.training import evaluate, lr_at, predict, train
 
 app = ClientApp()
 
@@ -37,13 +47,26 @@ def _site(config_yaml: str, partition_id: int, num_partitions: int) -> tuple[Run
     return federation.cfg, federation.site(partition_id)
 
 
+@lru_cache(maxsize=2)
+def _scenario(config_yaml: str, num_partitions: int) -> ScenarioFederation:
+    cfg = from_yaml(config_yaml)
+    torch.set_num_threads(cfg.runtime.torch_threads)
+    return ScenarioFederation(cfg, num_partitions)
+
+
 def _load(msg: Message, context: Context) -> tuple[RunConfig, Site, Instruction]:
+    """The run config, this site's data for the instruction, and the model loaded with the
+    message's weights."""
     instruction = Instruction.from_record(msg.content.config_records["config"])
-    cfg, site = _site(
-        instruction.config_yaml,
-        int(cast(int, context.node_config["partition-id"])),
-        int(cast(int, context.node_config["num-partitions"])),
-    )
+    partition_id = int(cast(int, context.node_config["partition-id"]))
+    num_partitions = int(cast(int, context.node_config["num-partitions"]))
+    if instruction.period is None:
+        cfg, site = _site(instruction.config_yaml, partition_id, num_partitions)
+    else:
+        scenario = _scenario(instruction.config_yaml, num_partitions)
+        train_data, holdout = scenario.window(partition_id, instruction.period)
+        cfg = scenario.cfg
+        site = Site(partition_id, train_data, holdout, scenario.model, scenario.device)
     site.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     return cfg, site, instruction
 
@@ -96,3 +119,19 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
     _, site, _ = _load(msg, context)
     result = evaluate(site.model, site.holdout, site.device)
     return Message(content=RecordDict({"metrics": eval_metrics(result)}), reply_to=msg)
+
+
+@app.query("monitor")
+def monitor_handler(msg: Message, context: Context) -> Message:
+    """The window's summable statistics under the serving model: all that leaves the site."""
+    cfg, site, _ = _load(msg, context)
+    edges = edges_from_record(msg.content.array_records["edges"])
+    parts = []
+    for data in (site.train_data, site.holdout):
+        probs, losses = predict(site.model, data, site.device)
+        parts.append(window_stats(data.x, data.y, probs, losses, edges))
+    record = stats_record(parts[0] + parts[1])
+    if cfg.attack.kind is AttackKind.bad_stats and _is_attacker(cfg, site.partition_id, context):
+        bad = corrupt_stats({k: v.numpy() for k, v in record.items()})
+        record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in bad.items()})
+    return Message(content=RecordDict({"stats": record}), reply_to=msg)

@@ -28,6 +28,23 @@ class AttackKind(str, Enum):
     gaussian = "gaussian"  # update replaced by N(0, noise_std^2) noise
     num_examples_lie = "num_examples_lie"  # honest update, claims `claimed_examples`
     label_flip = "label_flip"  # trains honestly on labels mapped y -> K-1-y
+    bad_stats = "bad_stats"  # drift statistics with negative counts and a NaN sum
+
+
+def corrupt_stats(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What a ``bad_stats`` attacker sends as its window's statistics: counts that would drag
+    the global histogram and error counts down, and a NaN that would poison every sum.
+
+    >>> out = corrupt_stats({"hist": np.ones((2, 3), dtype=np.int64), "x_sum": np.zeros(2)})
+    >>> int(out["hist"].min()), bool(np.isnan(out["x_sum"]).any())
+    (-1000, True)
+    """
+    out = dict(arrays)
+    if "hist" in out:
+        out["hist"] = out["hist"] - 1001
+    if "x_sum" in out:
+        out["x_sum"] = np.full_like(out["x_sum"], np.nan, dtype=np.float64)
+    return out
 
 
 def attackers(num_partitions: int, fraction: float, seed: int) -> frozenset[int]:

@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedretrain.attacks import AttackKind
+from fedretrain.monitor.trigger import TriggerConfig
 from fedretrain.validation import NormPolicy, UpdateRules
 
 CONFIG_MODULE = "fedretrain.conf"  # conf/ at the repository root, installed under this name
@@ -225,6 +226,92 @@ class AttackConfig:
 
 
 @dataclass
+class ScenarioConfig:
+    """A drifting world in monitoring periods (fedretrain.drift); ``stream: null`` for none.
+
+    ``stream`` is a :class:`fedretrain.drift.streams.DriftStream`; ``schedule`` a partial called
+    as ``schedule(num_sites=..., num_periods=..., seed=...)`` returning the sites x periods
+    matrix of concept ids. Each site draws ``samples_per_period`` samples per period, of which
+    ``data.holdout_fraction`` are held out for validation.
+    """
+
+    name: str = "none"
+    stream: Any = None
+    schedule: Any = None
+    num_periods: int = 10
+    samples_per_period: int = 100
+
+    def __post_init__(self) -> None:
+        _problems(
+            (self.num_periods >= 2, f"scenario.num_periods={self.num_periods}: must be >= 2"),
+            (
+                self.samples_per_period >= 2,
+                f"scenario.samples_per_period={self.samples_per_period}: must be >= 2",
+            ),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.stream is not None
+
+
+@dataclass
+class MonitorConfig:
+    """The global drift monitor (fedretrain.monitor).
+
+    ``detectors`` are partial ``_target_`` nodes, each built with its share of the monitor's
+    false-alarm budget (``arl`` times the number of detectors) and ``reference_periods``.
+    """
+
+    arl: float = 5000.0  # target mean run length, in periods, between false alarms
+    reference_periods: int = 3  # periods after each (re)training that form the reference
+    histogram_bins: int = 8  # per feature, on edges the server sets from the first period
+    detectors: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _problems(
+            (self.arl >= 1, f"monitor.arl={self.arl}: a run length in periods, >= 1"),
+            (
+                self.reference_periods >= 1,
+                f"monitor.reference_periods={self.reference_periods}: must be >= 1",
+            ),
+            (
+                self.histogram_bins >= 2,
+                f"monitor.histogram_bins={self.histogram_bins}: must be >= 2",
+            ),
+        )
+
+
+@dataclass
+class RetrainConfig:
+    """How a triggered retrain runs (server.controller)."""
+
+    max_rounds: int = 20  # cap on rounds per retrain
+    patience: int = 2  # stop after this many rounds without validation gain
+    min_delta: float = 0.002  # validation accuracy gain that counts as progress
+    reinit_after: int | None = 2  # warm rounds after which a stalled retrain re-initialises
+    stall_gap: float = 0.05  # stalled: still this far below the serving model's own accuracy
+    reuse_stored: bool = True  # try stored earlier models before training (recurring concepts)
+    reuse_margin: float = 0.02  # a stored model must beat the serving one by this much
+    max_stored: int = 20  # earlier models kept for reuse
+
+    def __post_init__(self) -> None:
+        r = "retrain."
+        _problems(
+            (self.max_rounds >= 1, f"{r}max_rounds={self.max_rounds}: must be >= 1"),
+            (self.patience >= 1, f"{r}patience={self.patience}: must be >= 1"),
+            (self.min_delta >= 0, f"{r}min_delta={self.min_delta}: must be >= 0"),
+            (
+                self.reinit_after is None or self.reinit_after >= 1,
+                f"{r}reinit_after={self.reinit_after}: must be >= 1, or null to never re-init",
+            ),
+            (self.reuse_margin >= 0, f"{r}reuse_margin={self.reuse_margin}: must be >= 0"),
+            (0 <= self.stall_gap <= 1, f"{r}stall_gap={self.stall_gap}: must lie in [0, 1]"),
+            (self.max_stored >= 0, f"{r}max_stored={self.max_stored}: must be >= 0"),
+        )
+
+
+@dataclass
 class RunConfig:
     """The root of the composed config."""
 
@@ -235,6 +322,10 @@ class RunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    policy: TriggerConfig = field(default_factory=TriggerConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
 
 def register_schema() -> None:
@@ -298,6 +389,8 @@ def check_target(node: Any, key: str, runtime_args: tuple[str, ...] = ()) -> lis
 
 # Arguments fedretrain passes when it builds these targets: they are not config keys.
 MODEL_RUNTIME_ARGS = ("input_shape", "num_classes")
+SCHEDULE_RUNTIME_ARGS = ("num_sites", "num_periods", "seed")
+DETECTOR_RUNTIME_ARGS = ("arl", "reference_periods")
 STRATEGY_RUNTIME_ARGS = (
     "fraction_train",
     "fraction_evaluate",
@@ -382,7 +475,8 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
     """
     problems: list[str] = []
     typed: dict[str, Any] = {}
-    for group in ("train", "runtime", "data", "task", "validation", "attack"):
+    groups = ("train", "runtime", "data", "task", "validation", "attack", "scenario", "monitor")
+    for group in (*groups, "policy", "retrain"):
         try:
             typed[group] = OmegaConf.to_object(cfg[group])
         except ConfigError as err:
@@ -393,6 +487,11 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
     problems += check_target(cfg.task.model, "task.model", MODEL_RUNTIME_ARGS)
     problems += check_target(cfg.data.partitioner, "data.partitioner", ("num_partitions",))
     problems += check_target(cfg.strategy, "strategy", STRATEGY_RUNTIME_ARGS)
+    if cfg.scenario.stream is not None:
+        problems += check_target(cfg.scenario.stream, "scenario.stream")
+        problems += check_target(cfg.scenario.schedule, "scenario.schedule", SCHEDULE_RUNTIME_ARGS)
+    for i, detector in enumerate(cfg.monitor.detectors):
+        problems += check_target(detector, f"monitor.detectors[{i}]", DETECTOR_RUNTIME_ARGS)
     if not 0 <= cfg.data.holdout_fraction < 1:
         problems.append(f"data.holdout_fraction={cfg.data.holdout_fraction}: must lie in [0, 1)")
     runtime = typed.get("runtime")
@@ -407,6 +506,9 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
     # Target nodes stay DictConfigs: instantiate() and error messages want them as written.
     typed["task"].dataset, typed["task"].model = cfg.task.dataset, cfg.task.model
     typed["data"].partitioner = cfg.data.partitioner
+    typed["scenario"].stream = cfg.scenario.stream
+    typed["scenario"].schedule = cfg.scenario.schedule
+    typed["monitor"].detectors = list(cfg.monitor.detectors)
     return RunConfig(
         task=typed["task"],
         data=typed["data"],
@@ -415,6 +517,10 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
         runtime=typed["runtime"],
         validation=typed["validation"],
         attack=typed["attack"],
+        scenario=typed["scenario"],
+        monitor=typed["monitor"],
+        policy=typed["policy"],
+        retrain=typed["retrain"],
     )
 
 
@@ -450,6 +556,7 @@ def _check_device(runtime: RuntimeConfig) -> list[str]:
 
 
 def _build_targets(cfg: DictConfig, runtime: RuntimeConfig) -> list[str]:
+    from fedretrain.monitor.monitor import build_detector  # hydra/scipy heavy, so late
     from fedretrain.site import build_pool, partition_pool  # torch/sklearn heavy, so late
 
     problems = []
@@ -461,10 +568,37 @@ def _build_targets(cfg: DictConfig, runtime: RuntimeConfig) -> list[str]:
         partition_pool(cfg.data.partitioner, pool, runtime.num_clients, runtime.seed)
     except Exception as err:
         problems.append(f"data.partitioner with runtime.num_clients={runtime.num_clients}: {err}")
+    if cfg.scenario.stream is not None:
+        try:
+            stream = instantiate(cfg.scenario.stream)
+        except Exception as err:
+            return [f"scenario.stream ({cfg.scenario.stream._target_}): {err}"]
+        try:
+            schedule = instantiate(cfg.scenario.schedule)(
+                num_sites=runtime.num_clients,
+                num_periods=cfg.scenario.num_periods,
+                seed=runtime.seed,
+            )
+            if max(schedule.used_concepts) >= stream.num_concepts:
+                top, count = max(schedule.used_concepts), stream.num_concepts
+                problems.append(
+                    f"scenario.schedule uses concept {top} but scenario.stream defines "
+                    f"{count} concepts (ids 0..{count - 1}): add concepts or change the schedule"
+                )
+        except Exception as err:
+            problems.append(f"scenario.schedule ({cfg.scenario.schedule._target_}): {err}")
+        shape, num_classes = stream.input_shape, stream.num_classes
+    else:
+        shape, num_classes = pool.input_shape, pool.num_classes
     try:
-        instantiate(cfg.task.model)(input_shape=pool.input_shape, num_classes=pool.num_classes)
+        instantiate(cfg.task.model)(input_shape=shape, num_classes=num_classes)
     except Exception as err:
         problems.append(f"task.model ({cfg.task.model._target_}): {err}")
+    for i, node in enumerate(cfg.monitor.detectors):
+        try:
+            build_detector(node, arl=cfg.monitor.arl, reference_periods=1)
+        except Exception as err:
+            problems.append(f"monitor.detectors[{i}] ({node._target_}): {err}")
     try:
         instantiate(cfg.strategy, _partial_=True)(**strategy_kwargs(runtime))
     except Exception as err:

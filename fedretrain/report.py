@@ -112,7 +112,8 @@ class RunReport:
         row = replace(row, rejected=rejected, skipped=skipped)
         self._rows.append(row)
         self.table().to_csv(self.run_dir / "metrics.csv", index=False)
-        label = "initial model" if row.round == 0 else f"round {row.round}/{self.num_rounds}"
+        of = f"/{self.num_rounds}" if self.num_rounds else ""  # 0: rounds run to a plateau
+        label = "initial model" if row.round == 0 else f"round {row.round}{of}"
         train = "" if math.isnan(row.train_loss) else f"train loss {row.train_loss:.4f} | "
         flags = (f" | {row.rejected} rejected" if row.rejected else "") + (
             " | SKIPPED: below quorum" if row.skipped else ""

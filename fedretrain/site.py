@@ -7,6 +7,7 @@ a :class:`Site` per worker process and hands it the arrays it receives.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from fedretrain.config import Device, RunConfig
+from fedretrain.drift.streams import sample_window
 from fedretrain.tasks.dataset import ArrayDataset
 
 
@@ -88,8 +90,62 @@ class SimulatedFederation:
 
 def build_model(cfg: RunConfig, pool: ArrayDataset) -> nn.Module:
     """The task's model for data shaped like ``pool``; seeded so every process agrees."""
-    torch.manual_seed(cfg.runtime.seed)
+    return model_for(cfg, pool.input_shape, pool.num_classes)
+
+
+def model_for(
+    cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, seed: int | None = None
+) -> nn.Module:
+    """The task's model for inputs of ``input_shape``; seeded so every process agrees."""
+    torch.manual_seed(cfg.runtime.seed if seed is None else seed)
     model: nn.Module = instantiate(cfg.task.model)(
-        input_shape=pool.input_shape, num_classes=pool.num_classes
+        input_shape=input_shape, num_classes=num_classes
     )
     return model
+
+
+class ScenarioFederation:
+    """What all simulated sites of a drift scenario share: the stream, its schedule, a model.
+
+    A site's data for period ``t`` is a window of ``scenario.samples_per_period`` samples drawn
+    from the concept the schedule gives it, seeded by (run seed, site, period) so that any
+    process draws the same window; ``data.holdout_fraction`` of it is held out for validation.
+    """
+
+    def __init__(self, cfg: RunConfig, num_partitions: int, max_windows: int = 256) -> None:
+        self.cfg = cfg
+        self.num_partitions = num_partitions
+        self.stream = instantiate(cfg.scenario.stream)
+        self.schedule = instantiate(cfg.scenario.schedule)(
+            num_sites=num_partitions, num_periods=cfg.scenario.num_periods, seed=cfg.runtime.seed
+        )
+        self.device = select_device(cfg.runtime.device)
+        self.model = model_for(cfg, self.stream.input_shape, self.stream.num_classes)
+        self.model.to(self.device)
+        self._windows: OrderedDict[tuple[int, int], tuple[ArrayDataset, ArrayDataset]] = (
+            OrderedDict()
+        )
+        self._max_windows = max_windows
+
+    def window(self, site: int, period: int) -> tuple[ArrayDataset, ArrayDataset]:
+        """Site ``site``'s (train, holdout) split of its window for ``period``."""
+        if not 0 <= site < self.num_partitions:
+            raise ValueError(f"site {site} outside [0, {self.num_partitions})")
+        if not 0 <= period < self.schedule.num_periods:
+            raise ValueError(f"period {period} outside [0, {self.schedule.num_periods})")
+        key = (site, period)
+        if key not in self._windows:
+            seed = self.cfg.runtime.seed
+            data = sample_window(
+                self.stream,
+                self.schedule,
+                site,
+                period,
+                self.cfg.scenario.samples_per_period,
+                seed,
+            )
+            rng = np.random.default_rng([seed, 2, site, period])
+            self._windows[key] = data.split(self.cfg.data.holdout_fraction, rng)
+            if len(self._windows) > self._max_windows:
+                self._windows.popitem(last=False)
+        return self._windows[key]

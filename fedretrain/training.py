@@ -112,3 +112,21 @@ def evaluate(
         predictions.append(logits.argmax(dim=1).cpu().numpy())
     y_pred = np.concatenate(predictions) if predictions else np.empty(0, dtype=np.int64)
     return EvalResult(len(data), loss_sum, confusion_matrix(data.y, y_pred, data.num_classes))
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, data: ArrayDataset, device: torch.device, batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``(n, num_classes)`` and per-sample losses ``(n,)`` on ``data``."""
+    model.eval()
+    probs, losses = [], []
+    for start in range(0, len(data), batch_size):
+        x = torch.from_numpy(data.x[start : start + batch_size]).to(device)
+        y = torch.from_numpy(data.y[start : start + batch_size]).to(device)
+        logits = model(x)
+        losses.append(nn.functional.cross_entropy(logits, y, reduction="none").cpu().numpy())
+        probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+    if not probs:
+        return np.empty((0, data.num_classes)), np.empty(0)
+    return np.concatenate(probs), np.concatenate(losses)

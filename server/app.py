@@ -18,7 +18,15 @@ from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedretrain.config import ConfigError, check_override_keys, compose, to_typed, to_yaml
+from fedretrain.config import (
+    ConfigError,
+    check_override_keys,
+    compose,
+    from_yaml,
+    to_typed,
+    to_yaml,
+)
+from server.controller import run_retraining
 from server.loop import run_federation
 
 app = ServerApp()
@@ -46,7 +54,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = str(context.run_config.get("run-dir", "")) or time.strftime(
         f"outputs/flwr-run-{context.run_id}-%Y-%m-%d_%H-%M-%S"
     )
-    run_federation(grid, to_yaml(cfg), Path(run_dir).resolve())
+    run(grid, to_yaml(cfg), Path(run_dir).resolve())
 
 
 def _federation_size(grid: Grid, timeout_s: float = 30.0, settle_s: float = 0.5) -> int:
@@ -72,6 +80,13 @@ def build_server_app(config_yaml: str, run_dir: Path) -> ServerApp:
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, config_yaml, run_dir)
+        run(grid, config_yaml, run_dir)
 
     return server_app
+
+
+def run(grid: Grid, config_yaml: str, run_dir: Path) -> dict[str, object]:
+    """A drift scenario runs in monitoring periods; without one, a single training run."""
+    if from_yaml(config_yaml).scenario.enabled:
+        return run_retraining(grid, config_yaml, run_dir)
+    return run_federation(grid, config_yaml, run_dir)

@@ -54,8 +54,8 @@ def run_federation(
         messages = strategy.configure_train(
             server_round, arrays, instruction_config(config_yaml, cfg.runtime.num_rounds), grid
         )
-        replies = _canonical_order(
-            _checked(grid.send_and_receive(messages, timeout=timeout), "train")
+        replies = canonical_order(
+            checked_replies(grid.send_and_receive(messages, timeout=timeout), "train")
         )
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
@@ -69,7 +69,7 @@ def run_federation(
                 server_round,
                 evaluation,
                 train_loss,
-                _accepted(replies, report, server_round, "train"),
+                accepted_count(replies, report, server_round, "train"),
                 n_eval,
                 time.perf_counter() - start,
             )
@@ -103,13 +103,13 @@ def _evaluate(
         server_round, arrays, instruction_config(config_yaml, cfg.runtime.num_rounds), grid
     )
     timeout = cfg.validation.reply_timeout_s
-    replies = _checked(grid.send_and_receive(messages, timeout=timeout), "evaluate")
+    replies = checked_replies(grid.send_and_receive(messages, timeout=timeout), "evaluate")
     metrics = strategy.aggregate_evaluate(server_round, replies)
-    valid = _accepted(replies, report, server_round, "evaluate")
+    valid = accepted_count(replies, report, server_round, "evaluate")
     return (eval_result(metrics) if metrics is not None else None), valid
 
 
-def _checked(replies: Iterable[Message], what: str) -> list[Message]:
+def checked_replies(replies: Iterable[Message], what: str) -> list[Message]:
     """Log failed replies; stop the run when every site failed, with their reasons."""
     replies = list(replies)
     errors = [r for r in replies if r.has_error()]
@@ -124,7 +124,7 @@ def _checked(replies: Iterable[Message], what: str) -> list[Message]:
     return replies
 
 
-def _canonical_order(replies: list[Message]) -> list[Message]:
+def canonical_order(replies: list[Message]) -> list[Message]:
     """Replies sorted by the hash of their arrays rather than by arrival.
 
     Aggregation adds floats in reply order, and arrival order varies with scheduling; sorting by
@@ -139,7 +139,7 @@ def _canonical_order(replies: list[Message]) -> list[Message]:
     return sorted(replies, key=key)
 
 
-def _accepted(replies: list[Message], report: RunReport, server_round: int, phase: str) -> int:
+def accepted_count(replies: list[Message], report: RunReport, server_round: int, phase: str) -> int:
     """Replies that reached aggregation: the validation wrapper records every failed or
     rejected one; without it, only error replies are left out."""
     recorded = report.rejected(server_round, phase)

@@ -7,14 +7,17 @@ from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedretrain.metrics import sum_confusion
+from fedretrain.monitor.stats import HistogramEdges, WindowStats
 from fedretrain.training import EvalResult, TrainResult
 
 CONFIG_KEY = "fedretrain-config"  # the composed run config, as YAML, in every instruction
 NUM_ROUNDS_KEY = "num-rounds"
 NUM_EXAMPLES_KEY = "num-examples"  # the weighting key of Flower's strategies
+PERIOD_KEY = "period"  # the monitoring period whose window a site uses; absent in static runs
+MONITOR_QUERY = "query.monitor"  # message type of the per-period statistics query
 
 
 def error_summary(reason: str | None) -> str:
@@ -44,9 +47,14 @@ def error_summary(reason: str | None) -> str:
 _FLOWER_MESSAGE = re.compile(r"occurred\. Message: (.*)\Z", re.DOTALL)
 
 
-def instruction_config(config_yaml: str, num_rounds: int) -> ConfigRecord:
+def instruction_config(
+    config_yaml: str, num_rounds: int, period: int | None = None
+) -> ConfigRecord:
     """A fresh ConfigRecord for one round's instructions (Flower's strategies write into it)."""
-    return ConfigRecord({CONFIG_KEY: config_yaml, NUM_ROUNDS_KEY: num_rounds})
+    record = ConfigRecord({CONFIG_KEY: config_yaml, NUM_ROUNDS_KEY: num_rounds})
+    if period is not None:
+        record[PERIOD_KEY] = period
+    return record
 
 
 @dataclass(frozen=True)
@@ -57,15 +65,34 @@ class Instruction:
     server_round: int
     num_rounds: int
     proximal_mu: float  # set by Flower's FedProx, 0 otherwise
+    period: int | None = None  # the window to use in a drift scenario
 
     @classmethod
     def from_record(cls, config: ConfigRecord) -> Instruction:
+        period = config.get(PERIOD_KEY)
         return cls(
             config_yaml=str(config[CONFIG_KEY]),
-            server_round=int(cast(int, config["server-round"])),
+            server_round=int(cast(int, config.get("server-round", 0))),
             num_rounds=int(cast(int, config[NUM_ROUNDS_KEY])),
             proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))),
+            period=None if period is None else int(cast(int, period)),
         )
+
+
+def stats_record(stats: WindowStats) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in stats.to_arrays().items()})
+
+
+def stats_from_record(record: ArrayRecord) -> WindowStats:
+    return WindowStats.from_arrays({k: v.numpy() for k, v in record.items()})
+
+
+def edges_record(edges: HistogramEdges) -> ArrayRecord:
+    return ArrayRecord({"interior": Array(np.ascontiguousarray(edges.interior))})
+
+
+def edges_from_record(record: ArrayRecord) -> HistogramEdges:
+    return HistogramEdges(record["interior"].numpy())
 
 
 def train_metrics(result: TrainResult) -> MetricRecord:

@@ -92,15 +92,7 @@ class ValidatedStrategy(Strategy):
     def _wait_for_nodes(self, grid: Grid) -> None:
         """Flower's own sampling waits forever for ``min_available_nodes``; we give it a limit."""
         needed = int(getattr(self.inner, "min_available_nodes", 1))
-        deadline = time.monotonic() + self.node_wait_timeout_s
-        while (connected := len(list(grid.get_node_ids()))) < needed:
-            if time.monotonic() > deadline:
-                raise FederationError(
-                    f"only {connected} of {needed} sites connected within "
-                    f"{self.node_wait_timeout_s:.0f} s (validation.node_wait_timeout_s); start "
-                    "the missing SuperNodes or lower runtime.num_clients"
-                )
-            time.sleep(0.2)
+        wait_for_nodes(grid, needed, self.node_wait_timeout_s)
 
     # ------------------------------------------------------------------ aggregate
 
@@ -179,6 +171,21 @@ class ValidatedStrategy(Strategy):
 
     def _reject(self, server_round: int, phase: str, reply: Message, reason: str) -> None:
         self.record(Rejection(server_round, phase, int(reply.metadata.src_node_id), reason))
+
+
+def wait_for_nodes(grid: Grid, needed: int, timeout_s: float) -> list[int]:
+    """The connected node ids once at least ``needed`` are connected; a clear error after
+    ``timeout_s`` (validation.node_wait_timeout_s) otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while len(nodes := list(grid.get_node_ids())) < needed:
+        if time.monotonic() > deadline:
+            raise FederationError(
+                f"only {len(nodes)} of {needed} sites connected within {timeout_s:.0f} s "
+                "(validation.node_wait_timeout_s); start the missing SuperNodes or lower "
+                "runtime.num_clients"
+            )
+        time.sleep(0.2)
+    return nodes
 
 
 def _metric_problem(metrics: MetricRecord, expected_keys: set[str]) -> str | None:

@@ -58,9 +58,10 @@ class HistogramEdges:
 
     @classmethod
     def from_moments(
-        cls, n: int, x_sum: np.ndarray, x_sq_sum: np.ndarray, bins: int = 8, width_sd: float = 2.5
+        cls, n: int, x_sum: np.ndarray, x_sq_sum: np.ndarray, bins: int = 8, width_sd: float = 1.5
     ) -> HistogramEdges:
-        """Equal-width bins over mean +- ``width_sd`` standard deviations, per feature.
+        """Equal-width bins over mean +- ``width_sd`` standard deviations, per feature; the open
+        outer bins catch the tails (1.5 sd leaves about 7% in each for normal or uniform data).
 
         The server knows only summable moments of the reference window, which is enough to
         place edges where the data lies. A constant feature gets all its edges at its value.
@@ -142,11 +143,11 @@ class WindowStats:
         return self.maxprob_sum / self.n if self.n else float("nan")
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain arrays for transport (scalars as 0-d arrays); :meth:`from_arrays` inverts it."""
+        """Plain arrays for transport (scalars as 1-element arrays); see :meth:`from_arrays`."""
         out = {name: np.asarray(getattr(self, name)) for name in ARRAY_FIELDS}
-        out["n"] = np.asarray(self.n, dtype=np.int64)
-        out["loss_sum"] = np.asarray(self.loss_sum, dtype=np.float64)
-        out["maxprob_sum"] = np.asarray(self.maxprob_sum, dtype=np.float64)
+        out["n"] = np.asarray([self.n], dtype=np.int64)
+        out["loss_sum"] = np.asarray([self.loss_sum], dtype=np.float64)
+        out["maxprob_sum"] = np.asarray([self.maxprob_sum], dtype=np.float64)
         return out
 
     @classmethod
@@ -155,10 +156,16 @@ class WindowStats:
         missing = [k for k in (*ARRAY_FIELDS, *SCALAR_FIELDS) if k not in arrays]
         if missing:
             raise ValueError(f"statistics lack {missing}")
+        scalars = {}
+        for name in SCALAR_FIELDS:
+            value = np.asarray(arrays[name]).reshape(-1)  # transport may make 0-d arrays 1-d
+            if value.size != 1:
+                raise ValueError(f"{name} must be one number, got {value.size}")
+            scalars[name] = value[0]
         return cls(
-            n=int(arrays["n"]),
-            loss_sum=float(arrays["loss_sum"]),
-            maxprob_sum=float(arrays["maxprob_sum"]),
+            n=int(scalars["n"]),
+            loss_sum=float(scalars["loss_sum"]),
+            maxprob_sum=float(scalars["maxprob_sum"]),
             **{name: np.asarray(arrays[name]) for name in ARRAY_FIELDS},
         )
 

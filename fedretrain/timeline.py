@@ -1,0 +1,149 @@
+"""What a drift-scenario run leaves in its folder: one row per monitoring period.
+
+``timeline.csv`` gets a row as each period ends (a killed run keeps what it did),
+``decisions.jsonl`` every trigger decision with its causes and the detectors' evidence, and at
+the end ``timeline.png`` (prequential accuracy over time, true change points and retrains
+marked) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import pandas as pd
+
+from fedretrain.monitor.scoring import score_detections
+
+
+@dataclass(frozen=True)
+class PeriodRow:
+    period: int
+    accuracy: float  # prequential: the serving model on this period's data, before training
+    mean_loss: float
+    mean_confidence: float
+    samples: int
+    sites: int  # sites whose statistics were accepted
+    rejected: int  # sites whose statistics were rejected or that failed
+    change_point: bool  # a true change point of the scenario (simulation knowledge)
+    alarms: str  # detectors that fired, ';'-separated
+    alarm_sites: str  # sites they named
+    retrain: bool
+    reason: str
+    action: str  # serve, initial, warm, reinit, reuse vN, kept
+    rounds: int  # training rounds spent this period
+    serving_version: int
+    validation_accuracy: float  # of the model chosen this period (nan when no retrain)
+    seconds: float
+
+
+class Timeline:
+    """Collects the period rows and decisions of one run folder."""
+
+    def __init__(self, run_dir: Path, num_periods: int, out: TextIO = sys.stdout) -> None:
+        self.run_dir = run_dir
+        self.num_periods = num_periods
+        self.out = out
+        self._rows: list[PeriodRow] = []
+        self._start = time.perf_counter()
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def rows(self) -> list[PeriodRow]:
+        return list(self._rows)
+
+    def decision(self, record: dict[str, Any]) -> None:
+        with (self.run_dir / "decisions.jsonl").open("a") as handle:
+            handle.write(json.dumps(record, default=_jsonable) + "\n")
+
+    def add(self, row: PeriodRow) -> None:
+        self._rows.append(row)
+        self.table().to_csv(self.run_dir / "timeline.csv", index=False)
+        flag = " *change*" if row.change_point else ""
+        alarm = f" | ALARM {row.alarms}" if row.alarms else ""
+        what = f" | {row.action}, {row.rounds} rounds" if row.rounds or row.retrain else ""
+        print(
+            f"[fedretrain] period {row.period:>3}/{self.num_periods - 1}{flag} | "
+            f"acc {row.accuracy:.4f} | {row.sites} sites{alarm}{what} | "
+            f"serving v{row.serving_version} | {row.seconds:.1f} s",
+            file=self.out,
+            flush=True,
+        )
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame([asdict(r) for r in self._rows])
+
+    def finish(self, change_points: list[int], extra: dict[str, Any]) -> dict[str, Any]:
+        """Write the plot and ``summary.json``, print the summary, and return it."""
+        table = self.table()
+        served = table[table["period"] > 0]
+        retrains = [int(p) for p in served.loc[served["retrain"], "period"]]
+        score = score_detections(change_points, retrains, self.num_periods)
+        summary: dict[str, Any] = {
+            "periods": self.num_periods,
+            "mean_prequential_accuracy": float(served["accuracy"].mean()),
+            "final_accuracy": float(table["accuracy"].iloc[-1]),
+            "initial_rounds": int(table.loc[table["period"] == 0, "rounds"].sum()),
+            "retrain_rounds": int(served["rounds"].sum()),
+            "retrains": len(retrains),
+            "retrain_periods": retrains,
+            "change_points": list(change_points),
+            "detection_delays": score.delays,
+            "missed_changes": score.missed,
+            "false_alarms": score.false_alarms,
+            "alarm_periods": [int(p) for p in served.loc[served["alarms"] != "", "period"]],
+            "rejected_statistics": int(table["rejected"].sum()),
+            "wall_seconds": round(time.perf_counter() - self._start, 2),
+            **extra,
+        }
+        plot_timeline(table, change_points, self.run_dir / "timeline.png")
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        width = max(len(k) for k in summary)
+        lines = ["", "fedretrain summary", "-" * 40]
+        for key, value in summary.items():
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            lines.append(f"{key:<{width}}  {shown}")
+        lines.append("-" * 40)
+        print("\n".join(lines), file=self.out, flush=True)
+        return summary
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
+
+
+def plot_timeline(table: pd.DataFrame, change_points: list[int], path: Path) -> None:
+    """Prequential accuracy per period; true change points dashed, retrains marked."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state to touch
+
+    fig = Figure(figsize=(10, 4))
+    axis = fig.subplots()
+    axis.plot(table["period"], table["accuracy"], marker="o", label="prequential accuracy")
+    for i, point in enumerate(change_points):
+        label = "true change point" if i == 0 else None
+        axis.axvline(point, color="grey", linestyle="--", alpha=0.7, label=label)
+    retrained = table[table["retrain"] & (table["period"] > 0)]
+    axis.scatter(
+        retrained["period"],
+        retrained["accuracy"],
+        color="red",
+        zorder=3,
+        s=60,
+        marker="^",
+        label="retrain triggered",
+    )
+    axis.set(xlabel="monitoring period", ylabel="accuracy", ylim=(0, 1.02))
+    axis.set_title("served model, scored on each period before training on it")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
