@@ -264,7 +264,7 @@ class MonitorConfig:
     """
 
     arl: float = 5000.0  # target mean run length, in periods, between false alarms
-    reference_periods: int = 3  # periods after each (re)training that form the reference
+    reference_periods: int = 2  # periods after each (re)training that form the reference
     histogram_bins: int = 8  # per feature, on edges the server sets from the first period
     detectors: list[Any] = field(default_factory=list)
 
@@ -287,12 +287,13 @@ class RetrainConfig:
     """How a triggered retrain runs (server.controller)."""
 
     max_rounds: int = 20  # cap on rounds per retrain
-    patience: int = 2  # stop after this many rounds without validation gain
+    patience: int = 3  # stop after this many rounds without validation gain
     min_delta: float = 0.002  # validation accuracy gain that counts as progress
     reinit_after: int | None = 2  # warm rounds after which a stalled retrain re-initialises
     stall_gap: float = 0.05  # stalled: still this far below the serving model's own accuracy
     reuse_stored: bool = True  # try stored earlier models before training (recurring concepts)
     reuse_margin: float = 0.02  # a stored model must beat the serving one by this much
+    reuse_tolerance: float = 0.03  # ...and score within this of its own validation accuracy
     max_stored: int = 20  # earlier models kept for reuse
 
     def __post_init__(self) -> None:
@@ -307,6 +308,10 @@ class RetrainConfig:
             ),
             (self.reuse_margin >= 0, f"{r}reuse_margin={self.reuse_margin}: must be >= 0"),
             (0 <= self.stall_gap <= 1, f"{r}stall_gap={self.stall_gap}: must lie in [0, 1]"),
+            (
+                0 <= self.reuse_tolerance <= 1,
+                f"{r}reuse_tolerance={self.reuse_tolerance}: must lie in [0, 1]",
+            ),
             (self.max_stored >= 0, f"{r}max_stored={self.max_stored}: must be >= 0"),
         )
 

@@ -192,7 +192,9 @@ class Controller:
             best: tuple[float, int, dict[str, np.ndarray]] | None = None
             for entry, arrays in self.store.reusable(exclude=version):
                 acc = self._validate(period, _record(arrays))
-                if best is None or acc > best[0]:
+                # Its concept is back only if it scores as it did when it was stored.
+                back = acc >= entry.validation_accuracy - r.reuse_tolerance
+                if back and (best is None or acc > best[0]):
                     best = (acc, entry.version, arrays)
             if best is not None and best[0] >= serving_acc + r.reuse_margin:
                 acc, reused, arrays = best
