@@ -1,0 +1,121 @@
+"""The ``privacy`` config group: sample-level DP-SGD at each site and its lifetime budget.
+
+>>> PrivacyConfig(enabled=True, target_epsilon=2.0).noise_multiplier is None
+True
+>>> from fedretrain.config import ConfigError
+>>> try:
+...     PrivacyConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=-1)
+... except ConfigError as err:
+...     print(err.problems)
+['privacy.max_grad_norm=-1: must be a positive number, e.g. 1.0']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+
+class ClippingMode(str, Enum):
+    """How per-sample gradients are clipped (both give the same update; cost differs)."""
+
+    flat = "flat"  # per-sample gradients materialised, then clipped (Opacus "hooks")
+    ghost = "ghost"  # per-sample norms without materialising Linear gradients (Opacus "ghost")
+
+
+class AccountantKind(str, Enum):
+    """How privacy loss composes; RDP is the only one the ledger implements."""
+
+    rdp = "rdp"
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Sample-level differential privacy of each site's local training (DP-SGD).
+
+    Parameters
+    ----------
+    enabled : bool
+        Train with DP-SGD (Poisson sampling, per-sample clipping, Gaussian noise).
+    noise_multiplier : float or None
+        σ: noise standard deviation over ``max_grad_norm``. 0 adds no noise and gives no
+        privacy (ε = ∞); only for checks.
+    target_epsilon : float or None
+        Instead of σ: the ε one retraining cycle may cost at ``delta``. σ is then computed for
+        the cycle's planned steps (:func:`fedretrain.privacy.plan.plan_training`).
+    delta : float
+        δ of every reported (ε, δ); well below 1 / (records at a site).
+    max_grad_norm : float
+        C: each sample's gradient is clipped to this L2 norm.
+    clipping : ClippingMode
+        ``flat`` or ``ghost``; the same update, different speed and memory.
+    epsilon_budget : float or None
+        Lifetime ε per site at ``delta``: a site declines training that would exceed it.
+        null for no cap (ε is still accounted).
+    accountant : AccountantKind
+        ``rdp``.
+    fix_model : bool
+        Replace layers DP-SGD cannot train (BatchNorm → GroupNorm) when the model is built;
+        false refuses such a model with a message instead.
+    reproducible : bool
+        Draw the Poisson batches and the noise from the generator the caller passes
+        (simulations, tests). False (the default, and what a real site needs) seeds them from
+        the operating system's entropy: whoever knows the seed can subtract the noise.
+    """
+
+    enabled: bool = False
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    clipping: ClippingMode = ClippingMode.flat
+    epsilon_budget: float | None = None
+    accountant: AccountantKind = AccountantKind.rdp
+    fix_model: bool = True
+    reproducible: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        p = "privacy."
+        sigma, target, budget = self.noise_multiplier, self.target_epsilon, self.epsilon_budget
+        if self.enabled and (sigma is None) == (target is None):
+            both = "both are null" if sigma is None else f"got {sigma} and {target}"
+            problems.append(
+                f"privacy: enabled=true needs exactly one of {p}noise_multiplier (e.g. 1.1) or "
+                f"{p}target_epsilon (e.g. 3.0, per retraining cycle); {both}"
+            )
+        if sigma is not None and not (sigma >= 0 and math.isfinite(sigma)):
+            problems.append(
+                f"{p}noise_multiplier={sigma}: must be a finite number >= 0 (e.g. 1.1); "
+                "0 means no privacy"
+            )
+        if target is not None and not (target > 0 and math.isfinite(target)):
+            problems.append(f"{p}target_epsilon={target}: must be a positive number, e.g. 3.0")
+        if not 0 < self.delta < 1:
+            problems.append(f"{p}delta={self.delta}: must lie in (0, 1), e.g. 1e-5")
+        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            problems.append(
+                f"{p}max_grad_norm={self.max_grad_norm}: must be a positive number, e.g. 1.0"
+            )
+        if budget is not None and not budget > 0:
+            problems.append(
+                f"{p}epsilon_budget={budget}: must be positive (e.g. 8.0), or null for no cap"
+            )
+        if budget is not None and target is not None and target > budget:
+            problems.append(
+                f"{p}target_epsilon={target}: exceeds {p}epsilon_budget={budget}, so no cycle "
+                "could ever run; lower the target or raise the budget"
+            )
+        for name, enum in (("clipping", ClippingMode), ("accountant", AccountantKind)):
+            value = getattr(self, name)
+            if not isinstance(value, enum):
+                try:
+                    object.__setattr__(self, name, enum(value))
+                except ValueError:
+                    valid = [m.value for m in enum]
+                    problems.append(f"{p}{name}={value!r}: must be one of {valid}")
+        if problems:
+            from fedretrain.config import ConfigError  # config imports this module
+
+            raise ConfigError(problems)

@@ -1,0 +1,370 @@
+"""DP-SGD of a site's local training: the one module of fedretrain that imports Opacus.
+
+:func:`dp_train` mirrors :func:`fedretrain.training.train` (same optimizer, same loss, training
+in place) with Poisson batches, per-sample clipping and Gaussian noise, and records what it ran
+in the site's :class:`~fedretrain.privacy.ledger.PrivacyLedger`. Opacus supplies the per-sample
+gradient hooks, the clipping (``flat``: per-sample gradients; ``ghost``: per-sample norms
+without materialising Linear gradients) and the noisy optimizer; it does not supply batches
+(:func:`~fedretrain.privacy.sampling.poisson_batches` does) nor accounting (the ledger does),
+so no ``PrivacyEngine`` and no Opacus accountant that could be reset is ever built.
+
+Importing Opacus calls ``logging.basicConfig``, which would install a handler on the root
+logger of whatever process imports us; the import below undoes that.
+
+A site that trains with DP builds its model through :func:`make_compatible` (and so must the
+server, so that both hold the same architecture), then per round::
+
+    plan = plan_training(privacy, train_cfg, len(data), rounds_per_cycle=retrain.max_rounds)
+    decision = ledger.would_exceed(plan.composition, privacy.epsilon_budget, privacy.delta)
+    if decision.allowed:
+        result = dp_train(model, data, train_cfg, privacy, lr, device, generator, ledger,
+                          tag=f"v{version}/r{server_round}", plan=plan)
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedretrain.config import TrainConfig
+from fedretrain.privacy.config import ClippingMode, PrivacyConfig
+from fedretrain.privacy.ledger import Decision, LedgerEntry, PrivacyLedger
+from fedretrain.privacy.plan import TrainingPlan, plan_training
+from fedretrain.privacy.rdp import SampledGaussian
+from fedretrain.privacy.sampling import poisson_batches
+from fedretrain.tasks.dataset import ArrayDataset
+from fedretrain.training import TrainResult, make_optimizer
+
+
+@contextmanager
+def _root_logging_kept() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+
+
+with _root_logging_kept():
+    from opacus.grad_sample.grad_sample_module import GradSampleHooks
+    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
+        GradSampleHooksFastGradientClipping,
+    )
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+    from opacus.validators import ModuleValidator
+
+_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module"
+# Attributes Opacus's hooks and optimizers set on parameters, removed after training.
+_OPACUS_PARAM_ATTRS = (
+    "grad_sample",
+    "_forward_counter",
+    "_current_grad_sample",
+    "_norm_sample",
+    "summed_grad",
+)
+
+
+class IncompatibleModelError(ValueError):
+    """A model DP-SGD cannot train as it is (BatchNorm, buffers in trainable layers...)."""
+
+
+class BudgetExceededError(RuntimeError):
+    """The planned training would take the site beyond ``privacy.epsilon_budget``."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        super().__init__(decision.reason)
+
+
+@dataclass(frozen=True)
+class DPTrainResult:
+    """What :func:`dp_train` ran and what it cost the site."""
+
+    train: TrainResult
+    plan: TrainingPlan
+    entry: LedgerEntry  # the ledger record: tag, σ, q, steps, δ, cumulative ε, ε spent
+
+    @property
+    def epsilon_spent(self) -> float:
+        """How much this call raised the site's cumulative ε at ``entry.delta``."""
+        return self.entry.epsilon_spent
+
+    @property
+    def epsilon_total(self) -> float:
+        """The site's cumulative ε at ``entry.delta`` after this call."""
+        return self.entry.epsilon
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def compatibility_problems(model: nn.Module) -> list[str]:
+    """Why DP-SGD cannot train ``model`` as it is; empty when it can.
+
+    >>> compatibility_problems(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))[0][:40]
+    'BatchNorm cannot support training with d'
+    """
+    was_training = model.training
+    model.train()
+    try:
+        errors = [str(e) for e in ModuleValidator.validate(model, strict=False)]
+        errors += [str(e) for e in GradSampleHooks.validate(model, strict=False)]
+    finally:
+        model.train(was_training)
+    return list(dict.fromkeys(errors))  # both checks flag BatchNorm; say it once
+
+
+def make_compatible(model: nn.Module, fix: bool = True) -> nn.Module:
+    """``model`` itself if DP-SGD can train it, else a fixed copy (BatchNorm → GroupNorm).
+
+    Call it where the model is built, on the server and at every site alike: the fixed model
+    has different layers and state-dict keys from the original. With ``fix=False`` an
+    incompatible model is refused with what to change.
+
+    >>> plain = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    >>> make_compatible(plain) is plain
+    True
+    >>> type(make_compatible(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))[1])
+    <class 'torch.nn.modules.normalization.GroupNorm'>
+    """
+    problems = compatibility_problems(model)
+    if not problems:
+        return model
+    if not fix:
+        raise IncompatibleModelError(_refusal(problems, "set privacy.fix_model=true"))
+    with _root_logging_kept():
+        fixed: nn.Module = ModuleValidator.fix(model)
+    remaining = compatibility_problems(fixed)
+    if remaining:
+        raise IncompatibleModelError(_refusal(remaining, "Opacus cannot fix these automatically"))
+    return fixed
+
+
+def _refusal(problems: list[str], hint: str) -> str:
+    listed = "\n".join(f"  - {p}" for p in problems)
+    return (
+        f"this model cannot be trained with DP-SGD as it is:\n{listed}\n"
+        f"Build it through fedretrain.privacy.opacus_engine.make_compatible (BatchNorm becomes "
+        f"GroupNorm; {hint}), or use GroupNorm/LayerNorm/no normalisation in the model. "
+        "Server and sites must build the same, fixed architecture."
+    )
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def dp_train(
+    model: nn.Module,
+    data: ArrayDataset,
+    train_cfg: TrainConfig,
+    privacy: PrivacyConfig,
+    lr: float,
+    device: torch.device,
+    generator: torch.Generator,
+    ledger: PrivacyLedger,
+    tag: str,
+    plan: TrainingPlan | None = None,
+    proximal_mu: float = 0.0,
+) -> DPTrainResult:
+    """Train ``model`` in place with DP-SGD and record the cost in ``ledger``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Trained in place; must pass :func:`compatibility_problems` (build it with
+        :func:`make_compatible`).
+    data, train_cfg, lr, device
+        As for :func:`fedretrain.training.train`: the optimizer is
+        ``make_optimizer(train_cfg, ...)``, the loss cross-entropy. ``train_cfg.batch_size``
+        is the *expected* batch size, ``train_cfg.local_epochs`` expected passes;
+        ``train_cfg.max_grad_norm`` is not used (per-sample clipping at
+        ``privacy.max_grad_norm`` replaces it).
+    privacy : PrivacyConfig
+        Must be enabled.
+    generator : torch.Generator
+        With ``privacy.reproducible``: the Poisson batches are drawn first from it
+        (:func:`poisson_batches` with the same state gives the same batches), then a seed for
+        the noise. Otherwise both come from the operating system's entropy.
+    ledger : PrivacyLedger
+        The site's ledger; the run is recorded under ``tag`` before this returns (and also if
+        training fails after some noisy steps, with the steps done).
+    plan : TrainingPlan or None
+        From :func:`plan_training` (the one the budget was checked with); None plans here
+        for one round per cycle.
+    proximal_mu : float
+        FedProx's μ: its gradient ``μ (w - w_global)`` depends on no record, so it is added
+        after clipping and noise, unclipped.
+
+    Raises
+    ------
+    IncompatibleModelError
+        The model has layers DP-SGD cannot train.
+    BudgetExceededError
+        The plan would exceed ``privacy.epsilon_budget``; call ``ledger.would_exceed`` first
+        and decline instead.
+    """
+    if not privacy.enabled:
+        raise ValueError("privacy.enabled is false: use fedretrain.training.train")
+    plan = plan if plan is not None else plan_training(privacy, train_cfg, len(data))
+    if plan.num_samples != len(data):
+        raise ValueError(f"the plan is for {plan.num_samples} samples but data has {len(data)}")
+    problems = compatibility_problems(model)
+    if problems:
+        raise IncompatibleModelError(_refusal(problems, "privacy.fix_model=true does that"))
+    decision = ledger.would_exceed(plan.composition, privacy.epsilon_budget, privacy.delta)
+    if not decision.allowed:
+        raise BudgetExceededError(decision)
+
+    if not privacy.reproducible:
+        generator = torch.Generator().manual_seed(secrets.randbits(63))
+    batches = poisson_batches(len(data), plan.sample_rate, plan.steps, generator)
+    noise = torch.Generator(device=device)
+    noise.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(train_cfg, list(model.parameters()), lr)
+    step = _Stepper(model, params, optimizer, privacy, plan, noise, proximal_mu)
+    x = torch.from_numpy(data.x).to(device)
+    y = torch.from_numpy(data.y).to(device)
+    total_loss, losses, done = 0.0, 0, 0
+    try:
+        with warnings.catch_warnings():
+            # The first layer's input needs no gradient; Opacus's backward hooks fire anyway,
+            # as intended, and torch warns about it once per process.
+            warnings.filterwarnings("ignore", _HOOK_WARNING, UserWarning)
+            for batch in batches:
+                index = batch.to(device)
+                loss = step(x[index], y[index])
+                if loss is not None:
+                    total_loss += loss
+                    losses += 1
+                done += 1
+    except BaseException:
+        if done:  # noisy updates reached the model: they count even though training failed
+            spent = SampledGaussian(plan.noise_multiplier, plan.sample_rate, done)
+            ledger.record(f"{tag} (failed)", spent, privacy.delta)
+        raise
+    finally:
+        step.close()
+    entry = ledger.record(tag, plan.composition[0], privacy.delta)
+    return DPTrainResult(TrainResult(len(data), total_loss / max(losses, 1), done), plan, entry)
+
+
+class _Stepper:
+    """One DP-SGD step on a batch, flat or ghost; a noise-only step on an empty batch."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: list[nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        privacy: PrivacyConfig,
+        plan: TrainingPlan,
+        noise: torch.Generator,
+        proximal_mu: float,
+    ) -> None:
+        self.params = params
+        self.optimizer = optimizer
+        self.std = plan.noise_multiplier * privacy.max_grad_norm
+        self.expected_batch_size = plan.expected_batch_size
+        self.noise = noise
+        self.ghost = privacy.clipping is ClippingMode.ghost
+        dp_args = {
+            "noise_multiplier": plan.noise_multiplier,
+            "max_grad_norm": privacy.max_grad_norm,
+            "expected_batch_size": plan.expected_batch_size,
+            "loss_reduction": "mean",
+            "generator": noise,
+        }
+        criterion = nn.CrossEntropyLoss(reduction="mean")
+        self.hooks: GradSampleHooks
+        self.dp_optimizer: DPOptimizer
+        self.loss_fn: Callable[[torch.Tensor, torch.Tensor], Any]
+        if self.ghost:
+            self.hooks = GradSampleHooksFastGradientClipping(
+                model, loss_reduction="mean", max_grad_norm=privacy.max_grad_norm
+            )
+            self.dp_optimizer = DPOptimizerFastGradientClipping(optimizer, **dp_args)
+            self.loss_fn = DPLossFastGradientClipping(
+                self.hooks, self.dp_optimizer, criterion, loss_reduction="mean"
+            )
+        else:
+            self.hooks = GradSampleHooks(model, loss_reduction="mean")
+            self.dp_optimizer = DPOptimizer(optimizer, **dp_args)
+            self.loss_fn = criterion
+        self.model = model
+        self.layout_hooks = [
+            m.register_forward_pre_hook(_standard_layout)
+            for m in model.modules()
+            if isinstance(m, nn.modules.conv._ConvNd)
+        ]
+        self.anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
+        self.mu = proximal_mu
+        if self.anchor:
+            self.dp_optimizer.attach_step_hook(lambda _: self._add_proximal_gradient())
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
+        """The batch's mean loss, or None for an empty batch."""
+        if len(y) == 0:
+            self._noise_only_step()
+            return None
+        self.dp_optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()
+        self.dp_optimizer.step()
+        return float(loss.detach())
+
+    def _noise_only_step(self) -> None:
+        # The mechanism's output on an empty batch is noise alone; skipping the step would
+        # reveal that the batch was empty, which the analysis does not allow for.
+        self.dp_optimizer.zero_grad(set_to_none=True)
+        for p in self.params:
+            sample = torch.normal(0.0, 1.0, p.shape, generator=self.noise, device=p.device)
+            p.grad = sample.to(p.dtype) * (self.std / self.expected_batch_size)
+        if self.anchor:
+            self._add_proximal_gradient()
+        self.optimizer.step()
+
+    def _add_proximal_gradient(self) -> None:
+        with torch.no_grad():
+            for p, a in zip(self.params, self.anchor, strict=True):
+                assert p.grad is not None
+                p.grad.add_(p - a, alpha=self.mu)
+
+    def close(self) -> None:
+        """Remove Opacus's hooks and per-parameter attributes; the model is plain again."""
+        self.hooks.remove_hooks()
+        for handle in self.layout_hooks:
+            handle.remove()
+        for p in self.model.parameters():
+            p.grad = None
+            for attr in _OPACUS_PARAM_ATTRS:
+                if hasattr(p, attr):
+                    delattr(p, attr)
+        for module in self.model.modules():
+            for attr in ("activations", "max_batch_len"):
+                if hasattr(module, attr):
+                    delattr(module, attr)
+
+
+def _standard_layout(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    # Opacus 1.6 computes a convolution's per-sample gradients with an unfold
+    # (opacus.utils.tensor_utils.unfold2d) that assumes row-major (NCHW) strides. A
+    # channels-last input gives wrong per-sample gradients, hence wrong norms and clipping,
+    # silently. Digits from a numpy subset are such an input: their (n, 1, 8, 8) strides make
+    # the first convolution return channels-last activations. Copy such inputs to NCHW.
+    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
