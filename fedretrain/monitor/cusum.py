@@ -1,4 +1,4 @@
-"""One-sided CUSUM: the scalar recursion, and the period detector on standardized error rates.
+"""One-sided CUSUM: the scalar recursion, and the period detector on error scores.
 
 >>> cusum = Cusum(k=0.5, threshold=4.0)
 >>> for x in [0.3, -1.0, 2.0, 1.5, 2.5]:
@@ -80,7 +80,7 @@ class Cusum:
 
 
 class ErrorCusum(SequentialErrorDetector):
-    """CUSUM on each stream's self-starting standardized error rate (pooled and per site).
+    """CUSUM on each stream's self-starting error score (pooled and per site).
 
     The threshold of a stream with run length ``L`` solves Siegmund's approximation
     ``L = (exp(2kb) - 2kb - 1) / (2k^2)``, ``b = h + 1.166``; the streams' run lengths are

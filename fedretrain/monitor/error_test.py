@@ -69,15 +69,22 @@ def critical_errors(level: float, labelled: int, ref_errors: int, ref_labelled: 
     >>> critical_errors(1e-3, 100, 30, 300)
     24.0
     """
-    def p(errors: int) -> float:
-        return float(fisher_greater(errors, labelled, ref_errors, ref_labelled))
 
-    if labelled < 1 or p(labelled) >= level:
+    def p(errors: np.ndarray) -> np.ndarray:
+        return fisher_greater(errors, labelled, ref_errors, ref_labelled)
+
+    if labelled < 1 or p(np.array(labelled)) >= level:
         return math.inf
-    lo, hi = -1, labelled  # p(lo) >= level (by convention), p(hi) < level; p falls with errors
+    # p falls as errors rise: narrow (lo, hi], p(lo) >= level (lo = -1 by convention) and
+    # p(hi) < level, with up to 32 candidates per vectorised call.
+    lo, hi = -1, labelled
     while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if p(mid) < level else (mid, hi)
+        candidates = np.unique(np.linspace(lo + 1, hi - 1, min(32, hi - lo - 1)).round())
+        candidates = candidates.astype(np.int64)
+        below = candidates[p(candidates) < level]
+        hi = int(below.min()) if below.size else hi
+        above = candidates[candidates < hi]
+        lo = int(above.max()) if above.size else lo
     return float(hi)
 
 

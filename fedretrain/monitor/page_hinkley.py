@@ -1,4 +1,4 @@
-"""Page-Hinkley: River's scalar detector, and the period detector on standardized error rates.
+"""Page-Hinkley: River's scalar detector, and the period detector on error scores.
 
 :class:`PageHinkley` reproduces ``river.drift.PageHinkley`` update for update (same arithmetic,
 same quirks: the decrease test starts from a maximum of -1, drift is tested only from
@@ -140,7 +140,7 @@ class PageHinkley:
 
 
 class ErrorPageHinkley(SequentialErrorDetector):
-    """Page-Hinkley (mode "up", ``alpha = 1``) on each stream's standardized error rate.
+    """Page-Hinkley (mode "up", ``alpha = 1``) on each stream's error score.
 
     Calibration rule. With ``alpha = 1`` the up-test is ``U_t - min_s U_s``, a CUSUM with
     reference value ``delta`` on the deviations ``x_t - m_t`` from the running mean. For
@@ -148,7 +148,7 @@ class ErrorPageHinkley(SequentialErrorDetector):
     so the threshold is set as for a CUSUM with ``k = delta`` from Siegmund's approximation
     (:func:`~fedretrain.monitor.calibration.cusum_threshold`); the slightly smaller variance
     makes it a little conservative (verified by simulation in the unit tests). The inputs are the
-    self-starting standardized error rates of :mod:`fedretrain.monitor.sequential`, independent
+    self-starting exact error scores of :mod:`fedretrain.monitor.sequential`, independent
     and close to N(0, 1) under no drift. Unlike the CUSUM, PH also subtracts its own running mean,
     so it tracks a rise relative to the stream's level since its last alarm.
 

@@ -1,26 +1,35 @@
-"""Sequential tests on the error rate: one scalar detector per stream, fed standardized errors.
+"""Sequential tests on the error rate: one scalar detector per stream, fed error scores.
 
-Each period, the pooled tested sites and each tested site give one standardized error rate
+Each period, the pooled tested sites and each tested site give one *error score* ``z_t`` and a
+scalar sequential detector per stream (CUSUM, Page-Hinkley) accumulates them. Two choices make
+Siegmund's run-length approximation hold for these scores, measured on binomial streams:
 
-    z_t = (p_t - p_ref) / sqrt(q (1 - q) (1 / n_t + 1 / n_ref)),  q = (e_ref + 1/2) / (n_ref + 1)
+Self-starting reference. Against a *fixed* reference of a few periods every ``z_t`` shares the
+reference's sampling error (consecutive scores have correlation about ``n_t / (n_t + n_ref)``,
+1/4 with three reference periods), so an unlucky reference offsets every later score alike and
+the CUSUM drifts up: with ``k = 0.5`` and a target run length of 10,000 periods per stream, the
+measured false-alarm rate was 91 times the target (10 points error, 100 samples per period).
+Here each stream's reference is its first ``reference_periods`` reports *plus every later
+period once tested*, so ``z_t`` compares period ``t`` with all periods before it: the scores are
+independent under no drift (the classical self-starting CUSUM). The price: a persistent shift is
+slowly absorbed into the reference, which the exact, fixed-reference
+:class:`~fedretrain.monitor.error_test.BinomialErrorTest` is there to catch.
 
-(``q`` is continuity-corrected so that a reference without errors still scales), and a scalar
-sequential detector per stream (CUSUM, Page-Hinkley) accumulates them.
-
-Why the reference is self-starting here. Against a *fixed* reference of a few periods every
-``z_t`` shares the reference's sampling error: consecutive ``z`` have correlation about
-``n_t / (n_t + n_ref)`` (1/4 with three reference periods), so one unlucky reference shifts
-every later ``z`` by the same offset, and a CUSUM with ``k = 0.5`` drifts to a false alarm in
-tens of periods in about one run out of six. Here each stream's reference is its first
-``reference_periods`` reports *plus every later period once it has been tested*: ``z_t`` then
-compares period ``t`` with all periods before it, the innovations are uncorrelated under no drift
-(the classical self-starting CUSUM), and Siegmund's run-length approximation holds. The price:
-a persistent shift is slowly absorbed into the reference, which is what the exact
-:class:`~fedretrain.monitor.error_test.BinomialErrorTest` (fixed reference) is there for.
+Exact scores. The Wald statistic ``(p_t - p_ref) / se`` (:func:`standardized_error`, still
+reported in each decision's ``detail``) is right-skewed for rare errors, and a CUSUM reads
+exactly that tail: self-started Wald scores still gave 1.3 to 1.7 times the target rate.
+:func:`error_score` instead maps the exact conditional tail probability to a normal quantile:
+given the errors of this period and its reference together, this period's errors are
+hypergeometric whatever the true rate, and for a self-starting reference those conditional
+probability transforms are independent uniforms under no drift (up to the discreteness, which
+the mid-p halves). The measured run lengths came within 10% of Siegmund's, on the safe side for
+rare errors.
 
 >>> z = standardized_error(np.array([30, 10]), np.array([100, 100]), 100, 1000)
 >>> z.round(2).tolist()
 [6.35, 0.0]
+>>> error_score(np.array([30, 10]), np.array([100, 100]), 100, 1000).round(2).tolist()
+[5.17, 0.04]
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import special
+from scipy import stats as scipy_stats
 
 from fedretrain.monitor.base import Detection, Detector, check_state, state_header
 from fedretrain.monitor.calibration import period_alpha, split_alpha, split_arl
@@ -65,8 +76,31 @@ def standardized_error(
     return np.asarray((e / n - e_ref / n_ref) / np.sqrt(q * (1 - q) * (1 / n + 1 / n_ref)))
 
 
+def error_score(
+    errors: ArrayLike, labelled: ArrayLike, ref_errors: ArrayLike, ref_labelled: ArrayLike
+) -> np.ndarray:
+    """Normal score of the exact one-sided mid-p of the errors given errors and reference.
+
+    ``z = -Phi^{-1}(P(X > e) + P(X = e) / 2)`` with ``X`` hypergeometric (the current errors
+    given the margins of Fisher's table): about N(0, 1) under no drift whatever the error rate,
+    including a reference without errors, and large when errors rose. A side without labelled
+    samples scores 0.
+    """
+    e, n, e_ref, n_ref = np.broadcast_arrays(
+        *(np.asarray(a, dtype=np.int64) for a in (errors, labelled, ref_errors, ref_labelled))
+    )
+    ok = (n > 0) & (n_ref > 0)
+    total, bad, draws = np.where(ok, n + n_ref, 1), np.where(ok, e + e_ref, 0), np.where(ok, n, 0)
+    x = np.where(ok, e, 0)
+    mid = scipy_stats.hypergeom.sf(x, total, bad, draws) + 0.5 * scipy_stats.hypergeom.pmf(
+        x, total, bad, draws
+    )
+    z = -special.ndtri(np.clip(mid, 1e-300, 1.0))
+    return np.asarray(np.where(ok, z, 0.0))
+
+
 class SequentialErrorDetector(Detector):
-    """Self-starting standardized error rates, per stream, into one scalar detector each.
+    """Self-starting error scores, per stream, into one scalar detector each.
 
     The streams' run lengths are split like false-alarm rates (``global_share`` of the rate to
     the pooled stream, the rest equally to the tested sites), and each scalar detector's
@@ -84,6 +118,7 @@ class SequentialErrorDetector(Detector):
         self.global_share = global_share
         self._refs = SiteReferences(reference_periods)
         self._streams: dict[int, ScalarDetector] = {}
+        self._thresholds: dict[float, float] = {}  # derived from arguments, not state: a cache
         self._last = Detection.quiet(self.TEST, "no period yet")
 
     @abstractmethod
@@ -109,22 +144,26 @@ class SequentialErrorDetector(Detector):
             [np.sum([current[s] for s in tested], axis=0)] + [current[s] for s in tested]
         )
         ref = np.stack([self._refs.pooled(tested)] + [self._refs.reference(s) for s in tested])
-        z = standardized_error(cur[:, 0], cur[:, 1], ref[:, 0], ref[:, 1])
+        z = error_score(cur[:, 0], cur[:, 1], ref[:, 0], ref[:, 1])
+        wald = standardized_error(cur[:, 0], cur[:, 1], ref[:, 0], ref[:, 1])
         for site in tested:  # self-starting: this period joins the reference of later ones
             self._refs.add(site, current[site])
         pooled_arl, site_arl = split_arl(self.arl, len(tested), self.global_share)
+        for arl in (pooled_arl, site_arl):
+            if arl not in self._thresholds:
+                self._thresholds[arl] = self._threshold(arl)
         keys = [POOLED, *tested]
         values, thresholds, alarms = [], [], []
         for key, z_t in zip(keys, z, strict=True):
             stream = self._streams.get(key)
             if stream is None:
                 stream = self._streams[key] = self._new_stream()
-            stream.threshold = self._threshold(pooled_arl if key == POOLED else site_arl)
+            stream.threshold = self._thresholds[pooled_arl if key == POOLED else site_arl]
             stream.update(float(z_t))
             values.append(stream.statistic)
             thresholds.append(stream.threshold)
             alarms.append(stream.drift_detected)
-        self._last = self._detection(keys, cur, ref, z, values, thresholds, alarms)
+        self._last = self._detection(keys, cur, ref, z, wald, values, thresholds, alarms)
 
     def _detection(
         self,
@@ -132,6 +171,7 @@ class SequentialErrorDetector(Detector):
         cur: np.ndarray,
         ref: np.ndarray,
         z: np.ndarray,
+        wald: np.ndarray,
         values: list[float],
         thresholds: list[float],
         alarms: list[bool],
@@ -143,7 +183,8 @@ class SequentialErrorDetector(Detector):
         where = "pooled" if site == POOLED else f"site {site}"
         error, ref_error = cur[i, 0] / cur[i, 1], ref[i, 0] / ref[i, 1]
         detail = {
-            "z": float(z[i]),
+            "score": float(z[i]),
+            "z": float(wald[i]),
             "error": float(error),
             "reference_error": float(ref_error),
             "labelled": float(cur[i, 1]),
@@ -155,7 +196,7 @@ class SequentialErrorDetector(Detector):
         sites = tuple(k for k, a in zip(keys[1:], alarms[1:], strict=True) if a)
         drifted = any(alarms)
         value, h = values[i], thresholds[i]
-        numbers = f"(error {error:.3f} vs reference {ref_error:.3f}, z={z[i]:.2f})"
+        numbers = f"(error {error:.3f} vs reference {ref_error:.3f}, score {z[i]:.2f})"
         if drifted:
             reason = f"{self.TEST}: {where} statistic {value:.2f} > {h:.2f} {numbers}"
             if sites:
