@@ -8,7 +8,6 @@ server can offer it to the sites again without reading it back.
 from __future__ import annotations
 
 import json
-import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedretrain.atomic import atomic_replace
 from fedretrain.model_io import save_state_dict
 
 
@@ -52,10 +52,8 @@ class ModelStore:
         self._arrays[entry.version] = {k: np.array(v, copy=True) for k, v in arrays.items()}
         while len(self._arrays) > self.max_kept:
             self._arrays.popitem(last=False)
-        index = self.folder / "index.json"
-        tmp = index.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps([asdict(e) for e in self.entries], indent=1))
-        os.replace(tmp, index)
+        text = json.dumps([asdict(e) for e in self.entries], indent=1)
+        atomic_replace(self.folder / "index.json", lambda tmp: tmp.write_text(text))
         return entry
 
     def reusable(self, exclude: int) -> list[tuple[StoredModel, dict[str, np.ndarray]]]:
@@ -65,4 +63,3 @@ class ModelStore:
             for v, arrays in reversed(self._arrays.items())
             if v != exclude
         ]
-

@@ -86,6 +86,10 @@ class RunReport:
     def rows(self) -> list[RoundRow]:
         return list(self._rows)
 
+    @property
+    def rejections(self) -> list[Rejection]:
+        return list(self._rejections)
+
     def reject(self, rejection: Rejection) -> None:
         """Record a reply that did not reach aggregation, or a skipped round, in rejections.csv."""
         path = self.run_dir / "rejections.csv"
@@ -152,14 +156,19 @@ class RunReport:
         }
         plot_metrics(table, self.run_dir / "metrics.png")
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        width = max(len(k) for k in summary)
-        lines = ["", "fedretrain summary", "-" * 40]
-        for key, value in summary.items():
-            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-            lines.append(f"{key:<{width}}  {shown}")
-        lines.append("-" * 40)
-        print("\n".join(lines), file=self.out, flush=True)
+        print_summary(summary, self.out)
         return summary
+
+
+def print_summary(summary: dict[str, object], out: TextIO) -> None:
+    """The one-screen summary at the end of a run."""
+    width = max(len(k) for k in summary)
+    lines = ["", "fedretrain summary", "-" * 40]
+    for key, value in summary.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<{width}}  {shown}")
+    lines.append("-" * 40)
+    print("\n".join(lines), file=out, flush=True)
 
 
 def plot_metrics(table: pd.DataFrame, path: Path) -> None:

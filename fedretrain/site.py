@@ -98,9 +98,7 @@ def model_for(
 ) -> nn.Module:
     """The task's model for inputs of ``input_shape``; seeded so every process agrees."""
     torch.manual_seed(cfg.runtime.seed if seed is None else seed)
-    model: nn.Module = instantiate(cfg.task.model)(
-        input_shape=input_shape, num_classes=num_classes
-    )
+    model: nn.Module = instantiate(cfg.task.model)(input_shape=input_shape, num_classes=num_classes)
     return model
 
 

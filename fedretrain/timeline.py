@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import pandas as pd
 
 from fedretrain.monitor.scoring import score_detections
+from fedretrain.report import print_summary
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,7 @@ class Timeline:
         }
         plot_timeline(table, change_points, self.run_dir / "timeline.png")
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        width = max(len(k) for k in summary)
-        lines = ["", "fedretrain summary", "-" * 40]
-        for key, value in summary.items():
-            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-            lines.append(f"{key:<{width}}  {shown}")
-        lines.append("-" * 40)
-        print("\n".join(lines), file=self.out, flush=True)
+        print_summary(summary, self.out)
         return summary
 
 

@@ -177,7 +177,7 @@ class Controller:
                 "clients": cfg.runtime.num_clients,
                 "serving_version": version,
                 "versions": len(self.store.entries),
-                "rejected_replies": len(self.rounds._rejections),
+                "rejected_replies": len(self.rounds.rejections),
                 "run_dir": str(self.run_dir),
             },
         )

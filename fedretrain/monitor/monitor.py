@@ -43,9 +43,7 @@ def build_detectors(nodes: Sequence[Any], arl: float, reference_periods: int) ->
             kwargs["reference_periods"] = reference_periods
         detector = factory(**kwargs)
         if not isinstance(detector, Detector):
-            raise TypeError(
-                f"{type(detector).__name__} is not a fedretrain.monitor.base.Detector"
-            )
+            raise TypeError(f"{type(detector).__name__} is not a fedretrain.monitor.base.Detector")
         detectors.append(detector)
     return detectors
 

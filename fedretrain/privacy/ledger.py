@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -35,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from fedretrain.atomic import atomic_replace
 from fedretrain.privacy.rdp import ORDERS, SampledGaussian, epsilon_from_rdp, merge, rdp_per_step
 
 LEDGER_FORMAT = "fedretrain.privacy_ledger"
@@ -139,7 +138,7 @@ class PrivacyLedger:
         target = Path(path) if path is not None else self.path
         if target is None:
             raise ValueError("this ledger has no path: pass one to save() or to the constructor")
-        _atomic_write_text(target, json.dumps(self.state_dict(), indent=1) + "\n")
+        _write_text(target, json.dumps(self.state_dict(), indent=1) + "\n")
 
     def state_dict(self) -> dict[str, Any]:
         """The ledger as plain JSON types: format, version, site, composition and entries."""
@@ -305,21 +304,5 @@ def _number(x: float) -> float | str:
     return x if math.isfinite(x) else "inf"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _write_text(path: Path, text: str) -> None:
+    atomic_replace(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
