@@ -10,7 +10,8 @@ window (``fedretrain.site.ScenarioFederation``).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import cast
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -20,8 +21,11 @@ from flwr.clientapp import ClientApp
 from fedretrain.attacks import AttackKind, attackers, corrupt_stats, drops_out, poison
 from fedretrain.config import RunConfig, from_yaml
 from fedretrain.flower.records import (
+    LEDGER_DIR_KEY,
     Instruction,
+    declined_reply,
     edges_from_record,
+    epsilon_metrics,
     eval_metrics,
     stats_record,
     train_metrics,
@@ -30,6 +34,9 @@ from fedretrain.monitor.stats import window_stats
 from fedretrain.site import ScenarioFederation, SimulatedFederation, Site
 from fedretrain.tasks.dataset import ArrayDataset
 from fedretrain.training import evaluate, lr_at, predict, train
+
+if TYPE_CHECKING:
+    from fedretrain.privacy.opacus_engine import DPTrainResult
 
 app = ClientApp()
 
@@ -87,9 +94,19 @@ def train_handler(msg: Message, context: Context) -> Message:
     data = site.train_data
     if attacking and attack.kind is AttackKind.label_flip:
         data = ArrayDataset(data.x, data.num_classes - 1 - data.y, data.num_classes)
-    result = train(site.model, data, cfg.train, lr, site.device, generator, instruction.proximal_mu)
+    if cfg.privacy.enabled:
+        outcome = _dp_train(cfg, site, data, instruction, lr, generator, context)
+        if isinstance(outcome, str):
+            return declined_reply(msg, outcome)
+        metrics = train_metrics(outcome.train)
+        spent, total = outcome.epsilon_spent, outcome.epsilon_total
+        metrics.update(epsilon_metrics(site.partition_id, spent, total))
+    else:
+        result = train(
+            site.model, data, cfg.train, lr, site.device, generator, instruction.proximal_mu
+        )
+        metrics = train_metrics(result)
     arrays = ArrayRecord(site.model.state_dict())
-    metrics = train_metrics(result)
     if attacking:
         reference = {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}
         honest = {k: v.numpy() for k, v in arrays.items()}
@@ -105,6 +122,54 @@ def train_handler(msg: Message, context: Context) -> Message:
         if attack.kind is AttackKind.num_examples_lie:
             metrics["num-examples"] = attack.claimed_examples
     return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+def _dp_train(
+    cfg: RunConfig,
+    site: Site,
+    data: ArrayDataset,
+    instruction: Instruction,
+    lr: float,
+    generator: torch.Generator,
+    context: Context,
+) -> DPTrainResult | str:
+    """DP-SGD on ``data``, accounted in the site's ledger; the reason instead if the site's
+    budget does not allow the round.
+
+    A deployed site keeps its ledger in the folder its node config names (``ledger-dir``);
+    a simulated site in the folder the server's instruction names (the run folder).
+    """
+    from fedretrain.privacy import PrivacyLedger, plan_training
+    from fedretrain.privacy.opacus_engine import dp_train  # opacus: only when used
+
+    folder = context.node_config.get(LEDGER_DIR_KEY) or instruction.ledger_dir
+    if not folder:
+        raise ValueError(
+            f"privacy is on but site {site.partition_id} has no ledger folder: start the "
+            f"SuperNode with --node-config '{LEDGER_DIR_KEY}=\"/path\"'"
+        )
+    pid = site.partition_id
+    ledger = PrivacyLedger.open(Path(str(folder)) / f"site-{pid}.json", pid)
+    plan = plan_training(cfg.privacy, cfg.train, len(data), rounds_per_cycle=instruction.num_rounds)
+    decision = ledger.would_exceed(plan.composition, cfg.privacy.epsilon_budget, cfg.privacy.delta)
+    if not decision.allowed:
+        return decision.reason
+    tag = f"round {instruction.server_round}"
+    if instruction.period is not None:
+        tag += f" period {instruction.period}"
+    return dp_train(
+        site.model,
+        data,
+        cfg.train,
+        cfg.privacy,
+        lr,
+        site.device,
+        generator,
+        ledger,
+        tag,
+        plan=plan,
+        proximal_mu=instruction.proximal_mu,
+    )
 
 
 def _is_attacker(cfg: RunConfig, partition_id: int, context: Context) -> bool:

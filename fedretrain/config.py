@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedretrain.attacks import AttackKind
 from fedretrain.monitor.trigger import TriggerConfig
+from fedretrain.privacy.config import PrivacyConfig
 from fedretrain.validation import NormPolicy, UpdateRules
 
 CONFIG_MODULE = "fedretrain.conf"  # conf/ at the repository root, installed under this name
@@ -331,6 +332,7 @@ class RunConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     policy: TriggerConfig = field(default_factory=TriggerConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 def register_schema() -> None:
@@ -481,7 +483,7 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
     problems: list[str] = []
     typed: dict[str, Any] = {}
     groups = ("train", "runtime", "data", "task", "validation", "attack", "scenario", "monitor")
-    for group in (*groups, "policy", "retrain"):
+    for group in (*groups, "policy", "retrain", "privacy"):
         try:
             typed[group] = OmegaConf.to_object(cfg[group])
         except ConfigError as err:
@@ -526,6 +528,7 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
         monitor=typed["monitor"],
         policy=typed["policy"],
         retrain=typed["retrain"],
+        privacy=typed["privacy"],
     )
 
 
@@ -596,9 +599,17 @@ def _build_targets(cfg: DictConfig, runtime: RuntimeConfig) -> list[str]:
     else:
         shape, num_classes = pool.input_shape, pool.num_classes
     try:
-        instantiate(cfg.task.model)(input_shape=shape, num_classes=num_classes)
+        model = instantiate(cfg.task.model)(input_shape=shape, num_classes=num_classes)
     except Exception as err:
         problems.append(f"task.model ({cfg.task.model._target_}): {err}")
+    else:
+        if cfg.privacy.enabled:
+            from fedretrain.privacy.opacus_engine import make_compatible  # opacus: late
+
+            try:
+                make_compatible(model, fix=cfg.privacy.fix_model)
+            except ValueError as err:
+                problems.append(f"task.model ({cfg.task.model._target_}) with privacy: {err}")
     for i, node in enumerate(cfg.monitor.detectors):
         try:
             build_detector(node, arl=cfg.monitor.arl, reference_periods=1)

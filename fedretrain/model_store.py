@@ -28,6 +28,7 @@ class StoredModel:
     rounds: int
     validation_accuracy: float
     reason: str
+    epsilon_by_site: dict[int, float] | None = None  # DP-SGD: what training it cost each site
 
 
 class ModelStore:

@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -38,6 +38,7 @@ class RoundRow:
     seconds: float
     rejected: int = 0  # replies that failed validation or came back as errors
     skipped: bool = False  # below quorum: the model was left as it was
+    declined: int = 0  # sites that declined to train: their privacy budget would not allow it
 
     @classmethod
     def from_eval(
@@ -68,6 +69,9 @@ class RoundRow:
             eval_examples=evaluation.num_examples,
             seconds=seconds,
         )
+
+
+DECLINED_PHASE = "privacy"  # the phase under which a site's decline to train is recorded
 
 
 class RunReport:
@@ -111,16 +115,20 @@ class RunReport:
         )
 
     def add(self, row: RoundRow) -> None:
-        rejected = sum(r.server_round == row.round and r.node_id != 0 for r in self._rejections)
-        skipped = any(r.server_round == row.round and r.node_id == 0 for r in self._rejections)
-        row = replace(row, rejected=rejected, skipped=skipped)
+        this_round = [r for r in self._rejections if r.server_round == row.round]
+        declined = sum(r.phase == DECLINED_PHASE for r in this_round)
+        rejected = sum(r.node_id != 0 for r in this_round) - declined
+        skipped = any(r.node_id == 0 for r in this_round)
+        row = replace(row, rejected=rejected, skipped=skipped, declined=declined)
         self._rows.append(row)
         self.table().to_csv(self.run_dir / "metrics.csv", index=False)
         of = f"/{self.num_rounds}" if self.num_rounds else ""  # 0: rounds run to a plateau
         label = "initial model" if row.round == 0 else f"round {row.round}{of}"
         train = "" if math.isnan(row.train_loss) else f"train loss {row.train_loss:.4f} | "
-        flags = (f" | {row.rejected} rejected" if row.rejected else "") + (
-            " | SKIPPED: below quorum" if row.skipped else ""
+        flags = (
+            (f" | {row.rejected} rejected" if row.rejected else "")
+            + (f" | {row.declined} declined (privacy budget)" if row.declined else "")
+            + (" | SKIPPED: below quorum" if row.skipped else "")
         )
         print(
             f"[fedretrain] {label:>13} | {train}eval loss {row.eval_loss:.4f} | "
@@ -137,20 +145,8 @@ class RunReport:
     def finish(self, extra: dict[str, object]) -> dict[str, object]:
         """Write the plot and ``summary.json``, print the summary, and return it."""
         table = self.table()
-        first, last = self._rows[0], self._rows[-1]
-        best = table.loc[table["accuracy"].idxmax()] if table["accuracy"].notna().any() else None
         summary: dict[str, object] = {
-            "rounds": last.round,
-            "initial_accuracy": first.accuracy,
-            "final_accuracy": last.accuracy,
-            "final_precision": last.precision,
-            "final_recall": last.recall,
-            "final_f1": last.f1,
-            "final_eval_loss": last.eval_loss,
-            "best_accuracy": None if best is None else float(best["accuracy"]),
-            "best_round": None if best is None else int(best["round"]),
-            "rejected_replies": sum(r.node_id != 0 for r in self._rejections),
-            "skipped_rounds": int(table["skipped"].sum()),
+            **summarize_rounds(table),
             "wall_seconds": round(time.perf_counter() - self._start, 2),
             **extra,
         }
@@ -158,6 +154,46 @@ class RunReport:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         print_summary(summary, self.out)
         return summary
+
+
+def summarize_rounds(table: pd.DataFrame) -> dict[str, object]:
+    """The summary of a run from its round rows (:meth:`RunReport.table` or ``metrics.csv``).
+
+    Timings and the run's settings are not in the rows; :meth:`RunReport.finish` adds them.
+    """
+    if table.empty:
+        raise ValueError("no round rows to summarise")
+    first, last = table.iloc[0], table.iloc[-1]
+    best = table.loc[table["accuracy"].idxmax()] if table["accuracy"].notna().any() else None
+    return {
+        "rounds": int(last["round"]),
+        "initial_accuracy": float(first["accuracy"]),
+        "final_accuracy": float(last["accuracy"]),
+        "final_precision": float(last["precision"]),
+        "final_recall": float(last["recall"]),
+        "final_f1": float(last["f1"]),
+        "final_eval_loss": float(last["eval_loss"]),
+        "best_accuracy": None if best is None else float(best["accuracy"]),
+        "best_round": None if best is None else int(best["round"]),
+        "rejected_replies": int(table["rejected"].sum()),
+        "declined_trainings": int(table["declined"].sum()),
+        "skipped_rounds": int(table["skipped"].sum()),
+    }
+
+
+def read_rounds(path: Path) -> pd.DataFrame:
+    """The round rows of a ``metrics.csv`` as :meth:`RunReport.table` had them.
+
+    Columns added to :class:`RoundRow` since the file was written take their defaults.
+    """
+    table = pd.read_csv(path)
+    for field in fields(RoundRow):
+        if field.name not in table.columns:
+            if field.default is MISSING:
+                raise ValueError(f"{path} has no column {field.name!r}")
+            table[field.name] = field.default
+    table["skipped"] = table["skipped"].astype(bool)
+    return table
 
 
 def print_summary(summary: dict[str, object], out: TextIO) -> None:

@@ -96,9 +96,18 @@ def build_model(cfg: RunConfig, pool: ArrayDataset) -> nn.Module:
 def model_for(
     cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, seed: int | None = None
 ) -> nn.Module:
-    """The task's model for inputs of ``input_shape``; seeded so every process agrees."""
+    """The task's model for inputs of ``input_shape``; seeded so every process agrees.
+
+    Under ``privacy.enabled`` layers DP-SGD cannot train are replaced (BatchNorm becomes
+    GroupNorm) here, where server and sites alike build the model, so that their state dicts
+    agree; with ``privacy.fix_model=false`` such a model is refused.
+    """
     torch.manual_seed(cfg.runtime.seed if seed is None else seed)
     model: nn.Module = instantiate(cfg.task.model)(input_shape=input_shape, num_classes=num_classes)
+    if cfg.privacy.enabled:
+        from fedretrain.privacy.opacus_engine import make_compatible  # opacus: only when used
+
+        model = make_compatible(model, fix=cfg.privacy.fix_model)
     return model
 
 

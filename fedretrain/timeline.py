@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,6 +41,7 @@ class PeriodRow:
     serving_version: int
     validation_accuracy: float  # of the model chosen this period (nan when no retrain)
     seconds: float
+    max_epsilon: float = math.nan  # DP-SGD: the largest cumulative ε of any site so far
 
 
 class Timeline:
@@ -82,23 +83,8 @@ class Timeline:
     def finish(self, change_points: list[int], extra: dict[str, Any]) -> dict[str, Any]:
         """Write the plot and ``summary.json``, print the summary, and return it."""
         table = self.table()
-        served = table[table["period"] > 0]
-        retrains = [int(p) for p in served.loc[served["retrain"], "period"]]
-        score = score_detections(change_points, retrains, self.num_periods)
         summary: dict[str, Any] = {
-            "periods": self.num_periods,
-            "mean_prequential_accuracy": float(served["accuracy"].mean()),
-            "final_accuracy": float(table["accuracy"].iloc[-1]),
-            "initial_rounds": int(table.loc[table["period"] == 0, "rounds"].sum()),
-            "retrain_rounds": int(served["rounds"].sum()),
-            "retrains": len(retrains),
-            "retrain_periods": retrains,
-            "change_points": list(change_points),
-            "detection_delays": score.delays,
-            "missed_changes": score.missed,
-            "false_alarms": score.false_alarms,
-            "alarm_periods": [int(p) for p in served.loc[served["alarms"] != "", "period"]],
-            "rejected_statistics": int(table["rejected"].sum()),
+            **summarize_timeline(table, change_points, self.num_periods),
             "wall_seconds": round(time.perf_counter() - self._start, 2),
             **extra,
         }
@@ -106,6 +92,57 @@ class Timeline:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         print_summary(summary, self.out)
         return summary
+
+
+def summarize_timeline(
+    table: pd.DataFrame, change_points: list[int], num_periods: int
+) -> dict[str, Any]:
+    """The summary of a scenario run from its period rows (``table()`` or ``timeline.csv``).
+
+    Timings and the run's settings are not in the rows; :meth:`Timeline.finish` adds them.
+    """
+    if table.empty:
+        raise ValueError("no period rows to summarise")
+    served = table[table["period"] > 0]
+    retrains = [int(p) for p in served.loc[served["retrain"], "period"]]
+    score = score_detections(change_points, retrains, num_periods)
+    return {
+        "periods": num_periods,
+        "mean_prequential_accuracy": float(served["accuracy"].mean()),
+        "final_accuracy": float(table["accuracy"].iloc[-1]),
+        "initial_rounds": int(table.loc[table["period"] == 0, "rounds"].sum()),
+        "retrain_rounds": int(served["rounds"].sum()),
+        "retrains": len(retrains),
+        "retrain_periods": retrains,
+        "change_points": list(change_points),
+        "detection_delays": score.delays,
+        "missed_changes": score.missed,
+        "false_alarms": score.false_alarms,
+        "alarm_periods": [int(p) for p in served.loc[served["alarms"] != "", "period"]],
+        "rejected_statistics": int(table["rejected"].sum()),
+    }
+
+
+_TEXT_COLUMNS = ("alarms", "alarm_sites", "reason", "action")
+
+
+def read_timeline(path: Path) -> pd.DataFrame:
+    """The period rows of a ``timeline.csv`` as :meth:`Timeline.table` had them.
+
+    Empty text cells come back as ``""`` (not NaN) and the flags as booleans; columns added to
+    :class:`PeriodRow` since the file was written take their defaults.
+    """
+    table = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS})
+    for field in fields(PeriodRow):
+        if field.name not in table.columns:
+            if field.default is MISSING:
+                raise ValueError(f"{path} has no column {field.name!r}")
+            table[field.name] = field.default
+    for column in _TEXT_COLUMNS:
+        table[column] = table[column].fillna("")
+    for column in ("change_point", "retrain"):
+        table[column] = table[column].astype(bool)
+    return table
 
 
 def _jsonable(value: Any) -> Any:

@@ -16,7 +16,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -47,7 +47,7 @@ from fedretrain.site import model_for
 from fedretrain.timeline import PeriodRow, Timeline
 from fedretrain.training import EvalResult
 from fedretrain.validation import Rejection
-from server.loop import accepted_count, canonical_order, checked_replies
+from server.loop import accepted_count, checked_replies, privacy_accounting, trained_replies
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class Outcome:
     rounds: int
     validation_accuracy: float
     reused_version: int | None = None
+    epsilon_by_site: dict[int, float] | None = None  # DP-SGD: what it cost each site
 
 
 class Controller:
@@ -92,6 +93,7 @@ class Controller:
         self.server_round = 0  # counts every training round of the run, across retrains
         self._num_features = int(np.prod(self.stream.input_shape))
         self._last_validation = math.nan
+        self._ledger_dir, self.epsilon = privacy_accounting(cfg, run_dir)
 
     # ------------------------------------------------------------------ the run
 
@@ -110,9 +112,7 @@ class Controller:
         version = self._store(serving, None, 0, "initial", outcome, "initial training").version
         self.policy.trained(0, initial=True)
         self.monitor.reset()
-        self.timeline.add(
-            _row(stats, rejected, [], True, "initial training", outcome, version, start)
-        )
+        self._add_row(_row(stats, rejected, [], True, "initial training", outcome, version, start))
         for period in range(1, cfg.scenario.num_periods):
             start = time.perf_counter()
             stats, rejected = self._query_stats(period, serving, edges)
@@ -148,7 +148,7 @@ class Controller:
                 serving = retrained.arrays
                 self.policy.trained(period)
                 self.monitor.reset()
-            self.timeline.add(
+            self._add_row(
                 _row(
                     stats,
                     rejected,
@@ -162,6 +162,8 @@ class Controller:
                 )
             )
 
+        if self.epsilon is not None:
+            self.epsilon.plot(self.run_dir / "privacy.png")
         model = model_for(cfg, self.stream.input_shape, self.stream.num_classes)
         model.load_state_dict(serving.to_torch_state_dict())
         save_state_dict(
@@ -179,8 +181,14 @@ class Controller:
                 "versions": len(self.store.entries),
                 "rejected_replies": len(self.rounds.rejections),
                 "run_dir": str(self.run_dir),
+                **({"privacy": self.epsilon.summary()} if self.epsilon else {}),
             },
         )
+
+    def _add_row(self, row: PeriodRow) -> None:
+        if self.epsilon is not None:
+            row = replace(row, max_epsilon=max(self.epsilon.latest.values(), default=0.0))
+        self.timeline.add(row)
 
     # ------------------------------------------------------------------ retraining
 
@@ -214,6 +222,15 @@ class Controller:
         for a fresh initialisation (a flipped concept is unlearnt faster from scratch). The
         best model seen, by validation accuracy, is kept.
         """
+        if self.epsilon is None:
+            return self._plateau(period, start, baseline, target)
+        mark = self.epsilon.mark()
+        outcome = self._plateau(period, start, baseline, target)
+        return replace(outcome, epsilon_by_site=self.epsilon.spent_since(mark))
+
+    def _plateau(
+        self, period: int, start: ArrayRecord, baseline: float, target: float | None
+    ) -> Outcome:
         r = self.cfg.retrain
         check = r.reinit_after if target is not None else None
         action = "warm" if period > 0 else "initial"
@@ -247,11 +264,17 @@ class Controller:
         """One federated training round on ``period``'s windows, logged in metrics.csv."""
         self.server_round += 1
         started = time.perf_counter()
-        config = instruction_config(self.config_yaml, self.cfg.retrain.max_rounds, period)
+        config = instruction_config(
+            self.config_yaml, self.cfg.retrain.max_rounds, period, self._ledger_dir
+        )
         messages = self.strategy.configure_train(self.server_round, arrays, config, self.grid)
         timeout = self.cfg.validation.reply_timeout_s
-        replies = canonical_order(
-            checked_replies(self.grid.send_and_receive(messages, timeout=timeout), "train")
+        replies = trained_replies(
+            self.grid.send_and_receive(messages, timeout=timeout),
+            self.rounds,
+            self.server_round,
+            self.epsilon,
+            period,
         )
         new_arrays, metrics = self.strategy.aggregate_train(self.server_round, replies)
         trained = accepted_count(replies, self.rounds, self.server_round, "train")
@@ -346,6 +369,7 @@ class Controller:
             rounds=outcome.rounds,
             validation_accuracy=outcome.validation_accuracy,
             reason=reason,
+            epsilon_by_site=outcome.epsilon_by_site,
         )
 
 

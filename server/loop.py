@@ -20,13 +20,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedretrain.config import RunConfig, from_yaml
-from fedretrain.flower.records import error_summary, eval_result, instruction_config
+from fedretrain.flower.records import (
+    decline_reason,
+    epsilon_from_reply,
+    error_summary,
+    eval_result,
+    instruction_config,
+)
 from fedretrain.flower.strategies import build_strategy
 from fedretrain.flower.validated import FederationError
 from fedretrain.model_io import save_state_dict
-from fedretrain.report import RoundRow, RunReport
+from fedretrain.privacy.tracking import EpsilonTracker
+from fedretrain.report import DECLINED_PHASE, RoundRow, RunReport
 from fedretrain.site import build_model, build_pool
 from fedretrain.training import EvalResult
+from fedretrain.validation import Rejection
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,7 @@ def run_federation(
     model = build_model(cfg, pool)
     arrays = ArrayRecord(model.state_dict())
     timeout = cfg.validation.reply_timeout_s
+    ledger_dir, epsilon = privacy_accounting(cfg, run_dir)
 
     start = time.perf_counter()
     evaluation, n_eval = _evaluate(strategy, report, grid, arrays, 0, config_yaml, cfg)
@@ -51,11 +60,10 @@ def run_federation(
     # Sites count as trained or evaluated only when their reply passed validation.
     for server_round in range(1, cfg.runtime.num_rounds + 1):
         start = time.perf_counter()
-        messages = strategy.configure_train(
-            server_round, arrays, instruction_config(config_yaml, cfg.runtime.num_rounds), grid
-        )
-        replies = canonical_order(
-            checked_replies(grid.send_and_receive(messages, timeout=timeout), "train")
+        config = instruction_config(config_yaml, cfg.runtime.num_rounds, ledger_dir=ledger_dir)
+        messages = strategy.configure_train(server_round, arrays, config, grid)
+        replies = trained_replies(
+            grid.send_and_receive(messages, timeout=timeout), report, server_round, epsilon
         )
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
@@ -75,6 +83,8 @@ def run_federation(
             )
         )
 
+    if epsilon is not None:
+        epsilon.plot(run_dir / "privacy.png")
     model.load_state_dict(arrays.to_torch_state_dict())
     save_state_dict(
         model.state_dict(), run_dir / "model.safetensors", metadata={"task": cfg.task.name}
@@ -85,8 +95,46 @@ def run_federation(
             "strategy": str(cfg.strategy._target_),
             "clients": cfg.runtime.num_clients,
             "run_dir": str(run_dir),
+            **({"privacy": epsilon.summary()} if epsilon else {}),
         }
     )
+
+
+def privacy_accounting(cfg: RunConfig, run_dir: Path) -> tuple[str | None, EpsilonTracker | None]:
+    """Under DP-SGD: the simulated sites' ledger folder and a tracker writing privacy.csv."""
+    if not cfg.privacy.enabled:
+        return None, None
+    ledger_dir = str(Path(cfg.privacy.ledger_dir or run_dir / "privacy").resolve())
+    return ledger_dir, EpsilonTracker(run_dir / "privacy.csv", cfg.privacy.delta)
+
+
+def trained_replies(
+    replies: Iterable[Message],
+    report: RunReport,
+    server_round: int,
+    epsilon: EpsilonTracker | None,
+    period: int | None = None,
+) -> list[Message]:
+    """A train round's replies, ready to aggregate.
+
+    Sites that declined (their privacy budget would not allow the round) are recorded and
+    left out; what DP-SGD cost each site that trained is tracked, whether or not its update
+    is accepted later (the privacy is spent either way); then as :func:`checked_replies` and
+    :func:`canonical_order`.
+    """
+    kept = []
+    for reply in replies:
+        reason = decline_reason(reply)
+        if reason is None:
+            kept.append(reply)
+            continue
+        node = int(reply.metadata.src_node_id)
+        log.info("round %d: node %d declined: %s", server_round, node, reason)
+        report.reject(Rejection(server_round, DECLINED_PHASE, node, reason))
+    if epsilon is not None:
+        reports = [e for r in kept if (e := epsilon_from_reply(r)) is not None]
+        epsilon.observe(server_round, period, reports)
+    return canonical_order(checked_replies(kept, "train"))
 
 
 def _evaluate(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedretrain.metrics import sum_confusion
 from fedretrain.monitor.stats import HistogramEdges, WindowStats
@@ -18,6 +18,8 @@ NUM_ROUNDS_KEY = "num-rounds"
 NUM_EXAMPLES_KEY = "num-examples"  # the weighting key of Flower's strategies
 PERIOD_KEY = "period"  # the monitoring period whose window a site uses; absent in static runs
 MONITOR_QUERY = "query.monitor"  # message type of the per-period statistics query
+LEDGER_DIR_KEY = "ledger-dir"  # simulation: the folder of the sites' privacy ledgers
+DECLINED_KEY = "declined"  # a train reply that trained nothing: {"reason": why}
 
 
 def error_summary(reason: str | None) -> str:
@@ -48,12 +50,17 @@ _FLOWER_MESSAGE = re.compile(r"occurred\. Message: (.*)\Z", re.DOTALL)
 
 
 def instruction_config(
-    config_yaml: str, num_rounds: int, period: int | None = None
+    config_yaml: str,
+    num_rounds: int,
+    period: int | None = None,
+    ledger_dir: str | None = None,
 ) -> ConfigRecord:
     """A fresh ConfigRecord for one round's instructions (Flower's strategies write into it)."""
     record = ConfigRecord({CONFIG_KEY: config_yaml, NUM_ROUNDS_KEY: num_rounds})
     if period is not None:
         record[PERIOD_KEY] = period
+    if ledger_dir is not None:
+        record[LEDGER_DIR_KEY] = ledger_dir
     return record
 
 
@@ -66,17 +73,57 @@ class Instruction:
     num_rounds: int
     proximal_mu: float  # set by Flower's FedProx, 0 otherwise
     period: int | None = None  # the window to use in a drift scenario
+    ledger_dir: str | None = None  # simulation: where sites keep their privacy ledgers
 
     @classmethod
     def from_record(cls, config: ConfigRecord) -> Instruction:
         period = config.get(PERIOD_KEY)
+        ledger_dir = config.get(LEDGER_DIR_KEY)
         return cls(
             config_yaml=str(config[CONFIG_KEY]),
             server_round=int(cast(int, config.get("server-round", 0))),
             num_rounds=int(cast(int, config[NUM_ROUNDS_KEY])),
             proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))),
             period=None if period is None else int(cast(int, period)),
+            ledger_dir=None if ledger_dir is None else str(ledger_dir),
         )
+
+
+def declined_reply(msg: Message, reason: str) -> Message:
+    """A site's answer to a train instruction it will not carry out (its privacy budget)."""
+    return Message(
+        content=RecordDict({DECLINED_KEY: ConfigRecord({"reason": reason})}), reply_to=msg
+    )
+
+
+def decline_reason(reply: Message) -> str | None:
+    """The reason of a :func:`declined_reply`; None for any other reply."""
+    if reply.has_error() or DECLINED_KEY not in reply.content.config_records:
+        return None
+    return str(reply.content.config_records[DECLINED_KEY].get("reason", "no reason given"))
+
+
+def epsilon_metrics(site: int, spent: float, total: float) -> dict[str, float | int]:
+    """What a DP-SGD site adds to its train metrics: who it is and what the round cost it.
+
+    ε may be infinite (σ = 0); a MetricRecord carries it as a float.
+    """
+    return {"site-id": site, "epsilon-spent": float(spent), "epsilon": float(total)}
+
+
+def epsilon_from_reply(reply: Message) -> tuple[int, float, float] | None:
+    """(site, ε spent, cumulative ε) from a DP-SGD site's train reply; None otherwise."""
+    if reply.has_error() or len(reply.content.metric_records) != 1:
+        return None
+    metrics = next(iter(reply.content.metric_records.values()))
+    try:
+        return (
+            int(cast(int, metrics["site-id"])),
+            float(cast(float, metrics["epsilon-spent"])),
+            float(cast(float, metrics["epsilon"])),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def stats_record(stats: WindowStats) -> ArrayRecord:

@@ -30,7 +30,7 @@ class AccountantKind(str, Enum):
     rdp = "rdp"
 
 
-@dataclass(frozen=True)
+@dataclass
 class PrivacyConfig:
     """Sample-level differential privacy of each site's local training (DP-SGD).
 
@@ -58,6 +58,10 @@ class PrivacyConfig:
     fix_model : bool
         Replace layers DP-SGD cannot train (BatchNorm → GroupNorm) when the model is built;
         false refuses such a model with a message instead.
+    ledger_dir : str or None
+        Simulation only: the folder of the sites' ledgers (``site-<id>.json``); null puts them
+        in ``<run_dir>/privacy``. Point several runs at one folder to account each simulated
+        site's lifetime across runs. A deployed site keeps its ledger in its own state folder.
     reproducible : bool
         Draw the Poisson batches and the noise from the generator the caller passes
         (simulations, tests). False (the default, and what a real site needs) seeds them from
@@ -73,6 +77,7 @@ class PrivacyConfig:
     epsilon_budget: float | None = None
     accountant: AccountantKind = AccountantKind.rdp
     fix_model: bool = True
+    ledger_dir: str | None = None
     reproducible: bool = False
 
     def __post_init__(self) -> None:
