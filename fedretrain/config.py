@@ -504,6 +504,8 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
     runtime = typed.get("runtime")
     if runtime is not None:
         problems += _check_device(runtime)
+    if cfg.privacy.user_level:
+        problems += _check_user_level_dp(cfg)
     if problems:
         raise ConfigError(problems)
     if build_targets:
@@ -545,6 +547,23 @@ def strategy_kwargs(runtime: RuntimeConfig) -> dict[str, Any]:
         "min_evaluate_nodes": 1 if runtime.fraction_evaluate > 0 else 0,
         "min_available_nodes": runtime.num_clients,
     }
+
+
+def _check_user_level_dp(cfg: DictConfig) -> list[str]:
+    """Flower's accounted server-side clipping needs plain FedAvg, and our reply validation
+    in front of it (a zero update makes its clipping divide by zero)."""
+    problems = []
+    if cfg.strategy._target_ != "flwr.serverapp.strategy.FedAvg":
+        problems.append(
+            f"privacy.user_level=true needs strategy=fedavg (Flower accounts user-level DP only "
+            f"for FedAvg's mean); got {cfg.strategy._target_}"
+        )
+    if not cfg.validation.enabled:
+        problems.append(
+            "privacy.user_level=true needs validation on (validation=default): replies are "
+            "checked before Flower's clipping, which fails on a zero update"
+        )
+    return problems
 
 
 def _check_device(runtime: RuntimeConfig) -> list[str]:

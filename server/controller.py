@@ -47,7 +47,13 @@ from fedretrain.site import model_for
 from fedretrain.timeline import PeriodRow, Timeline
 from fedretrain.training import EvalResult
 from fedretrain.validation import Rejection
-from server.loop import accepted_count, checked_replies, privacy_accounting, trained_replies
+from server.loop import (
+    accepted_count,
+    checked_replies,
+    privacy_accounting,
+    privacy_summary,
+    trained_replies,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +187,7 @@ class Controller:
                 "versions": len(self.store.entries),
                 "rejected_replies": len(self.rounds.rejections),
                 "run_dir": str(self.run_dir),
-                **({"privacy": self.epsilon.summary()} if self.epsilon else {}),
+                **privacy_summary(self.epsilon, self.strategy),
             },
         )
 

@@ -27,7 +27,7 @@ from fedretrain.flower.records import (
     eval_result,
     instruction_config,
 )
-from fedretrain.flower.strategies import build_strategy
+from fedretrain.flower.strategies import build_strategy, user_level_epsilon
 from fedretrain.flower.validated import FederationError
 from fedretrain.model_io import save_state_dict
 from fedretrain.privacy.tracking import EpsilonTracker
@@ -95,7 +95,7 @@ def run_federation(
             "strategy": str(cfg.strategy._target_),
             "clients": cfg.runtime.num_clients,
             "run_dir": str(run_dir),
-            **({"privacy": epsilon.summary()} if epsilon else {}),
+            **privacy_summary(epsilon, strategy),
         }
     )
 
@@ -106,6 +106,17 @@ def privacy_accounting(cfg: RunConfig, run_dir: Path) -> tuple[str | None, Epsil
         return None, None
     ledger_dir = str(Path(cfg.privacy.ledger_dir or run_dir / "privacy").resolve())
     return ledger_dir, EpsilonTracker(run_dir / "privacy.csv", cfg.privacy.delta)
+
+
+def privacy_summary(epsilon: EpsilonTracker | None, strategy: Strategy) -> dict[str, object]:
+    """The summary's privacy entries: each site's DP-SGD ε and the user-level ε, if any."""
+    summary: dict[str, object] = {}
+    if epsilon is not None:
+        summary["privacy"] = epsilon.summary()
+    user = user_level_epsilon(strategy)
+    if user is not None:
+        summary["user_level_epsilon"] = user
+    return summary
 
 
 def trained_replies(

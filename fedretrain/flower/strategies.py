@@ -29,6 +29,9 @@ def build_strategy(
             f"strategy._target_={cfg.strategy._target_} built a {type(strategy).__name__}, "
             "not a flwr.serverapp.strategy.Strategy"
         )
+    user_level = cfg.privacy.user_level
+    if user_level:
+        strategy = user_level_dp(strategy, cfg)
     if not cfg.validation.enabled:
         return strategy
     v = cfg.validation
@@ -38,4 +41,52 @@ def build_strategy(
         Quorum(v.quorum_fraction, v.quorum_min_replies),
         v.node_wait_timeout_s,
         record,
+        user_level_dp=user_level,
     )
+
+
+def user_level_dp(strategy: Strategy, cfg: RunConfig) -> Strategy:
+    """``strategy`` inside Flower's server-side fixed-clipping DP wrapper, with its accountant.
+
+    Flower accounts each release as a Gaussian mechanism without amplification by sampling
+    (``no-amplification``), which holds whichever sites are sampled: conservative. Its
+    accounted mode skips a round unless every sampled site's update arrives, since the noise
+    is calibrated to that many.
+    """
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+    from flwr.supercore.privacy_accounting import (
+        NeighboringRelation,
+        SamplingMethod,
+    )
+    from flwr.supercore.privacy_accounting import PrivacyConfig as FlowerPrivacyConfig
+    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+    p, runtime = cfg.privacy, cfg.runtime
+    accountant = RdpAccountant(
+        FlowerPrivacyConfig(
+            target_delta=p.delta,
+            population_size=runtime.num_clients,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            max_epsilon=p.user_epsilon_budget,
+        )
+    )
+    sampled = max(int(runtime.num_clients * runtime.fraction_train), 1)  # as FedAvg samples
+    return DifferentialPrivacyServerSideFixedClipping(
+        strategy,
+        noise_multiplier=p.user_noise_multiplier,
+        clipping_norm=p.user_clipping_norm,
+        num_sampled_clients=sampled,
+        accountant=accountant,
+    )
+
+
+def user_level_epsilon(strategy: Strategy) -> float | None:
+    """The user-level ε spent so far at the run's δ, if a DP wrapper accounts for it."""
+    while strategy is not None:
+        spent = getattr(strategy, "privacy_spent", None)
+        if callable(spent):
+            result = spent()
+            return None if result is None else float(result.epsilon)
+        strategy = getattr(strategy, "inner", None) or getattr(strategy, "strategy", None)
+    return None

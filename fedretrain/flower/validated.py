@@ -22,6 +22,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Strategy
 
 from fedretrain.flower.records import error_summary
@@ -60,8 +61,10 @@ class ValidatedStrategy(Strategy):
         quorum: Quorum,
         node_wait_timeout_s: float,
         record: Callable[[Rejection], None],
+        user_level_dp: bool = False,
     ) -> None:
         self.inner = inner
+        self.user_level_dp = user_level_dp
         self.rules = rules
         self.quorum = quorum
         self.node_wait_timeout_s = node_wait_timeout_s
@@ -79,7 +82,11 @@ class ValidatedStrategy(Strategy):
     ) -> Iterable[Message]:
         self._wait_for_nodes(grid)
         self._reference = {k: v.numpy() for k, v in arrays.items()}
-        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        try:
+            messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        except PrivacyBudgetExhausted as err:
+            self.record(Rejection(server_round, "train", 0, f"round skipped: {err}"))
+            messages = []
         self._sampled = len(messages)
         return messages
 
@@ -99,9 +106,13 @@ class ValidatedStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self._sampled == 0:
+            return None, None  # nothing was sent (the user-level budget is spent; recorded)
         candidates = [
             c for r in replies if (c := self._train_candidate(server_round, r)) is not None
         ]
+        if self.user_level_dp:
+            candidates = self._nonzero(server_round, candidates)
         bound = round_norm_bound([c.norm for c in candidates], self.rules)
         accepted: list[Message] = []
         metric_keys: set[str] | None = None
@@ -114,7 +125,21 @@ class ValidatedStrategy(Strategy):
             if reason is not None:
                 self._reject(server_round, "train", c.reply, reason)
                 continue
+            if self.user_level_dp:  # user-level DP averages sites unweighted
+                c.metrics = MetricRecord({**dict(c.metrics), "num-examples": 1})
             accepted.append(_rebuilt(c.reply, checked.arrays, c.metrics))
+        if self.user_level_dp and len(accepted) < self._sampled:
+            self.record(
+                Rejection(
+                    server_round,
+                    "train",
+                    0,
+                    f"round skipped: user-level DP noise is calibrated to all {self._sampled} "
+                    f"sampled sites and {len(accepted)} valid updates came; the model stays "
+                    "as it was",
+                )
+            )
+            return None, None
         required = self.quorum.required(self._sampled)
         if len(accepted) < required:
             self.record(
@@ -128,6 +153,20 @@ class ValidatedStrategy(Strategy):
             )
             return None, None
         return self.inner.aggregate_train(server_round, accepted)
+
+    def _nonzero(self, server_round: int, candidates: list[_Candidate]) -> list[_Candidate]:
+        """Reject unchanged models: server-side clipping divides by the update's norm."""
+        kept = []
+        for c in candidates:
+            if c.norm != 0:  # a non-finite update is left to the checks that follow
+                kept.append(c)
+            else:
+                reason = (
+                    "unchanged model (zero update): user-level DP clipping cannot scale it; "
+                    "a site with no new data should not be sampled"
+                )
+                self._reject(server_round, "train", c.reply, reason)
+        return kept
 
     def _train_candidate(self, server_round: int, reply: Message) -> _Candidate | None:
         if reply.has_error():

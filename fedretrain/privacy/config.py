@@ -62,6 +62,18 @@ class PrivacyConfig:
         Simulation only: the folder of the sites' ledgers (``site-<id>.json``); null puts them
         in ``<run_dir>/privacy``. Point several runs at one folder to account each simulated
         site's lifetime across runs. A deployed site keeps its ledger in its own state folder.
+    user_level : bool
+        Also user-level DP on the server: Flower's server-side fixed clipping wrapper clips
+        each site's update to ``user_clipping_norm``, adds Gaussian noise to the unweighted
+        mean, and Flower's RDP accountant composes every release (no amplification by
+        sampling: every site is assumed sampled). Needs validation on and FedAvg.
+    user_noise_multiplier : float
+        σ of the user-level mechanism (noise std over ``user_clipping_norm`` / sites).
+    user_clipping_norm : float
+        Bound on the L2 norm of each site's update.
+    user_epsilon_budget : float or None
+        Lifetime user-level ε at ``delta``: once the next release would exceed it, training
+        rounds are skipped (recorded) and the model stays as it is.
     reproducible : bool
         Draw the Poisson batches and the noise from the generator the caller passes
         (simulations, tests). False (the default, and what a real site needs) seeds them from
@@ -78,6 +90,10 @@ class PrivacyConfig:
     accountant: AccountantKind = AccountantKind.rdp
     fix_model: bool = True
     ledger_dir: str | None = None
+    user_level: bool = False
+    user_noise_multiplier: float = 1.0
+    user_clipping_norm: float = 1.0
+    user_epsilon_budget: float | None = None
     reproducible: bool = False
 
     def __post_init__(self) -> None:
@@ -112,6 +128,20 @@ class PrivacyConfig:
                 f"{p}target_epsilon={target}: exceeds {p}epsilon_budget={budget}, so no cycle "
                 "could ever run; lower the target or raise the budget"
             )
+        if self.user_level:
+            sigma_u, clip_u = self.user_noise_multiplier, self.user_clipping_norm
+            if not (sigma_u > 0 and math.isfinite(sigma_u)):
+                problems.append(
+                    f"{p}user_noise_multiplier={sigma_u}: must be a positive number (e.g. 1.0) "
+                    "when privacy.user_level=true"
+                )
+            if not (clip_u > 0 and math.isfinite(clip_u)):
+                problems.append(f"{p}user_clipping_norm={clip_u}: must be a positive number")
+            user_budget = self.user_epsilon_budget
+            if user_budget is not None and not user_budget > 0:
+                problems.append(
+                    f"{p}user_epsilon_budget={user_budget}: must be positive, or null for no cap"
+                )
         for name, enum in (("clipping", ClippingMode), ("accountant", AccountantKind)):
             value = getattr(self, name)
             if not isinstance(value, enum):
