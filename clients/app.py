@@ -9,19 +9,22 @@ window (``fedretrain.site.ScenarioFederation``).
 
 from __future__ import annotations
 
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedretrain.attacks import AttackKind, attackers, corrupt_stats, drops_out, poison
 from fedretrain.config import RunConfig, from_yaml
 from fedretrain.flower.records import (
+    CANARY_KEY,
     LEDGER_DIR_KEY,
+    SITE_ID_KEY,
     Instruction,
     declined_reply,
     edges_from_record,
@@ -30,7 +33,7 @@ from fedretrain.flower.records import (
     stats_record,
     train_metrics,
 )
-from fedretrain.monitor.stats import window_stats
+from fedretrain.monitor.private import StatsMechanism
 from fedretrain.site import ScenarioFederation, SimulatedFederation, Site
 from fedretrain.tasks.dataset import ArrayDataset
 from fedretrain.training import evaluate, lr_at, predict, train
@@ -86,6 +89,7 @@ class SiteDropout(RuntimeError):
 def train_handler(msg: Message, context: Context) -> Message:
     cfg, site, instruction = _load(msg, context)
     attack, attacking = cfg.attack, _is_attacker(cfg, site.partition_id, context)
+    attacking = attacking and (instruction.period or 0) >= attack.from_period
     if drops_out(cfg.runtime.seed, site.partition_id, instruction.server_round, attack.dropout):
         raise SiteDropout(f"site {site.partition_id} dropped out (attack.dropout={attack.dropout})")
     lr = lr_at(cfg.train, instruction.server_round, instruction.num_rounds)
@@ -183,20 +187,37 @@ def _is_attacker(cfg: RunConfig, partition_id: int, context: Context) -> bool:
 def evaluate_handler(msg: Message, context: Context) -> Message:
     _, site, _ = _load(msg, context)
     result = evaluate(site.model, site.holdout, site.device)
-    return Message(content=RecordDict({"metrics": eval_metrics(result)}), reply_to=msg)
+    metrics = eval_metrics(result, site.partition_id)
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 
 @app.query("monitor")
 def monitor_handler(msg: Message, context: Context) -> Message:
-    """The window's summable statistics under the serving model: all that leaves the site."""
-    cfg, site, _ = _load(msg, context)
+    """The window's summable statistics under the serving model: all that leaves the site.
+
+    With ``privacy.stats_noise_multiplier`` the statistics are clipped and noised first
+    (:mod:`fedretrain.monitor.private`), the noise seeded from the operating system's entropy
+    unless ``privacy.reproducible``.
+    """
+    cfg, site, instruction = _load(msg, context)
+    canary = msg.content.config_records["config"].get(CANARY_KEY)
+    if canary is not None and site.partition_id in cast(list[int], canary):
+        candidate = msg.content.array_records["candidate"]  # this site serves the candidate
+        site.model.load_state_dict(candidate.to_torch_state_dict())
     edges = edges_from_record(msg.content.array_records["edges"])
+    mechanism = StatsMechanism.from_config(cfg.privacy)  # off: exact statistics
     parts = []
     for data in (site.train_data, site.holdout):
         probs, losses = predict(site.model, data, site.device)
-        parts.append(window_stats(data.x, data.y, probs, losses, edges))
-    record = stats_record(parts[0] + parts[1])
+        parts.append(mechanism.window_stats(data.x, data.y, probs, losses, edges))
+    if cfg.privacy.reproducible:
+        period = -1 if instruction.period is None else instruction.period
+        rng = np.random.default_rng([cfg.runtime.seed, site.partition_id, period + 1, 9])
+    else:
+        rng = np.random.default_rng(secrets.randbits(128))
+    record = stats_record(mechanism.privatize(parts[0] + parts[1], rng))
     if cfg.attack.kind is AttackKind.bad_stats and _is_attacker(cfg, site.partition_id, context):
         bad = corrupt_stats({k: v.numpy() for k, v in record.items()})
         record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in bad.items()})
-    return Message(content=RecordDict({"stats": record}), reply_to=msg)
+    whom = MetricRecord({SITE_ID_KEY: site.partition_id})
+    return Message(content=RecordDict({"stats": record, "site": whom}), reply_to=msg)

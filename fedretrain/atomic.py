@@ -24,6 +24,9 @@ def atomic_replace(path: Path, write: Callable[[Path], object]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        # mkstemp makes the file 0600; give it the mode the file had, or a new file's mode
+        # under the umask. ``write`` may narrow it (a private key does, before writing).
+        os.chmod(tmp, _mode_for(path))
         write(Path(tmp))
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -36,3 +39,12 @@ def atomic_replace(path: Path, write: Callable[[Path], object]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

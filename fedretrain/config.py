@@ -217,10 +217,12 @@ class AttackConfig:
     noise_std: float = 10.0  # for gaussian
     claimed_examples: int = 1_000_000_000  # for num_examples_lie
     dropout: float = 0.0  # every site skips each round with this probability
+    from_period: int = 0  # drift scenarios: attackers behave until this monitoring period
 
     def __post_init__(self) -> None:
         _problems(
             (0 <= self.fraction <= 1, f"attack.fraction={self.fraction}: must lie in [0, 1]"),
+            (self.from_period >= 0, f"attack.from_period={self.from_period}: must be >= 0"),
             (0 <= self.dropout < 1, f"attack.dropout={self.dropout}: must lie in [0, 1)"),
             (self.noise_std >= 0, f"attack.noise_std={self.noise_std}: must be >= 0"),
         )
@@ -318,6 +320,52 @@ class RetrainConfig:
 
 
 @dataclass
+class ReleaseConfig:
+    """How a retrained model becomes the champion (server.controller, fedretrain.registry).
+
+    Every candidate meets the validation gate: it is evaluated with the champion on every
+    site's holdout for the current period and passes when the federation's accuracy is not
+    worse than the champion's by more than ``global_margin`` and no site's by more than
+    ``site_margin``. With ``canary_fraction > 0`` a candidate that passes is first served by
+    that share of sites for ``canary_periods`` periods and promoted or rolled back on their
+    prequential scores. A fresh champion is then watched for ``watch_periods`` periods and
+    rolled back to its parent if the parent does better on current data by ``rollback_margin``.
+    """
+
+    global_margin: float = 0.0
+    site_margin: float = 0.05
+    min_site_examples: int = 5  # sites with fewer holdout examples cannot block a promotion
+    canary_fraction: float = 0.0  # 0: promote at the gate
+    canary_periods: int = 2
+    canary_margin: float = 0.02
+    watch_periods: int = 1
+    rollback_margin: float = 0.03
+
+    def __post_init__(self) -> None:
+        r = "release."
+        _problems(
+            (self.global_margin >= 0, f"{r}global_margin={self.global_margin}: must be >= 0"),
+            (self.site_margin >= 0, f"{r}site_margin={self.site_margin}: must be >= 0"),
+            (
+                self.min_site_examples >= 1,
+                f"{r}min_site_examples={self.min_site_examples}: must be >= 1",
+            ),
+            (
+                0 <= self.canary_fraction < 1,
+                f"{r}canary_fraction={self.canary_fraction}: must lie in [0, 1) "
+                "(0 promotes at the gate)",
+            ),
+            (self.canary_periods >= 1, f"{r}canary_periods={self.canary_periods}: must be >= 1"),
+            (self.canary_margin >= 0, f"{r}canary_margin={self.canary_margin}: must be >= 0"),
+            (self.watch_periods >= 0, f"{r}watch_periods={self.watch_periods}: must be >= 0"),
+            (
+                self.rollback_margin >= 0,
+                f"{r}rollback_margin={self.rollback_margin}: must be >= 0",
+            ),
+        )
+
+
+@dataclass
 class RunConfig:
     """The root of the composed config."""
 
@@ -333,6 +381,7 @@ class RunConfig:
     policy: TriggerConfig = field(default_factory=TriggerConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
 
 
 def register_schema() -> None:
@@ -397,7 +446,7 @@ def check_target(node: Any, key: str, runtime_args: tuple[str, ...] = ()) -> lis
 # Arguments fedretrain passes when it builds these targets: they are not config keys.
 MODEL_RUNTIME_ARGS = ("input_shape", "num_classes")
 SCHEDULE_RUNTIME_ARGS = ("num_sites", "num_periods", "seed")
-DETECTOR_RUNTIME_ARGS = ("arl", "reference_periods")
+DETECTOR_RUNTIME_ARGS = ("arl", "reference_periods", "stats_noise_std")
 STRATEGY_RUNTIME_ARGS = (
     "fraction_train",
     "fraction_evaluate",
@@ -483,7 +532,7 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
     problems: list[str] = []
     typed: dict[str, Any] = {}
     groups = ("train", "runtime", "data", "task", "validation", "attack", "scenario", "monitor")
-    for group in (*groups, "policy", "retrain", "privacy"):
+    for group in (*groups, "policy", "retrain", "privacy", "release"):
         try:
             typed[group] = OmegaConf.to_object(cfg[group])
         except ConfigError as err:
@@ -531,6 +580,7 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
         policy=typed["policy"],
         retrain=typed["retrain"],
         privacy=typed["privacy"],
+        release=typed["release"],
     )
 
 
@@ -631,7 +681,8 @@ def _build_targets(cfg: DictConfig, runtime: RuntimeConfig) -> list[str]:
                 problems.append(f"task.model ({cfg.task.model._target_}) with privacy: {err}")
     for i, node in enumerate(cfg.monitor.detectors):
         try:
-            build_detector(node, arl=cfg.monitor.arl, reference_periods=1)
+            noise = cfg.privacy.stats_noise_multiplier or 0.0  # what noise_std_for gives
+            build_detector(node, arl=cfg.monitor.arl, reference_periods=1, stats_noise_std=noise)
         except Exception as err:
             problems.append(f"monitor.detectors[{i}] ({node._target_}): {err}")
     try:

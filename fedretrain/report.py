@@ -12,12 +12,14 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TextIO
 
 import pandas as pd
 
+from fedretrain.atomic import atomic_replace
 from fedretrain.metrics import scores
 from fedretrain.training import EvalResult
 from fedretrain.validation import Rejection
@@ -90,6 +92,20 @@ class RunReport:
     def rows(self) -> list[RoundRow]:
         return list(self._rows)
 
+    def restore(self, server_round: int, keep: Callable[[Rejection], bool]) -> None:
+        """Resume: keep the rows of rounds up to ``server_round`` and the rejections ``keep``
+        accepts, in memory and on disk (a killed run may have written later ones)."""
+        from fedretrain.checkpoint import cut_csv, from_row
+
+        rows = cut_csv(self.run_dir / "metrics.csv", lambda r: int(r["round"]) <= server_round)
+        self._rows = [from_row(RoundRow, r) for r in rows]
+
+        def rejection(row: dict[str, str]) -> Rejection:
+            return Rejection(int(row["round"]), row["phase"], int(row["node_id"]), row["reason"])
+
+        kept = cut_csv(self.run_dir / "rejections.csv", lambda r: keep(rejection(r)))
+        self._rejections = [rejection(r) for r in kept]
+
     @property
     def rejections(self) -> list[Rejection]:
         return list(self._rejections)
@@ -121,7 +137,8 @@ class RunReport:
         skipped = any(r.node_id == 0 for r in this_round)
         row = replace(row, rejected=rejected, skipped=skipped, declined=declined)
         self._rows.append(row)
-        self.table().to_csv(self.run_dir / "metrics.csv", index=False)
+        table = self.table()
+        atomic_replace(self.run_dir / "metrics.csv", lambda tmp: table.to_csv(tmp, index=False))
         of = f"/{self.num_rounds}" if self.num_rounds else ""  # 0: rounds run to a plateau
         label = "initial model" if row.round == 0 else f"round {row.round}{of}"
         train = "" if math.isnan(row.train_loss) else f"train loss {row.train_loss:.4f} | "

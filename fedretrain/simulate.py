@@ -33,11 +33,7 @@ def _run(cfg: DictConfig) -> float:
     from fedretrain.flower.simulation import simulate
     from server.app import build_server_app
 
-    # Flower logs every sampling step at INFO and its own deprecation of run_simulation at
-    # WARNING; our progress line reports rounds, and failed sites are logged by server.loop.
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    for chatty in ("matplotlib", "alembic"):  # font cache, Flower's in-memory state migrations
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    _quiet_libraries()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     server_app = build_server_app(to_yaml(cfg), run_dir)
     simulate(server_app, client_app, run.runtime)
@@ -48,6 +44,44 @@ def _run(cfg: DictConfig) -> float:
     import json
 
     return float(json.loads(summary_file.read_text())["final_accuracy"])
+
+
+def resume(run_dir: Path) -> int:
+    """Continue the drift run in ``run_dir`` from its last checkpoint; the exit status."""
+    from fedretrain.checkpoint import STATE_FILE
+    from fedretrain.config import from_yaml
+
+    config_file, state = run_dir / "config.yaml", run_dir / "checkpoint" / STATE_FILE
+    for needed in (config_file, state):
+        if not needed.exists():
+            print(
+                f"fedretrain resume: {run_dir} is not a resumable run folder ({needed.name} "
+                "missing); a drift run writes both from its first period",
+                file=sys.stderr,
+            )
+            return 2
+    config_yaml = config_file.read_text()
+    try:
+        run = from_yaml(config_yaml)
+    except ConfigError as err:
+        print(f"fedretrain resume: {config_file}: {err}", file=sys.stderr)
+        return 2
+
+    from clients.app import app as client_app
+    from fedretrain.flower.simulation import simulate
+    from server.app import build_server_app
+
+    _quiet_libraries()
+    simulate(build_server_app(config_yaml, run_dir.resolve(), resume=True), client_app, run.runtime)
+    return 0 if (run_dir / "summary.json").exists() else 1
+
+
+def _quiet_libraries() -> None:
+    # Flower logs every sampling step at INFO and its own deprecation of run_simulation at
+    # WARNING; our progress line reports rounds, and failed sites are logged by server.loop.
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    for chatty in ("matplotlib", "alembic"):  # font cache, Flower's in-memory state migrations
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import pandas as pd
 
+from fedretrain.atomic import atomic_replace
 from fedretrain.monitor.scoring import score_detections
 from fedretrain.report import print_summary
 
@@ -59,13 +60,24 @@ class Timeline:
     def rows(self) -> list[PeriodRow]:
         return list(self._rows)
 
+    def restore(self, completed_period: int) -> None:
+        """Resume: keep the periods up to ``completed_period``, in memory and on disk."""
+        from fedretrain.checkpoint import cut_csv, cut_jsonl, from_row
+
+        rows = cut_csv(
+            self.run_dir / "timeline.csv", lambda r: int(r["period"]) <= completed_period
+        )
+        self._rows = [from_row(PeriodRow, r) for r in rows]
+        cut_jsonl(self.run_dir / "decisions.jsonl", lambda d: d["period"] <= completed_period)
+
     def decision(self, record: dict[str, Any]) -> None:
         with (self.run_dir / "decisions.jsonl").open("a") as handle:
             handle.write(json.dumps(record, default=_jsonable) + "\n")
 
     def add(self, row: PeriodRow) -> None:
         self._rows.append(row)
-        self.table().to_csv(self.run_dir / "timeline.csv", index=False)
+        table = self.table()
+        atomic_replace(self.run_dir / "timeline.csv", lambda tmp: table.to_csv(tmp, index=False))
         flag = " *change*" if row.change_point else ""
         alarm = f" | ALARM {row.alarms}" if row.alarms else ""
         what = f" | {row.action}, {row.rounds} rounds" if row.rounds or row.retrain else ""

@@ -74,19 +74,24 @@ def _federation_size(grid: Grid, timeout_s: float = 30.0, settle_s: float = 0.5)
     return count
 
 
-def build_server_app(config_yaml: str, run_dir: Path) -> ServerApp:
+def build_server_app(config_yaml: str, run_dir: Path, resume: bool = False) -> ServerApp:
     """A ServerApp bound to an already composed and validated config."""
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run(grid, config_yaml, run_dir)
+        run(grid, config_yaml, run_dir, resume)
 
     return server_app
 
 
-def run(grid: Grid, config_yaml: str, run_dir: Path) -> dict[str, object]:
-    """A drift scenario runs in monitoring periods; without one, a single training run."""
+def run(grid: Grid, config_yaml: str, run_dir: Path, resume: bool = False) -> dict[str, object]:
+    """A drift scenario runs in monitoring periods; without one, a single training run.
+
+    ``resume`` continues a drift run from its folder's last checkpoint.
+    """
     if from_yaml(config_yaml).scenario.enabled:
-        return run_retraining(grid, config_yaml, run_dir)
+        return run_retraining(grid, config_yaml, run_dir, resume=resume)
+    if resume:
+        raise ConfigError(["resume: only drift scenario runs checkpoint (scenario=...)"])
     return run_federation(grid, config_yaml, run_dir)

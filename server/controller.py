@@ -1,12 +1,20 @@
-"""The retraining controller: monitoring periods, the drift monitor, the trigger and retrains.
+"""The retraining controller: monitoring periods, the drift monitor, the trigger, retrains and
+the release lifecycle.
 
 Each period the sites score the serving model on their new window and send only summable
 statistics (prequential scoring: the model meets the data before anything trains on it). The
 monitor's detectors read them, the trigger policy decides, with a logged reason, and a retrain
-either reuses a stored model that wins on current data or fine-tunes the serving model until
+either reuses a stored model that wins on current data or fine-tunes the champion until
 federated validation stops improving, re-initialising when warm starting stalls.
 
-The configured Flower strategy samples sites and aggregates their replies, as in the static run.
+Every retrained model is a candidate in the run's registry (:mod:`fedretrain.registry`). The
+validation gate evaluates it with the champion on every site's holdout; a candidate that passes
+is promoted, or first served by a share of sites (a canary) and promoted or rolled back on
+their prequential scores; a fresh champion is watched and rolled back to its parent if the
+parent does better on current data.
+
+The controller checkpoints after every completed round and period
+(:mod:`fedretrain.checkpoint`); ``resume=True`` continues a killed run from its folder.
 """
 
 from __future__ import annotations
@@ -18,30 +26,36 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from hydra.utils import instantiate
 
+from fedretrain.checkpoint import CheckpointStore, Plateau, RunState
 from fedretrain.config import RunConfig, from_yaml
 from fedretrain.flower.records import (
+    CANARY_KEY,
     MONITOR_QUERY,
+    SITE_ID_KEY,
     edges_record,
     error_summary,
     eval_result,
     instruction_config,
+    site_scores,
     stats_from_record,
 )
 from fedretrain.flower.strategies import build_strategy
 from fedretrain.flower.validated import FederationError, wait_for_nodes
 from fedretrain.model_io import save_state_dict
-from fedretrain.model_store import ModelStore, StoredModel
 from fedretrain.monitor.base import Detection
 from fedretrain.monitor.monitor import Monitor, build_detectors
-from fedretrain.monitor.stats import HistogramEdges, PeriodStats, WindowStats, stats_problem
+from fedretrain.monitor.private import check_stats, noise_std_for, stats_epsilon
+from fedretrain.monitor.stats import HistogramEdges, PeriodStats, WindowStats
 from fedretrain.monitor.trigger import TriggerPolicy
+from fedretrain.registry import Registry, Status, canary_verdict, choose_canary_sites, gate
+from fedretrain.registry.registry import config_hash
 from fedretrain.report import RoundRow, RunReport
 from fedretrain.site import model_for
 from fedretrain.timeline import PeriodRow, Timeline
@@ -57,13 +71,15 @@ from server.loop import (
 
 log = logging.getLogger(__name__)
 
+Scores = dict[int, tuple[int, int]]  # site -> (correct, examples)
+
 
 @dataclass(frozen=True)
 class Outcome:
     """What a retrain produced: the arrays to serve and how they were obtained."""
 
     arrays: ArrayRecord
-    action: str  # warm, reinit, reuse vN, kept
+    action: str  # initial, warm, reinit, reuse vN, kept
     rounds: int
     validation_accuracy: float
     reused_version: int | None = None
@@ -71,18 +87,22 @@ class Outcome:
 
 
 class Controller:
-    """Runs one drift scenario on a grid; writes the run folder."""
+    """Runs one drift scenario on a grid; writes the run folder; resumes a killed one."""
 
-    def __init__(self, grid: Grid, config_yaml: str, run_dir: Path, out: TextIO) -> None:
+    def __init__(
+        self, grid: Grid, config_yaml: str, run_dir: Path, out: TextIO, resume: bool = False
+    ) -> None:
         self.grid = grid
         self.config_yaml = config_yaml
         self.cfg: RunConfig = from_yaml(config_yaml)
         cfg = self.cfg
         random.seed(cfg.runtime.seed)  # Flower samples nodes with the global `random` module
         self.run_dir = run_dir
+        self.resume = resume
         self.rounds = RunReport(run_dir, 0, out)  # per-round rows and rejections
         self.timeline = Timeline(run_dir, cfg.scenario.num_periods, out)
-        (run_dir / "config.yaml").write_text(config_yaml)
+        if not resume:
+            (run_dir / "config.yaml").write_text(config_yaml)
         self.strategy = build_strategy(cfg, self.rounds.reject)
         self.stream = instantiate(cfg.scenario.stream)
         self.schedule = instantiate(cfg.scenario.schedule)(
@@ -92,90 +112,49 @@ class Controller:
         )
         self.change_points = self.schedule.change_points()
         self.monitor = Monitor(
-            build_detectors(cfg.monitor.detectors, cfg.monitor.arl, cfg.monitor.reference_periods)
+            build_detectors(
+                cfg.monitor.detectors,
+                cfg.monitor.arl,
+                cfg.monitor.reference_periods,
+                stats_noise_std=noise_std_for(cfg.privacy),
+            )
         )
         self.policy = TriggerPolicy(cfg.policy, self.change_points)
-        self.store = ModelStore(run_dir / "models", cfg.retrain.max_stored)
-        self.server_round = 0  # counts every training round of the run, across retrains
+        self.registry = Registry(run_dir, create=True)
+        self.checkpoints = CheckpointStore(run_dir / "checkpoint")
+        self.state = RunState()
+        self._config_hash = config_hash(config_yaml)
         self._num_features = int(np.prod(self.stream.input_shape))
         self._last_validation = math.nan
         self._ledger_dir, self.epsilon = privacy_accounting(cfg, run_dir)
+
+    @property
+    def server_round(self) -> int:
+        """Training rounds of the run so far, across retrains."""
+        return self.state.server_round
 
     # ------------------------------------------------------------------ the run
 
     def run(self) -> dict[str, object]:
         cfg = self.cfg
-        initial = self._fresh_arrays(seed=cfg.runtime.seed)
-        start = time.perf_counter()
-        no_edges = HistogramEdges(np.zeros((self._num_features, 0)))
-        stats, rejected = self._query_stats(0, initial, no_edges)
-        total = stats.total
-        edges = HistogramEdges.from_moments(
-            total.n, total.x_sum, total.x_sq_sum, cfg.monitor.histogram_bins
-        )
-        outcome = self._train_to_plateau(0, initial, baseline=-1.0, target=None)
-        serving = outcome.arrays
-        version = self._store(serving, None, 0, "initial", outcome, "initial training").version
-        self.policy.trained(0, initial=True)
-        self.monitor.reset()
-        self._add_row(_row(stats, rejected, [], True, "initial training", outcome, version, start))
-        for period in range(1, cfg.scenario.num_periods):
-            start = time.perf_counter()
-            stats, rejected = self._query_stats(period, serving, edges)
-            total = stats.total
-            detections = self.monitor.update(stats)
-            decision = self.policy.decide(period, total.accuracy, total.labelled, detections)
-            self.timeline.decision(
-                {
-                    "period": period,
-                    "retrain": decision.retrain,
-                    "reason": decision.reason,
-                    "causes": list(decision.causes),
-                    "stats": decision.stats,
-                    "detectors": [d.to_dict() for d in detections],
-                }
-            )
-            retrained: Outcome | None = None
-            if decision.retrain:
-                retrained = self._retrain(period, serving, version)
-                if retrained.reused_version is not None:
-                    version = retrained.reused_version
-                elif retrained.action != "kept":
-                    parent = version
-                    entry = self._store(
-                        retrained.arrays,
-                        parent,
-                        period,
-                        retrained.action,
-                        retrained,
-                        decision.reason,
-                    )
-                    version = entry.version
-                serving = retrained.arrays
-                self.policy.trained(period)
-                self.monitor.reset()
-            self._add_row(
-                _row(
-                    stats,
-                    rejected,
-                    detections,
-                    decision.retrain,
-                    decision.reason,
-                    retrained,
-                    version,
-                    start,
-                    period in self.change_points,
-                )
-            )
+        replayed = self._restore() if self.resume else None
+        if self.state.completed_period < 0:
+            self._initial_period(replayed)
+            replayed = None
+        for period in range(self.state.completed_period + 1, cfg.scenario.num_periods):
+            self._period(period, replayed)
+            replayed = None
 
+        champion = self._champion()
         if self.epsilon is not None:
             self.epsilon.plot(self.run_dir / "privacy.png")
         model = model_for(cfg, self.stream.input_shape, self.stream.num_classes)
-        model.load_state_dict(serving.to_torch_state_dict())
+        model.load_state_dict(champion.to_torch_state_dict())
         save_state_dict(
             model.state_dict(), self.run_dir / "model.safetensors", {"task": cfg.task.name}
         )
-        return self.timeline.finish(
+        versions = self.registry.versions()
+        summary = self.timeline.finish(
             self.change_points,
             {
                 "scenario": cfg.scenario.name,
@@ -183,113 +162,262 @@ class Controller:
                 "task": cfg.task.name,
                 "strategy": str(cfg.strategy._target_),
                 "clients": cfg.runtime.num_clients,
-                "serving_version": version,
-                "versions": len(self.store.entries),
+                "serving_version": self._champion_version(),
+                "versions": len(versions),
+                "promotions": len(self.registry.events(kind="promote")),
+                "rollbacks": len(self.registry.events(kind="rollback")),
+                "rejected_candidates": sum(v.status is Status.rejected for v in versions),
                 "rejected_replies": len(self.rounds.rejections),
                 "run_dir": str(self.run_dir),
                 **privacy_summary(self.epsilon, self.strategy),
+                **_stats_privacy(cfg),
             },
         )
+        self.registry.close()
+        return summary
 
-    def _add_row(self, row: PeriodRow) -> None:
+    def _initial_period(self, replayed: tuple[PeriodStats, int] | None) -> None:
+        """Period 0: statistics fix the histogram edges; the first model trains to a plateau."""
+        cfg = self.cfg
+        start = time.perf_counter()
+        initial = self._fresh_arrays(seed=cfg.runtime.seed)
+        no_edges = HistogramEdges(np.zeros((self._num_features, 0)))
+        stats, rejected = replayed or self._stats(0, initial, no_edges)
+        total = stats.total
+        edges = HistogramEdges.from_moments(
+            total.n, total.x_sum, total.x_sq_sum, cfg.monitor.histogram_bins
+        )
+        self.state.edges = edges.interior.tolist()
+        plateau = self.state.plateau or Plateau(period=0, action="initial")
+        outcome = self._train_to_plateau(plateau, initial, None)
+        version = self._register(outcome, 0, "initial", "initial training", parent=None)
+        self.registry.promote(version, reason="initial model", period=0, key="p0-promote")
+        self.policy.trained(0, initial=True)
+        self.monitor.reset()
+        self._add_row(_row(stats, rejected, [], True, "initial training", outcome, version, start))
+        self._complete(0)
+
+    def _period(self, period: int, replayed: tuple[PeriodStats, int] | None) -> None:
+        start = time.perf_counter()
+        edges = HistogramEdges(np.asarray(self.state.edges, dtype=np.float64))
+        stats, rejected = replayed or self._stats(period, self._champion(), edges)
+        total = stats.total
+        plateau = self.state.plateau
+        if plateau is None or plateau.period != period:  # a resumed retrain did these already
+            self._watch(period)
+            self._canary(period, stats)
+        detections = self.monitor.update(stats)
+        decision = self.policy.decide(period, total.accuracy, total.labelled, detections)
+        self.timeline.decision(
+            {
+                "period": period,
+                "retrain": decision.retrain,
+                "reason": decision.reason,
+                "causes": list(decision.causes),
+                "stats": decision.stats,
+                "detectors": [d.to_dict() for d in detections],
+            }
+        )
+        retrained: Outcome | None = None
+        if decision.retrain:
+            retrained = self._retrain(period, decision.reason)
+            self.policy.trained(period)
+            self.monitor.reset()
+        self._add_row(
+            _row(
+                stats,
+                rejected,
+                detections,
+                decision.retrain,
+                decision.reason,
+                retrained,
+                self._champion_version(),
+                start,
+                period in self.change_points,
+            )
+        )
+        self._complete(period)
+
+    # ------------------------------------------------------------------ resume
+
+    def _restore(self) -> tuple[PeriodStats, int] | None:
+        """Load the checkpoint, cut the logs back to it and replay the monitor and the policy.
+
+        Returns the in-progress period's statistics if they were kept (the sites are not asked
+        again), else None.
+        """
+        state, arrays = self.checkpoints.load()
+        self.state = state
+        state.restore_random()
+        self._restored_arrays = {k: _record(v) for k, v in arrays.items()}
+        done, next_period = state.completed_period, state.completed_period + 1
+        kept = self.checkpoints.load_stats(next_period)
+
+        def keep(r: Rejection) -> bool:
+            if r.server_round > state.server_round:
+                return False
+            if r.phase.startswith("monitor p"):
+                period = int(r.phase.removeprefix("monitor p"))
+                return period <= done or (period == next_period and kept is not None)
+            return True
+
+        self.rounds.restore(state.server_round, keep)
+        self.timeline.restore(done)
         if self.epsilon is not None:
-            row = replace(row, max_epsilon=max(self.epsilon.latest.values(), default=0.0))
-        self.timeline.add(row)
+            self.epsilon.restore(state.server_round)
+        if done >= 0:
+            self.policy.trained(0, initial=True)
+            self.monitor.reset()
+        rows = {row.period: row for row in self.timeline.rows}
+        for period in range(1, done + 1):
+            stats = self.checkpoints.load_stats(period)
+            if stats is None:
+                raise FederationError(f"checkpoint: statistics of period {period} are missing")
+            detections = self.monitor.update(stats)
+            total = stats.total
+            decision = self.policy.decide(period, total.accuracy, total.labelled, detections)
+            if decision.retrain != rows[period].retrain:
+                raise FederationError(
+                    f"resume: replaying period {period} decided retrain={decision.retrain} but "
+                    f"the run decided {rows[period].retrain}; the run folder is inconsistent"
+                )
+            if decision.retrain:
+                self.policy.trained(period)
+                self.monitor.reset()
+        log.info("resumed after period %d, round %d", done, state.server_round)
+        if kept is None:
+            return None
+        rejected = sum(
+            r.phase == f"monitor p{next_period}" and r.node_id != 0 for r in self.rounds.rejections
+        )
+        return kept, rejected
+
+    def _complete(self, period: int) -> None:
+        """Checkpoint the end of ``period``."""
+        self.state.completed_period = period
+        self.state.plateau = None
+        self._checkpoint({})
+
+    def _checkpoint(self, arrays: dict[str, ArrayRecord]) -> None:
+        self.state.capture_random()
+        self.checkpoints.save(self.state, {k: _numpy(v) for k, v in arrays.items()})
 
     # ------------------------------------------------------------------ retraining
 
-    def _retrain(self, period: int, serving: ArrayRecord, version: int) -> Outcome:
-        """Reuse a stored model that wins on current data, else train to a plateau."""
+    def _retrain(self, period: int, reason: str) -> Outcome:
+        """Reuse a stored model that wins on current data, else train to a plateau; then the
+        gate, and a promotion, a canary or a rejection."""
         r = self.cfg.retrain
-        serving_acc = self._validate(period, serving)
-        if r.reuse_stored:
-            best: tuple[float, int, dict[str, np.ndarray]] | None = None
-            for entry, arrays in self.store.reusable(exclude=version):
-                acc = self._validate(period, _record(arrays))
-                # Its concept is back only if it scores as it did when it was stored.
-                back = acc >= entry.validation_accuracy - r.reuse_tolerance
-                if back and (best is None or acc > best[0]):
-                    best = (acc, entry.version, arrays)
-            if best is not None and best[0] >= serving_acc + r.reuse_margin:
-                acc, reused, arrays = best
-                log.info("period %d: reuse v%d: %.4f vs %.4f", period, reused, acc, serving_acc)
-                return Outcome(_record(arrays), f"reuse v{reused}", 0, acc, reused)
-        target = self.store.entries[version - 1].validation_accuracy
-        return self._train_to_plateau(period, serving, serving_acc, target)
+        champion_version = self._champion_version()
+        plateau = self.state.plateau
+        if plateau is None or plateau.period != period:
+            self._cancel_canary(period, "superseded by a new retrain")
+            serving = self._champion()
+            serving_acc = self._validate(period, serving)
+            reused = self._reuse(period, serving_acc) if r.reuse_stored else None
+            if reused is not None and reused.reused_version is not None:
+                if not self._release(reused.reused_version, period, reused):
+                    return replace(reused, action=f"{reused.action}, rejected")
+                return reused
+            target = self.registry.get(champion_version).metrics.get("validation_accuracy")
+            plateau = Plateau(period=period, action="warm", baseline=serving_acc, target=target)
+            start = serving
+        else:
+            start = self._restored_arrays["start"]
+        outcome = self._train_to_plateau(plateau, start, plateau.target)
+        version = self._register(outcome, period, outcome.action, reason, champion_version)
+        if not self._release(version, period, outcome):
+            return replace(outcome, action=f"{outcome.action}, rejected")
+        return outcome
+
+    def _reuse(self, period: int, serving_acc: float) -> Outcome | None:
+        """The stored version that does best on current data, if it is back (scores within
+        ``reuse_tolerance`` of its stored accuracy) and beats the champion by the margin."""
+        r = self.cfg.retrain
+        champion = self._champion_version()
+        candidates = [v for v in self.registry.versions() if v.version != champion]
+        best: tuple[float, int, ArrayRecord] | None = None
+        for stored in candidates[-r.max_stored :] if r.max_stored else []:
+            stored_acc = stored.metrics.get("validation_accuracy", math.nan)
+            arrays = _record(self.registry.load(stored.version))
+            acc = self._validate(period, arrays)
+            if acc >= stored_acc - r.reuse_tolerance and (best is None or acc > best[0]):
+                best = (acc, stored.version, arrays)
+        if best is None or best[0] < serving_acc + r.reuse_margin:
+            return None
+        acc, version, arrays = best
+        log.info("period %d: reuse v%d: %.4f vs %.4f", period, version, acc, serving_acc)
+        return Outcome(arrays, f"reuse v{version}", 0, acc, version)
 
     def _train_to_plateau(
-        self, period: int, start: ArrayRecord, baseline: float, target: float | None
+        self, plateau: Plateau, start: ArrayRecord, target: float | None
     ) -> Outcome:
-        """Federated rounds on ``period``'s windows until validation accuracy stops improving.
+        """Federated rounds on the period's windows until validation accuracy stops improving.
 
-        ``baseline`` is the starting model's validation accuracy on this period. ``target`` is
-        the accuracy the serving model reached when it was trained: a warm start still more
-        than ``retrain.stall_gap`` below it after ``retrain.reinit_after`` rounds is abandoned
-        for a fresh initialisation (a flipped concept is unlearnt faster from scratch). The
-        best model seen, by validation accuracy, is kept.
+        ``plateau.baseline`` is the starting model's validation accuracy on this period.
+        ``target`` is the accuracy the champion reached when it was trained: a warm start still
+        more than ``retrain.stall_gap`` below it after ``retrain.reinit_after`` rounds is
+        abandoned for a fresh initialisation (a flipped concept is unlearnt faster from
+        scratch). The best model seen, by validation accuracy, is kept. The search is
+        checkpointed after every round and continues from there on resume.
         """
-        if self.epsilon is None:
-            return self._plateau(period, start, baseline, target)
-        mark = self.epsilon.mark()
-        outcome = self._plateau(period, start, baseline, target)
-        return replace(outcome, epsilon_by_site=self.epsilon.spent_since(mark))
-
-    def _plateau(
-        self, period: int, start: ArrayRecord, baseline: float, target: float | None
-    ) -> Outcome:
-        r = self.cfg.retrain
+        r, p = self.cfg.retrain, plateau
+        if self.epsilon is not None and p.epsilon_mark is None:
+            p.epsilon_mark = {str(k): v for k, v in self.epsilon.mark().items()}
+        restored = self.resume and self.state.plateau is p
+        arrays = self._restored_arrays if restored else {}
+        current = arrays.get("current", start)
+        best = arrays.get("best", start)
+        if not p.best_action:
+            p.best_action = p.action
         check = r.reinit_after if target is not None else None
-        action = "warm" if period > 0 else "initial"
-        best_acc, best_arrays, best_action = -1.0, start, action
-        current, since_best, rounds = start, 0, 0
-        while rounds < r.max_rounds:
-            current = self._train_round(period, current)
-            rounds += 1
-            if self._last_validation > best_acc + r.min_delta:
-                best_acc, best_arrays, best_action = self._last_validation, current, action
-                since_best = 0
+        while p.rounds < r.max_rounds and p.since_best < r.patience:
+            current = self._train_round(p.period, current)
+            p.rounds += 1
+            if self._last_validation > p.best_acc + r.min_delta:
+                p.best_acc, best, p.best_action = self._last_validation, current, p.action
+                p.since_best = 0
             else:
-                since_best += 1
-            if action == "warm" and rounds == check and best_acc < target - r.stall_gap:  # type: ignore[operator]
-                current, action, since_best = (
-                    self._fresh_arrays(self._reinit_seed(period)),
-                    "reinit",
-                    0,
-                )
-                continue
-            if since_best >= r.patience:
-                break
-        if period > 0 and best_acc <= baseline:
-            return Outcome(start, "kept", rounds, baseline)  # nothing beat the serving model
-        return Outcome(best_arrays, best_action, rounds, best_acc)
+                p.since_best += 1
+            if p.action == "warm" and p.rounds == check and p.best_acc < target - r.stall_gap:  # type: ignore[operator]
+                current = self._fresh_arrays(self._reinit_seed(p.period))
+                p.action, p.since_best = "reinit", 0
+            self.state.plateau = p
+            self._checkpoint({"start": start, "current": current, "best": best})
+        spent = None
+        if self.epsilon is not None and p.epsilon_mark is not None:
+            mark = {int(k): v for k, v in p.epsilon_mark.items()}
+            spent = self.epsilon.spent_since(mark)
+        return Outcome(best, p.best_action, p.rounds, p.best_acc, epsilon_by_site=spent)
 
     def _reinit_seed(self, period: int) -> int:
         return int(np.random.SeedSequence([self.cfg.runtime.seed, 9, period]).generate_state(1)[0])
 
     def _train_round(self, period: int, arrays: ArrayRecord) -> ArrayRecord:
         """One federated training round on ``period``'s windows, logged in metrics.csv."""
-        self.server_round += 1
+        self.state.server_round += 1
+        server_round = self.state.server_round
         started = time.perf_counter()
         config = instruction_config(
             self.config_yaml, self.cfg.retrain.max_rounds, period, self._ledger_dir
         )
-        messages = self.strategy.configure_train(self.server_round, arrays, config, self.grid)
+        messages = self.strategy.configure_train(server_round, arrays, config, self.grid)
         timeout = self.cfg.validation.reply_timeout_s
         replies = trained_replies(
             self.grid.send_and_receive(messages, timeout=timeout),
             self.rounds,
-            self.server_round,
+            server_round,
             self.epsilon,
             period,
         )
-        new_arrays, metrics = self.strategy.aggregate_train(self.server_round, replies)
-        trained = accepted_count(replies, self.rounds, self.server_round, "train")
+        new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        trained = accepted_count(replies, self.rounds, server_round, "train")
         loss = float(metrics["train-loss"]) if metrics else math.nan  # type: ignore[arg-type]
         result = new_arrays if new_arrays is not None else arrays
-        evaluation, evaluated = self._evaluate(period, result)
+        evaluation, evaluated, _ = self._evaluate(period, result)
         seconds = time.perf_counter() - started
         self.rounds.add(
-            RoundRow.from_eval(self.server_round, evaluation, loss, trained, evaluated, seconds)
+            RoundRow.from_eval(server_round, evaluation, loss, trained, evaluated, seconds)
         )
         self._last_validation = _accuracy(evaluation)
         return result
@@ -298,32 +426,200 @@ class Controller:
         """Federated accuracy of ``arrays`` on the sites' holdouts for ``period``."""
         return _accuracy(self._evaluate(period, arrays)[0])
 
-    def _evaluate(self, period: int, arrays: ArrayRecord) -> tuple[EvalResult | None, int]:
+    def _evaluate(self, period: int, arrays: ArrayRecord) -> tuple[EvalResult | None, int, Scores]:
+        """The summed evaluation on the sites' holdouts, how many sites counted, and each
+        site's (correct, examples)."""
         config = instruction_config(self.config_yaml, self.cfg.retrain.max_rounds, period)
         messages = self.strategy.configure_evaluate(self.server_round, arrays, config, self.grid)
         timeout = self.cfg.validation.reply_timeout_s
         replies = checked_replies(self.grid.send_and_receive(messages, timeout=timeout), "evaluate")
         metrics = self.strategy.aggregate_evaluate(self.server_round, replies)
         evaluated = accepted_count(replies, self.rounds, self.server_round, "evaluate")
-        return (eval_result(metrics) if metrics is not None else None), evaluated
+        result = eval_result(metrics) if metrics is not None else None
+        return result, evaluated, site_scores(replies)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _register(
+        self, outcome: Outcome, period: int, trigger: str, reason: str, parent: int | None
+    ) -> int:
+        """The outcome as a candidate in the registry (once, even across a resume)."""
+        _, _, scores = self._evaluate(period, outcome.arrays)
+        entry = self.registry.register(
+            _numpy(outcome.arrays),
+            key=f"p{period}",
+            trigger=trigger,
+            reason=reason,
+            period=period,
+            parent=parent,
+            rounds=outcome.rounds,
+            samples={str(s): n for s, (_, n) in scores.items()},
+            config_hash=self._config_hash,
+            metrics={"validation_accuracy": outcome.validation_accuracy},
+            site_metrics={str(s): {"accuracy": c / n} for s, (c, n) in scores.items() if n},
+            epsilon={str(s): e for s, e in (outcome.epsilon_by_site or {}).items()},
+        )
+        return entry.version
+
+    def _release(self, version: int, period: int, outcome: Outcome) -> bool:
+        """The gate, then a promotion (watched) or a canary; False if the gate rejected it."""
+        release = self.cfg.release
+        candidate = _record(self.registry.load(version))
+        _, _, cand = self._evaluate(period, candidate)
+        _, _, champ = self._evaluate(period, self._champion())
+        decision = gate(
+            cand,
+            champ,
+            release.global_margin,
+            release.site_margin,
+            min_site_total=release.min_site_examples,
+        )
+        self.registry.record(
+            "gate",
+            period=period,
+            version=version,
+            payload=decision.to_dict(),
+            key=f"p{period}-gate",
+        )
+        if not decision.promote:
+            self.registry.reject(
+                version, reason=decision.reason, period=period, key=f"p{period}-reject"
+            )
+            return False
+        if release.canary_fraction > 0:
+            sites = choose_canary_sites(
+                sorted(cand), release.canary_fraction, [self.cfg.runtime.seed, period]
+            )
+            self.registry.set_alias("candidate", version, reason="canary", period=period)
+            self.state.canary = {
+                "version": version,
+                "sites": [int(s) for s in sites],
+                "start": period + 1,
+                "before": None,
+                "during": {},
+            }
+            return True
+        self._promote(version, period, decision.reason)
+        return True
+
+    def _promote(self, version: int, period: int, reason: str) -> None:
+        previous = self._champion_version()
+        self.registry.promote(version, reason=reason, period=period, key=f"p{period}-promote")
+        if self.cfg.release.watch_periods > 0 and previous != version:
+            self.state.watch = {
+                "version": version,
+                "parent": previous,
+                "until": period + self.cfg.release.watch_periods,
+            }
+
+    def _watch(self, period: int) -> None:
+        """A fresh champion that does worse than its parent on current data is rolled back."""
+        watch = self.state.watch
+        if watch is None:
+            return
+        if self._champion_version() != watch["version"] or period > watch["until"]:
+            self.state.watch = None
+            return
+        champion_acc = self._validate(period, self._champion())
+        parent_acc = self._validate(period, _record(self.registry.load(watch["parent"])))
+        payload = {"champion": champion_acc, "parent": parent_acc}
+        self.registry.record(
+            "watch",
+            period=period,
+            version=watch["version"],
+            payload=payload,
+            key=f"p{period}-watch",
+        )
+        if parent_acc > champion_acc + self.cfg.release.rollback_margin:
+            reason = (
+                f"fresh champion v{watch['version']} scores {champion_acc:.4f} on period "
+                f"{period}, its parent v{watch['parent']} {parent_acc:.4f} (rollback_margin "
+                f"{self.cfg.release.rollback_margin})"
+            )
+            self.registry.rollback(
+                to=watch["parent"], reason=reason, period=period, key=f"p{period}-rollback"
+            )
+            self.state.watch = None
+        elif period >= watch["until"]:
+            self.state.watch = None
+
+    def _canary(self, period: int, stats: PeriodStats) -> None:
+        """Score the canary from this period's prequential statistics; decide at its end."""
+        canary = self.state.canary
+        if canary is None:
+            return
+        scores = _prequential(stats)
+        if period < canary["start"]:
+            return
+        if canary["before"] is None:  # the period the gate passed: the champion served all
+            previous = self.checkpoints.load_stats(canary["start"] - 1)
+            canary["before"] = {str(s): v for s, v in _prequential(previous).items()}  # type: ignore[arg-type]
+        during = canary["during"]
+        for site, (correct, total) in scores.items():
+            c, n = during.get(str(site), (0, 0))
+            during[str(site)] = (c + correct, n + total)
+        if period < canary["start"] + self.cfg.release.canary_periods - 1:
+            return
+        verdict = canary_verdict(
+            [str(s) for s in canary["sites"]],
+            canary["before"],
+            during,
+            margin=self.cfg.release.canary_margin,
+            min_samples=1,
+        )
+        version = canary["version"]
+        self.registry.record(
+            "canary",
+            period=period,
+            version=version,
+            payload=verdict.to_dict(),
+            key=f"p{period}-canary",
+        )
+        self.state.canary = None
+        if verdict.action.value == "promote":
+            self._promote(version, period, f"canary: {verdict.reason}")
+        else:
+            self.registry.reject(
+                version,
+                reason=f"canary: {verdict.reason}",
+                period=period,
+                status=Status.rolled_back,
+                key=f"p{period}-canary-reject",
+            )
+
+    def _cancel_canary(self, period: int, reason: str) -> None:
+        if self.state.canary is not None:
+            version = self.state.canary["version"]
+            self.registry.reject(version, reason=reason, period=period, key=f"p{period}-cancel")
+            self.state.canary = None
 
     # ------------------------------------------------------------------ monitoring
+
+    def _stats(
+        self, period: int, arrays: ArrayRecord, edges: HistogramEdges
+    ) -> tuple[PeriodStats, int]:
+        """Every site's statistics for ``period``, kept in the checkpoint for replay."""
+        stats, rejected = self._query_stats(period, arrays, edges)
+        self.checkpoints.save_stats(stats)
+        return stats, rejected
 
     def _query_stats(
         self, period: int, arrays: ArrayRecord, edges: HistogramEdges
     ) -> tuple[PeriodStats, int]:
-        """Every site's statistics for ``period``; malformed ones are rejected and recorded."""
+        """Every site's statistics for ``period``; malformed ones are rejected and recorded.
+
+        During a canary the candidate travels too, and the canary sites serve it.
+        """
         cfg = self.cfg
         nodes = wait_for_nodes(
             self.grid, cfg.runtime.num_clients, cfg.validation.node_wait_timeout_s
         )
-        content = RecordDict(
-            {
-                "arrays": arrays,
-                "config": instruction_config(self.config_yaml, cfg.retrain.max_rounds, period),
-                "edges": edges_record(edges),
-            }
-        )
+        config = instruction_config(self.config_yaml, cfg.retrain.max_rounds, period)
+        content = RecordDict({"arrays": arrays, "config": config, "edges": edges_record(edges)})
+        canary = self.state.canary
+        if canary is not None and period >= canary["start"]:
+            content["candidate"] = _record(self.registry.load(canary["version"]))
+            config[CANARY_KEY] = [int(s) for s in canary["sites"]]
         messages = [
             Message(content=content, message_type=MONITOR_QUERY, dst_node_id=n) for n in nodes
         ]
@@ -338,8 +634,9 @@ class Controller:
             else:
                 try:
                     stats = stats_from_record(reply.content.array_records["stats"])
-                    reason = stats_problem(
-                        stats, self._num_features, edges.bins, self.stream.num_classes
+                    site = int(reply.content.metric_records["site"][SITE_ID_KEY])  # type: ignore[arg-type]
+                    reason = check_stats(
+                        stats, self._num_features, edges.bins, self.stream.num_classes, cfg.privacy
                     )
                 except (KeyError, ValueError, TypeError) as err:
                     reason = f"unreadable statistics: {err}"
@@ -347,39 +644,55 @@ class Controller:
                 self.rounds.reject(Rejection(self.server_round, f"monitor p{period}", node, reason))
                 rejected += 1
                 continue
-            sites[node] = stats
+            sites[site] = stats
         if not sites:
             raise FederationError(f"no site sent valid statistics for period {period}")
-        return PeriodStats(period, sites), rejected
+        return PeriodStats(period, dict(sorted(sites.items()))), rejected
 
     # ------------------------------------------------------------------ helpers
+
+    def _champion_version(self) -> int:
+        champion = self.registry.champion()
+        if champion is None:
+            raise FederationError("the registry has no champion")
+        return champion.version
+
+    def _champion(self) -> ArrayRecord:
+        return _record(self.registry.load(self._champion_version()))
 
     def _fresh_arrays(self, seed: int) -> ArrayRecord:
         model = model_for(self.cfg, self.stream.input_shape, self.stream.num_classes, seed=seed)
         return ArrayRecord(model.state_dict())
 
-    def _store(
-        self,
-        arrays: ArrayRecord,
-        parent: int | None,
-        period: int,
-        action: str,
-        outcome: Outcome,
-        reason: str,
-    ) -> StoredModel:
-        return self.store.add(
-            {k: v.numpy() for k, v in arrays.items()},
-            parent=parent,
-            period=period,
-            action=action,
-            rounds=outcome.rounds,
-            validation_accuracy=outcome.validation_accuracy,
-            reason=reason,
-            epsilon_by_site=outcome.epsilon_by_site,
-        )
+    def _add_row(self, row: PeriodRow) -> None:
+        if self.epsilon is not None:
+            row = replace(row, max_epsilon=max(self.epsilon.latest.values(), default=0.0))
+        self.timeline.add(row)
 
 
-def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+def _stats_privacy(cfg: RunConfig) -> dict[str, object]:
+    """The ε of the noisy monitoring statistics (one release per site and period), if any."""
+    epsilon = stats_epsilon(cfg.privacy, cfg.scenario.num_periods)
+    return {} if epsilon is None else {"stats_epsilon": epsilon}
+
+
+def _prequential(stats: PeriodStats | None) -> Scores:
+    """Each site's (correct, labelled) under the model it served."""
+    if stats is None:
+        return {}
+    scores = {}
+    for site, window in stats.sites.items():  # private statistics are noisy: keep them counts
+        total = max(int(round(float(window.confusion.sum()))), 0)
+        correct = min(max(int(round(float(np.trace(window.confusion)))), 0), total)
+        scores[site] = (correct, total)
+    return scores
+
+
+def _numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def _record(arrays: dict[str, Any]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
@@ -424,7 +737,7 @@ def _row(
 
 
 def run_retraining(
-    grid: Grid, config_yaml: str, run_dir: Path, out: TextIO = sys.stdout
+    grid: Grid, config_yaml: str, run_dir: Path, out: TextIO = sys.stdout, resume: bool = False
 ) -> dict[str, object]:
     """Run the config's drift scenario on ``grid``; write the run folder; return the summary."""
-    return Controller(grid, config_yaml, run_dir, out).run()
+    return Controller(grid, config_yaml, run_dir, out, resume).run()

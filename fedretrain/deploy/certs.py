@@ -459,11 +459,11 @@ def _refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` atomically; the temp file is created 0600, so a private key is never
-    readable by others, even for a moment."""
+    """Write ``data`` atomically with ``mode``, set before the bytes go in, so that a private
+    key is never readable by others, even for a moment."""
 
     def write(tmp: Path) -> None:
-        tmp.write_bytes(data)
         os.chmod(tmp, mode)
+        tmp.write_bytes(data)
 
     atomic_replace(path, write)

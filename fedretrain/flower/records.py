@@ -19,6 +19,8 @@ NUM_EXAMPLES_KEY = "num-examples"  # the weighting key of Flower's strategies
 PERIOD_KEY = "period"  # the monitoring period whose window a site uses; absent in static runs
 MONITOR_QUERY = "query.monitor"  # message type of the per-period statistics query
 LEDGER_DIR_KEY = "ledger-dir"  # simulation: the folder of the sites' privacy ledgers
+CANARY_KEY = "canary-sites"  # the sites that serve the candidate sent along in a monitor query
+SITE_ID_KEY = "site-id"  # which site a reply is from: node ids change, site ids do not
 DECLINED_KEY = "declined"  # a train reply that trained nothing: {"reason": why}
 
 
@@ -108,7 +110,7 @@ def epsilon_metrics(site: int, spent: float, total: float) -> dict[str, float | 
 
     ε may be infinite (σ = 0); a MetricRecord carries it as a float.
     """
-    return {"site-id": site, "epsilon-spent": float(spent), "epsilon": float(total)}
+    return {SITE_ID_KEY: site, "epsilon-spent": float(spent), "epsilon": float(total)}
 
 
 def epsilon_from_reply(reply: Message) -> tuple[int, float, float] | None:
@@ -118,7 +120,7 @@ def epsilon_from_reply(reply: Message) -> tuple[int, float, float] | None:
     metrics = next(iter(reply.content.metric_records.values()))
     try:
         return (
-            int(cast(int, metrics["site-id"])),
+            int(cast(int, metrics[SITE_ID_KEY])),
             float(cast(float, metrics["epsilon-spent"])),
             float(cast(float, metrics["epsilon"])),
         )
@@ -146,8 +148,9 @@ def train_metrics(result: TrainResult) -> MetricRecord:
     return MetricRecord({NUM_EXAMPLES_KEY: result.num_examples, "train-loss": result.mean_loss})
 
 
-def eval_metrics(result: EvalResult) -> MetricRecord:
-    return MetricRecord(
+def eval_metrics(result: EvalResult, site: int | None = None) -> MetricRecord:
+    """A site's evaluation as counts that add up; ``site`` names it for per-site decisions."""
+    record = MetricRecord(
         {
             NUM_EXAMPLES_KEY: result.num_examples,
             "loss-sum": result.loss_sum,
@@ -155,6 +158,33 @@ def eval_metrics(result: EvalResult) -> MetricRecord:
             "confusion": [int(v) for v in result.confusion.ravel()],
         }
     )
+    if site is not None:
+        record[SITE_ID_KEY] = site
+    return record
+
+
+def site_scores(replies: list[Message]) -> dict[int, tuple[int, int]]:
+    """(correct, examples) per site from evaluate replies that name their site and add up."""
+    from fedretrain.validation import confusion_problem
+
+    scores: dict[int, tuple[int, int]] = {}
+    for reply in replies:
+        if reply.has_error() or len(reply.content.metric_records) != 1:
+            continue
+        metrics = next(iter(reply.content.metric_records.values()))
+        if SITE_ID_KEY not in metrics:
+            continue
+        problem = confusion_problem(
+            metrics.get("confusion"),
+            metrics.get("num-classes"),
+            metrics.get(NUM_EXAMPLES_KEY),
+            metrics.get("loss-sum"),
+        )
+        if problem is None:
+            result = eval_result(metrics)
+            correct = int(np.trace(result.confusion))
+            scores[int(cast(int, metrics[SITE_ID_KEY]))] = (correct, result.num_examples)
+    return scores
 
 
 def eval_result(record: MetricRecord) -> EvalResult:

@@ -99,17 +99,25 @@ class ErrorCusum(SequentialErrorDetector):
         per period; smaller detects smaller shifts, later).
     global_share : float
         Share of the false-alarm rate spent on the pooled stream.
+    stats_noise_std : float
+        σ of the Gaussian noise the sites add to their statistics (0: exact statistics); see
+        :mod:`fedretrain.monitor.private`. Set by the monitor, not in the config.
     """
 
     TEST = "CUSUM on error rate"
 
     def __init__(
-        self, arl: float, reference_periods: int = 3, k: float = 0.5, global_share: float = 0.5
+        self,
+        arl: float,
+        reference_periods: int = 3,
+        k: float = 0.5,
+        global_share: float = 0.5,
+        stats_noise_std: float = 0.0,
     ) -> None:
         if not k > 0:
             raise ValueError(f"k={k}: must be > 0")
         self.k = k
-        super().__init__(arl, reference_periods, global_share)
+        super().__init__(arl, reference_periods, global_share, stats_noise_std)
 
     def _new_stream(self) -> ScalarDetector:
         return Cusum(k=self.k)

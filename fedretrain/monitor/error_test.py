@@ -25,21 +25,33 @@ true rate and however few the samples. Two ways to alarm share a stream's false-
 binomial error test: site 2 error 0.300 vs reference 0.100, p=9e-11 < 1.7e-05; sites alarmed: 2
 >>> print(f"{float(fisher_greater(31, 100, 30, 300)):.3g}")  # 31% errors vs 10% in the reference
 1.78e-06
+
+Noisy counts. When sites add Gaussian noise to their statistics (:mod:`fedretrain.monitor.private`,
+``stats_noise_std`` > 0), Fisher's conditioning on the margins no longer holds. The error rates
+are then compared by a normal score (:func:`noisy_error_score`) whose variance adds the noise's
+to the binomial's, with the binomial's skewness corrected (Cornish-Fisher); the confirmed path's
+correlation becomes the reference's share of that variance.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import special
 from scipy import stats as scipy_stats
 
 from fedretrain.monitor.base import Detection, Detector, check_state, state_header
 from fedretrain.monitor.calibration import confirm_level, period_alpha, split_alpha
+from fedretrain.monitor.private import count_noise_variance
 from fedretrain.monitor.reference import POOLED, SiteReferences
 from fedretrain.monitor.stats import PeriodStats
+
+# A noisy stream is tested only while its labelled count exceeds this many noise sd: the error
+# rate is a ratio, and its normal approximation needs a denominator well above its noise.
+MIN_SIGNAL = 5.0
 
 
 def fisher_greater(
@@ -88,6 +100,138 @@ def critical_errors(level: float, labelled: int, ref_errors: int, ref_labelled: 
     return float(hi)
 
 
+class NoisyScore(NamedTuple):
+    """:func:`noisy_error_score`'s result, per stream."""
+
+    z: np.ndarray  # the skew-corrected normal score: about N(0, 1) under no change
+    wald: np.ndarray  # the rise over the reference in standard deviations, uncorrected
+    skew: np.ndarray  # the skewness the correction removed
+    current_var: np.ndarray  # variance of the current error rate (sampling and noise)
+    reference_var: np.ndarray  # the same for the reference
+
+
+def noisy_error_score(
+    errors: ArrayLike,
+    labelled: ArrayLike,
+    ref_errors: ArrayLike,
+    ref_labelled: ArrayLike,
+    noise_var: ArrayLike,
+    ref_noise_var: ArrayLike,
+) -> NoisyScore:
+    """A normal score of the rise of the error rate, for counts carrying Gaussian noise.
+
+    ``noise_var`` and ``ref_noise_var`` are ``(..., 2)``: the noise variances of the errors and
+    of the correct predictions (disjoint cells of the confusion matrix, so independent). With
+    ``q`` the pooled error rate, the rate ``e / n`` has, to first order, the variance
+    ``q (1 - q) / n + ((1 - q)^2 v_errors + q^2 v_correct) / n^2``, and the difference of the
+    two rates its third cumulant ``q (1 - q) (1 - 2 q) (1 / n^2 - 1 / n_ref^2)`` (the Gaussian
+    noise adds none). The standardised difference ``t`` is skew-corrected by inverting the
+    Cornish-Fisher expansion ``t = z + g (z^2 - 1) / 6``. A side with no labelled sample
+    scores 0.
+
+    >>> score = noisy_error_score([30.0], [100.0], [100.0], [1000.0], [[0.0, 0.0]], [[0.0, 0.0]])
+    >>> round(float(score.z[0]), 2), round(float(score.wald[0]), 2)
+    (5.07, 5.91)
+    """
+    e, n = np.asarray(errors, dtype=float), np.asarray(labelled, dtype=float)
+    e_ref, n_ref = np.asarray(ref_errors, dtype=float), np.asarray(ref_labelled, dtype=float)
+    v, v_ref = np.asarray(noise_var, dtype=float), np.asarray(ref_noise_var, dtype=float)
+    ok = (n > 0) & (n_ref > 0)
+    n, n_ref = np.where(ok, n, 1.0), np.where(ok, n_ref, 1.0)
+    total = n + n_ref
+    q = np.clip((e + e_ref) / total, 0.5 / total, 1 - 0.5 / total)
+    var = q * (1 - q) / n + ((1 - q) ** 2 * v[..., 0] + q**2 * v[..., 1]) / n**2
+    var_ref = q * (1 - q) / n_ref + ((1 - q) ** 2 * v_ref[..., 0] + q**2 * v_ref[..., 1]) / n_ref**2
+    sd = np.sqrt(var + var_ref)
+    wald = (e / n - e_ref / n_ref) / sd
+    skew = q * (1 - q) * (1 - 2 * q) * (1 / n**2 - 1 / n_ref**2) / sd**3
+    z = cornish_fisher_z(wald, skew)
+    zero = np.zeros_like(z)
+    return NoisyScore(
+        np.where(ok, z, zero), np.where(ok, wald, zero), np.where(ok, skew, zero), var, var_ref
+    )
+
+
+def cornish_fisher_z(t: ArrayLike, skew: ArrayLike) -> np.ndarray:
+    """The normal quantile ``z`` with ``t = z + skew (z^2 - 1) / 6``, monotone in ``t``.
+
+    The quadratic's root nearest ``t``, written ``2 (a + t) / (1 + sqrt(1 + 4 a (a + t)))``
+    (``a = skew / 6``) so that it is exact at ``skew = 0``; past the parabola's vertex the
+    root's real part continues it linearly.
+
+    >>> float(cornish_fisher_z(3.0, 0.0)), round(float(cornish_fisher_z(3.0, 0.3)), 3)
+    (3.0, 2.689)
+    """
+    t_arr, a = np.asarray(t, dtype=float), np.asarray(skew, dtype=float) / 6
+    root = np.sqrt(np.maximum(1 + 4 * a * (a + t_arr), 0.0))
+    return np.asarray(2 * (a + t_arr) / (1 + root))
+
+
+def check_noise_std(noise_std: float) -> None:
+    """Raise unless ``noise_std`` is a finite number >= 0 (the detectors' ``stats_noise_std``)."""
+    if not (noise_std >= 0 and math.isfinite(noise_std)):
+        raise ValueError(f"stats_noise_std={noise_std}: must be a finite number >= 0")
+
+
+def error_counts(stats: PeriodStats, noise_std: float = 0.0) -> dict[int, np.ndarray]:
+    """Each site's ``[errors, labelled]``, for the sites with labelled samples.
+
+    Exact counts are ints. Noisy ones (``noise_std`` > 0) are floats read off the confusion
+    matrix (its ``errors`` property would truncate them), and a site counts as labelled when
+    its labelled count exceeds :data:`MIN_SIGNAL` noise standard deviations.
+    """
+    if noise_std == 0:
+        return {
+            site: np.array([w.errors, w.labelled])
+            for site, w in stats.sites.items()
+            if w.labelled > 0
+        }
+    out = {}
+    for site, w in stats.sites.items():
+        confusion = np.asarray(w.confusion, dtype=float)
+        labelled = float(confusion.sum())
+        var = count_noise_variance("labelled", noise_std, num_classes=len(confusion))
+        if labelled > MIN_SIGNAL * math.sqrt(var):
+            out[site] = np.array([labelled - float(np.trace(confusion)), labelled])
+    return out
+
+
+def stream_noise_var(noise_std: float, num_classes: int, reports: ArrayLike) -> np.ndarray:
+    """``(streams, 2)`` noise variances of errors and correct counts summing ``reports``
+    privatized reports each."""
+    per_report = np.array(
+        [
+            count_noise_variance("errors", noise_std, num_classes=num_classes),
+            count_noise_variance("correct", noise_std, num_classes=num_classes),
+        ]
+    )
+    return np.asarray(reports, dtype=float)[:, None] * per_report
+
+
+def noisy_stream_test(
+    stats: PeriodStats,
+    refs: SiteReferences,
+    tested: list[int],
+    cur: np.ndarray,
+    ref: np.ndarray,
+    noise_std: float,
+) -> NoisyScore:
+    """:func:`noisy_error_score` of the pooled stream and each tested site's, with the noise
+    variance of the reports each side sums (references sum several)."""
+    num_classes = len(next(iter(stats.sites.values())).confusion)
+    ref_reports = np.array([refs.reports(s) for s in tested], dtype=float)
+    cur_reports = np.array([len(tested)] + [1] * len(tested), dtype=float)
+    ref_reports = np.concatenate([[ref_reports.sum()], ref_reports])
+    return noisy_error_score(
+        cur[:, 0],
+        cur[:, 1],
+        ref[:, 0],
+        ref[:, 1],
+        stream_noise_var(noise_std, num_classes, cur_reports),
+        stream_noise_var(noise_std, num_classes, ref_reports),
+    )
+
+
 class BinomialErrorTest(Detector):
     """Fisher's exact test of each period's error rate against a fixed reference, per stream.
 
@@ -110,6 +254,9 @@ class BinomialErrorTest(Detector):
         Share of the budget spent on the pooled stream.
     immediate_share : float
         Share of each stream's budget spent on the immediate path.
+    stats_noise_std : float
+        σ of the Gaussian noise the sites add to their statistics (0: exact statistics); see
+        :mod:`fedretrain.monitor.private`. Set by the monitor, not in the config.
     """
 
     TEST = "binomial error"
@@ -121,6 +268,7 @@ class BinomialErrorTest(Detector):
         confirm: int = 2,
         global_share: float = 0.5,
         immediate_share: float = 0.5,
+        stats_noise_std: float = 0.0,
     ) -> None:
         period_alpha(arl)
         split_alpha(1.0, 1, global_share)
@@ -128,22 +276,20 @@ class BinomialErrorTest(Detector):
             raise ValueError(f"confirm={confirm}: must be >= 1")
         if not 0 < immediate_share < 1:
             raise ValueError(f"immediate_share={immediate_share}: must lie in (0, 1)")
+        check_noise_std(stats_noise_std)
         self.arl = arl
         self.reference_periods = reference_periods
         self.confirm = confirm
         self.global_share = global_share
         self.immediate_share = immediate_share
+        self.stats_noise_std = stats_noise_std
         self._refs = SiteReferences(reference_periods)
         self._streaks: dict[int, int] = {}
         self._loose: dict[tuple[float, float], float] = {}  # derived, not state: a cache
         self._last = Detection.quiet(self.TEST, "no period yet")
 
     def update(self, stats: PeriodStats) -> None:
-        current = {
-            site: np.array([w.errors, w.labelled])
-            for site, w in stats.sites.items()
-            if w.labelled > 0
-        }
+        current = error_counts(stats, self.stats_noise_std)
         tested = self._refs.split(current)
         if not tested:
             reason = f"building the reference ({self.reference_periods} labelled reports per site)"
@@ -153,14 +299,21 @@ class BinomialErrorTest(Detector):
             [np.sum([current[s] for s in tested], axis=0)] + [current[s] for s in tested]
         )
         ref = np.stack([self._refs.pooled(tested)] + [self._refs.reference(s) for s in tested])
-        p = fisher_greater(cur[:, 0], cur[:, 1], ref[:, 0], ref[:, 1])
+        noisy = None
+        if self.stats_noise_std > 0:
+            noisy = noisy_stream_test(stats, self._refs, tested, cur, ref, self.stats_noise_std)
+            p = special.ndtr(-noisy.z)
+            # Consecutive scores share the reference: its share of the variance.
+            rho = noisy.reference_var / (noisy.current_var + noisy.reference_var)
+        else:
+            p = fisher_greater(cur[:, 0], cur[:, 1], ref[:, 0], ref[:, 1])
+            rho = cur[:, 1] / (cur[:, 1] + ref[:, 1])
         pooled, per_site = split_alpha(period_alpha(self.arl), len(tested), self.global_share)
         budget = np.array([pooled] + [per_site] * len(tested))
         if self.confirm == 1:
             strict, loose = budget, np.zeros_like(budget)
         else:
             strict = budget * self.immediate_share
-            rho = cur[:, 1] / (cur[:, 1] + ref[:, 1])
             loose = self._confirm_levels(budget * (1 - self.immediate_share), rho)
         keys = [POOLED, *tested]
         for key, below in zip(keys, p < loose, strict=True):
@@ -169,7 +322,9 @@ class BinomialErrorTest(Detector):
         immediate = p < strict
         confirmed = (streaks >= self.confirm) & (self.confirm > 1)
         alarms = immediate | confirmed
-        self._last = self._detection(keys, cur, ref, p, strict, loose, streaks, immediate, alarms)
+        self._last = self._detection(
+            keys, cur, ref, p, strict, loose, streaks, immediate, alarms, noisy
+        )
 
     def _confirm_levels(self, budget: np.ndarray, rho: np.ndarray) -> np.ndarray:
         """:func:`confirm_level` per stream, with the correlation rounded up to 0.01 (more
@@ -192,6 +347,7 @@ class BinomialErrorTest(Detector):
         streaks: np.ndarray,
         immediate: np.ndarray,
         alarms: np.ndarray,
+        noisy: NoisyScore | None,
     ) -> Detection:
         """The evidence of the most alarming stream (or, without alarm, the closest to one)."""
         levels = np.where(alarms & ~immediate, loose, strict)
@@ -202,8 +358,13 @@ class BinomialErrorTest(Detector):
         where = "pooled" if site == POOLED else f"site {site}"
         error, ref_error = cur[i, 0] / cur[i, 1], ref[i, 0] / ref[i, 1]
         level = float(levels[i])
-        threshold = critical_errors(level, int(cur[i, 1]), int(ref[i, 0]), int(ref[i, 1]))
-        threshold /= float(cur[i, 1])
+        if noisy is None:
+            threshold = critical_errors(level, int(cur[i, 1]), int(ref[i, 0]), int(ref[i, 1]))
+            threshold /= float(cur[i, 1])
+        else:  # the error rate whose score reaches the level's normal quantile
+            z = float(special.ndtri(1 - level))
+            t = z + float(noisy.skew[i]) * (z * z - 1) / 6
+            threshold = ref_error + t * math.sqrt(noisy.current_var[i] + noisy.reference_var[i])
         detail = {
             "error": float(error),
             "reference_error": float(ref_error),

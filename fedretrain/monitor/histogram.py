@@ -26,6 +26,12 @@ and each stream's share equally over its features.
 >>> print(detector.last.reason)  # doctest: +NORMALIZE_WHITESPACE
 chi2 histogram test: pooled feature 1 chi2=122.9 (dof 3) p=1.8e-26 < 0.00025;
 PSI 0.233, JS 0.0408; sites alarmed: 0, 1, 2, 3
+
+Noisy counts. When sites add Gaussian noise to their statistics (``stats_noise_std`` > 0, see
+:mod:`fedretrain.monitor.private`), Pearson's statistic would read the noise as drift; the test is
+then the Wald statistic of :func:`~fedretrain.monitor.homogeneity.wald_homogeneity`, whose
+chi-square null includes the noise variance of every count: that of one report for a site's
+period, of ``k`` for the pooled sum of ``k`` sites, and of all the reports a reference sums.
 """
 
 from __future__ import annotations
@@ -38,7 +44,15 @@ from scipy import stats as scipy_stats
 
 from fedretrain.monitor.base import Detection, Detector, check_state, state_header
 from fedretrain.monitor.calibration import period_alpha, split_alpha
-from fedretrain.monitor.homogeneity import HomogeneityTest, chi2_homogeneity, js_divergence, psi
+from fedretrain.monitor.error_test import MIN_SIGNAL, check_noise_std
+from fedretrain.monitor.homogeneity import (
+    HomogeneityTest,
+    chi2_homogeneity,
+    js_divergence,
+    psi,
+    wald_homogeneity,
+)
+from fedretrain.monitor.private import count_noise_variance
 from fedretrain.monitor.reference import SiteReferences
 from fedretrain.monitor.stats import PeriodStats, WindowStats
 
@@ -66,6 +80,10 @@ class HistogramDrift(Detector):
         Share of the false-alarm budget spent on the pooled tests.
     min_expected : float
         Least expected count per merged bin.
+    stats_noise_std : float
+        σ of the Gaussian noise the sites add to their statistics (0: exact statistics); see
+        :mod:`fedretrain.monitor.private`. Set by the monitor, not in the config. With noise
+        the test is the noise-aware Wald statistic, whatever ``test`` says.
     """
 
     KIND = "histogram"
@@ -77,6 +95,7 @@ class HistogramDrift(Detector):
         test: str = "chi2",
         global_share: float = 0.5,
         min_expected: float = 5.0,
+        stats_noise_std: float = 0.0,
     ) -> None:
         period_alpha(arl)
         split_alpha(1.0, 1, global_share)
@@ -87,27 +106,42 @@ class HistogramDrift(Detector):
             raise ValueError(f"test={test!r}: valid tests are {valid}") from None
         if not min_expected > 0:
             raise ValueError(f"min_expected={min_expected}: must be > 0")
+        check_noise_std(stats_noise_std)
         self.arl = arl
         self.reference_periods = reference_periods
         self.test = test
         self.global_share = global_share
         self.min_expected = min_expected
+        self.stats_noise_std = stats_noise_std
         self._refs = SiteReferences(reference_periods)
         self._last = Detection.quiet(self._name, "no period yet")
 
     @property
     def _name(self) -> str:
-        return f"{self._kind.value} {self.KIND}"
+        test = "wald" if self.stats_noise_std > 0 else self._kind.value
+        return f"{test} {self.KIND}"
 
     def _counts(self, window: WindowStats) -> np.ndarray | None:
         """The ``(features, bins)`` counts this detector tests, or None when the site has none."""
         return np.asarray(window.hist) if window.n > 0 else None
 
+    def _noise_variance(self, counts: np.ndarray) -> float:
+        """Noise variance of one of :meth:`_counts`'s counts in one report."""
+        return count_noise_variance("hist", self.stats_noise_std, num_features=counts.shape[0])
+
+    def _has_signal(self, counts: np.ndarray) -> bool:
+        """Whether a report holds data rather than noise: every row's total exceeds
+        :data:`~fedretrain.monitor.error_test.MIN_SIGNAL` noise sd (always, without noise)."""
+        if self.stats_noise_std == 0:
+            return True
+        sd = math.sqrt(self._noise_variance(counts) * counts.shape[-1])
+        return bool(counts.sum(axis=-1).min() > MIN_SIGNAL * sd)
+
     def update(self, stats: PeriodStats) -> None:
         current = {}
         for key, window in stats.sites.items():
             counts = self._counts(window)
-            if counts is not None:
+            if counts is not None and self._has_signal(counts):
                 current[key] = counts
         tested = self._refs.split(current)
         if not tested:
@@ -118,7 +152,17 @@ class HistogramDrift(Detector):
             [np.sum([current[s] for s in tested], axis=0)] + [current[s] for s in tested]
         )
         ref = np.stack([self._refs.pooled(tested)] + [self._refs.reference(s) for s in tested])
-        statistic, dof, p = chi2_homogeneity(cur, ref, self.min_expected, self._kind)
+        if self.stats_noise_std > 0:
+            var = self._noise_variance(cur[0])
+            ref_reports = np.array([self._refs.reports(s) for s in tested], dtype=float)
+            cur_var = var * np.array([len(tested)] + [1.0] * len(tested))
+            ref_var = var * np.concatenate([[ref_reports.sum()], ref_reports])
+            statistic, dof, p = wald_homogeneity(
+                cur, ref, cur_var[:, None], ref_var[:, None], self.min_expected
+            )
+            cur, ref = np.maximum(cur, 0.0), np.maximum(ref, 0.0)  # effect sizes need counts
+        else:
+            statistic, dof, p = chi2_homogeneity(cur, ref, self.min_expected, self._kind)
         pooled_level, site_level = split_alpha(
             period_alpha(self.arl), len(tested), self.global_share
         )
@@ -162,8 +206,9 @@ class HistogramDrift(Detector):
         stat, p_min = float(statistic[stream, feature]), float(p[stream, feature])
         effect = f"PSI {detail['psi']:.3f}, JS {detail['js']:.4f}"
         if drifted:
+            test = "wald" if self.stats_noise_std > 0 else self._kind.value
             reason = (
-                f"{self._name} test: {where} {self._kind.value}={stat:.1f} (dof {d}) "
+                f"{self._name} test: {where} {test}={stat:.1f} (dof {d}) "
                 f"p={p_min:.2g} < {level:.2g}; {effect}"
             )
             if sites:
@@ -203,6 +248,11 @@ class LabelShift(HistogramDrift):
         labels = np.asarray(window.label_counts)
         return labels[None, :] if labels.sum() > 0 else None
 
+    def _noise_variance(self, counts: np.ndarray) -> float:
+        # A private site's label counts are its noisy confusion matrix's row sums.
+        classes = counts.shape[1]
+        return count_noise_variance("label_counts", self.stats_noise_std, num_classes=classes)
+
 
 class PredictionShift(HistogramDrift):
     """Label-free: the frequencies of the serving model's predicted classes vs the reference.
@@ -216,3 +266,6 @@ class PredictionShift(HistogramDrift):
     def _counts(self, window: WindowStats) -> np.ndarray | None:
         preds = np.asarray(window.pred_counts)
         return preds[None, :] if preds.sum() > 0 else None
+
+    def _noise_variance(self, counts: np.ndarray) -> float:
+        return count_noise_variance("pred_counts", self.stats_noise_std)

@@ -53,11 +53,17 @@ def merge_bins(
         raise ValueError(f"current {cur.shape} and reference {ref.shape} shapes differ")
     shape, bins = cur.shape, cur.shape[-1]
     cur2, ref2 = cur.reshape(-1, bins), ref.reshape(-1, bins)
+    labels = _merge_labels(cur2, ref2, min_expected)
+    return _sum_groups(cur2, labels).reshape(shape), _sum_groups(ref2, labels).reshape(shape)
+
+
+def _merge_labels(cur2: np.ndarray, ref2: np.ndarray, min_expected: float) -> np.ndarray:
+    """The group of each bin of ``(tables, bins)`` counts, as :func:`merge_bins` merges them."""
+    bins = cur2.shape[-1]
     n_cur, n_ref = cur2.sum(axis=1), ref2.sum(axis=1)
     smaller = np.minimum(n_cur, n_ref).astype(float)
     with np.errstate(divide="ignore"):
         need = np.where(smaller > 0, min_expected * (n_cur + n_ref) / smaller, np.inf)
-    rows = np.arange(len(cur2))
     labels = np.zeros(cur2.shape, dtype=np.int64)
     group = np.zeros(len(cur2), dtype=np.int64)
     acc = np.zeros(len(cur2))
@@ -69,13 +75,16 @@ def merge_bins(
         acc = np.where(closed, 0.0, acc)
     # An unfinished last group (counts after the last closed one) joins the group before it.
     short = (acc > 0) & (group > 0)
-    labels = np.where(short[:, None] & (labels == group[:, None]), labels - 1, labels)
-    merged_cur = np.zeros_like(cur2)
-    merged_ref = np.zeros_like(ref2)
-    for j in range(bins):
-        np.add.at(merged_cur, (rows, labels[:, j]), cur2[:, j])
-        np.add.at(merged_ref, (rows, labels[:, j]), ref2[:, j])
-    return merged_cur.reshape(shape), merged_ref.reshape(shape)
+    return np.where(short[:, None] & (labels == group[:, None]), labels - 1, labels)
+
+
+def _sum_groups(counts2: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Counts summed by group, groups first, zero-padded to the input shape."""
+    rows = np.arange(len(counts2))
+    merged = np.zeros_like(counts2)
+    for j in range(counts2.shape[-1]):
+        np.add.at(merged, (rows, labels[:, j]), counts2[:, j])
+    return merged
 
 
 def chi2_homogeneity(
@@ -111,6 +120,80 @@ def chi2_homogeneity(
     dof = np.where(testable, dof, 0)
     p_value = np.where(testable, stats.chi2.sf(statistic, np.maximum(dof, 1)), 1.0)
     return statistic, dof, p_value
+
+
+def wald_homogeneity(
+    current: ArrayLike,
+    reference: ArrayLike,
+    current_var: ArrayLike,
+    reference_var: ArrayLike,
+    min_expected: float = 5.0,
+    min_signal: float = 5.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`chi2_homogeneity` for counts that carry independent Gaussian noise of known variance.
+
+    ``current_var`` and ``reference_var`` are the noise variances of one bin of each table
+    (shape ``current.shape[:-1]``, or broadcastable to it). Bins are merged as by
+    :func:`merge_bins`; a group of ``w`` bins carries ``w`` times the variance. With the
+    proportions ``c / N_c`` and ``r / N_r`` taken over the noisy totals, their difference ``d``
+    has, under one common distribution ``p`` and to first order, the covariance
+
+    ``(1/N_c + 1/N_r) (diag p - p p') + (v_c/N_c^2 + v_r/N_r^2) (diag w - p w' - w p' + W p p')``
+
+    (sampling, then noise; ``W`` is the total of ``w``), and the Wald statistic ``d' S^+ d`` is
+    chi-square with groups - 1 degrees of freedom. Without noise it *is* Pearson's statistic
+    on the merged table. A table whose total lies within ``min_signal`` noise standard
+    deviations of zero is not tested (statistic 0, p-value 1): the ratio needs a total well
+    above its noise.
+
+    >>> cur, ref = np.array([30.0, 40.0, 30.0]), np.array([100.0, 100.0, 100.0])
+    >>> bool(np.isclose(wald_homogeneity(cur, ref, 0.0, 0.0)[0], chi2_homogeneity(cur, ref)[0]))
+    True
+    >>> stat, dof, p = wald_homogeneity(cur, ref, current_var=25.0, reference_var=75.0)
+    >>> round(float(stat), 3), int(dof)
+    (0.845, 2)
+    """
+    cur, ref = np.asarray(current, dtype=float), np.asarray(reference, dtype=float)
+    if cur.shape != ref.shape:
+        raise ValueError(f"current {cur.shape} and reference {ref.shape} shapes differ")
+    lead, bins = cur.shape[:-1], cur.shape[-1]
+    cur2, ref2 = cur.reshape(-1, bins), ref.reshape(-1, bins)
+    v_cur = np.broadcast_to(np.asarray(current_var, dtype=float), lead).reshape(-1)
+    v_ref = np.broadcast_to(np.asarray(reference_var, dtype=float), lead).reshape(-1)
+    labels = _merge_labels(cur2, ref2, min_expected)
+    merged_cur, merged_ref = _sum_groups(cur2, labels), _sum_groups(ref2, labels)
+    width = _sum_groups(np.ones_like(cur2), labels)
+    used = merged_cur + merged_ref > 0
+    merged_cur, merged_ref = np.where(used, merged_cur, 0.0), np.where(used, merged_ref, 0.0)
+    width = np.where(used, width, 0.0)
+    n_cur, n_ref, spread = merged_cur.sum(axis=1), merged_ref.sum(axis=1), width.sum(axis=1)
+    groups = used.sum(axis=1)
+    testable = (
+        (groups >= 2)
+        & (n_cur > 0)
+        & (n_ref > 0)
+        & (n_cur > min_signal * np.sqrt(v_cur * spread))
+        & (n_ref > min_signal * np.sqrt(v_ref * spread))
+    )
+    n_c, n_r = np.where(testable, n_cur, 1.0), np.where(testable, n_ref, 1.0)
+    p = (merged_cur + merged_ref) / (n_c + n_r)[:, None]
+    diff = merged_cur / n_c[:, None] - merged_ref / n_r[:, None]
+    # The proportions sum to one on both sides: drop the last used group (any one would do).
+    last = bins - 1 - np.argmax(used[:, ::-1], axis=1)
+    keep = used & (np.arange(bins) != last[:, None]) & testable[:, None]
+    eye = np.eye(bins)
+    outer = p[:, :, None] * p[:, None, :]
+    p_w = p[:, :, None] * width[:, None, :]
+    sampling = (1 / n_c + 1 / n_r)[:, None, None] * (p[:, :, None] * eye - outer)
+    noise = width[:, :, None] * eye - p_w - p_w.transpose(0, 2, 1) + spread[:, None, None] * outer
+    cov = sampling + (v_cur / n_c**2 + v_ref / n_r**2)[:, None, None] * noise
+    cov = np.where(keep[:, :, None] & keep[:, None, :], cov, eye)
+    d = np.where(keep, diff, 0.0)
+    statistic = np.einsum("ti,ti->t", d, np.linalg.solve(cov, d[..., None])[..., 0])
+    statistic = np.where(testable, np.maximum(statistic, 0.0), 0.0)
+    dof = np.where(testable, groups - 1, 0)
+    p_value = np.where(testable, stats.chi2.sf(statistic, np.maximum(dof, 1)), 1.0)
+    return statistic.reshape(lead), dof.reshape(lead), p_value.reshape(lead)
 
 
 def _xlogy_ratio(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:

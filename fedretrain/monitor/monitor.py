@@ -2,7 +2,8 @@
 
 The monitor's false-alarm budget is one alarm per ``arl`` stationary periods for the monitor as
 a whole: each calibrated detector gets an equal share (Bonferroni), so adding a detector does not
-add false alarms.
+add false alarms. When the sites add noise to their statistics (:mod:`fedretrain.monitor.private`)
+every calibrated detector must take that noise into account: it receives ``stats_noise_std``.
 """
 
 from __future__ import annotations
@@ -26,21 +27,33 @@ def _accepts(factory: Any, name: str) -> bool:
         return False
 
 
-def build_detectors(nodes: Sequence[Any], arl: float, reference_periods: int) -> list[Detector]:
+def build_detectors(
+    nodes: Sequence[Any], arl: float, reference_periods: int, stats_noise_std: float = 0.0
+) -> list[Detector]:
     """Build the configured detectors, splitting the false-alarm budget among the calibrated.
 
-    A node is a partial ``_target_``; it receives ``arl`` and ``reference_periods`` if its
-    signature takes them (baselines such as ``Periodic`` take neither).
+    A node is a partial ``_target_``; it receives ``arl``, ``reference_periods`` and
+    ``stats_noise_std`` (σ of the sites' noise, 0 for exact statistics) if its signature takes
+    them (baselines such as ``Periodic`` take none). With noise, a calibrated detector that
+    cannot take it is refused: its false alarms would no longer match ``arl``.
     """
     factories = [instantiate(node) for node in nodes]
     calibrated = sum(_accepts(f, "arl") for f in factories)
     detectors = []
-    for factory in factories:
+    for node, factory in zip(nodes, factories, strict=True):
         kwargs: dict[str, Any] = {}
         if _accepts(factory, "arl"):
             kwargs["arl"] = arl * calibrated
         if _accepts(factory, "reference_periods"):
             kwargs["reference_periods"] = reference_periods
+        if _accepts(factory, "stats_noise_std"):
+            kwargs["stats_noise_std"] = stats_noise_std
+        elif stats_noise_std > 0 and "arl" in kwargs:
+            raise ValueError(
+                f"{_target(node)} takes no stats_noise_std: with private statistics "
+                "(privacy.stats_noise_multiplier) its false-alarm calibration would ignore the "
+                "noise; use a detector that accounts for it or turn the noise off"
+            )
         detector = factory(**kwargs)
         if not isinstance(detector, Detector):
             raise TypeError(f"{type(detector).__name__} is not a fedretrain.monitor.base.Detector")
@@ -48,9 +61,18 @@ def build_detectors(nodes: Sequence[Any], arl: float, reference_periods: int) ->
     return detectors
 
 
-def build_detector(node: Any, arl: float, reference_periods: int) -> Detector:
+def build_detector(
+    node: Any, arl: float, reference_periods: int, stats_noise_std: float = 0.0
+) -> Detector:
     """One detector, as :func:`build_detectors` would build it alone (config validation)."""
-    return build_detectors([node], arl, reference_periods)[0]
+    return build_detectors([node], arl, reference_periods, stats_noise_std)[0]
+
+
+def _target(node: Any) -> str:
+    try:
+        return str(node["_target_"])
+    except (KeyError, TypeError):
+        return repr(node)
 
 
 class Monitor:

@@ -164,6 +164,9 @@ class ErrorPageHinkley(SequentialErrorDetector):
         PH's values before its first test.
     global_share : float
         Share of the false-alarm rate spent on the pooled stream.
+    stats_noise_std : float
+        σ of the Gaussian noise the sites add to their statistics (0: exact statistics); see
+        :mod:`fedretrain.monitor.private`. Set by the monitor, not in the config.
     """
 
     TEST = "Page-Hinkley on error rate"
@@ -175,6 +178,7 @@ class ErrorPageHinkley(SequentialErrorDetector):
         delta: float = 0.5,
         min_instances: int = 1,
         global_share: float = 0.5,
+        stats_noise_std: float = 0.0,
     ) -> None:
         if not delta > 0:
             raise ValueError(f"delta={delta}: must be > 0")
@@ -182,7 +186,7 @@ class ErrorPageHinkley(SequentialErrorDetector):
             raise ValueError(f"min_instances={min_instances}: must be >= 1")
         self.delta = delta
         self.min_instances = min_instances
-        super().__init__(arl, reference_periods, global_share)
+        super().__init__(arl, reference_periods, global_share, stats_noise_std)
 
     def _new_stream(self) -> ScalarDetector:
         return PageHinkley(min_instances=self.min_instances, delta=self.delta, alpha=1.0, mode="up")

@@ -76,6 +76,10 @@ class SiteReferences:
     def reference(self, site: int) -> np.ndarray:
         return self._sums[site]
 
+    def reports(self, site: int) -> int:
+        """How many reports a site's reference sums (noisy counts: its noise variance grows so)."""
+        return self._counts.get(site, 0)
+
     def pooled(self, sites: list[int]) -> np.ndarray:
         """The sum of the given sites' references."""
         return np.sum([self._sums[s] for s in sites], axis=0)

@@ -25,6 +25,12 @@ probability transforms are independent uniforms under no drift (up to the discre
 the mid-p halves). The measured run lengths came within 10% of Siegmund's, on the safe side for
 rare errors.
 
+Noisy counts. With Gaussian noise on the sites' statistics (``stats_noise_std`` > 0, see
+:mod:`fedretrain.monitor.private`) the hypergeometric conditioning fails; the score is then
+:func:`~fedretrain.monitor.error_test.noisy_error_score`, a normal score whose variance adds the
+noise of the period's counts and of the (growing) reference's, skew-corrected, so the CUSUM and
+Page-Hinkley thresholds keep their meaning.
+
 >>> z = standardized_error(np.array([30, 10]), np.array([100, 100]), 100, 1000)
 >>> z.round(2).tolist()
 [6.35, 0.0]
@@ -44,6 +50,7 @@ from scipy import stats as scipy_stats
 
 from fedretrain.monitor.base import Detection, Detector, check_state, state_header
 from fedretrain.monitor.calibration import period_alpha, split_alpha, split_arl
+from fedretrain.monitor.error_test import check_noise_std, error_counts, noisy_stream_test
 from fedretrain.monitor.reference import POOLED, SiteReferences
 from fedretrain.monitor.stats import PeriodStats
 
@@ -105,17 +112,22 @@ class SequentialErrorDetector(Detector):
     The streams' run lengths are split like false-alarm rates (``global_share`` of the rate to
     the pooled stream, the rest equally to the tested sites), and each scalar detector's
     threshold is set from its stream's run length every period (the number of tested sites may
-    change). A scalar detector restarts after it fires, as River's do.
+    change). A scalar detector restarts after it fires, as River's do. ``stats_noise_std`` is
+    σ of the sites' noise (0: exact statistics), set by the monitor.
     """
 
     TEST = "sequential error"
 
-    def __init__(self, arl: float, reference_periods: int, global_share: float) -> None:
+    def __init__(
+        self, arl: float, reference_periods: int, global_share: float, stats_noise_std: float = 0.0
+    ) -> None:
         period_alpha(arl)
         split_alpha(1.0, 1, global_share)
+        check_noise_std(stats_noise_std)
         self.arl = arl
         self.reference_periods = reference_periods
         self.global_share = global_share
+        self.stats_noise_std = stats_noise_std
         self._refs = SiteReferences(reference_periods)
         self._streams: dict[int, ScalarDetector] = {}
         self._thresholds: dict[float, float] = {}  # derived from arguments, not state: a cache
@@ -130,11 +142,7 @@ class SequentialErrorDetector(Detector):
         """The scalar detector's threshold for an in-control run length of ``arl`` periods."""
 
     def update(self, stats: PeriodStats) -> None:
-        current = {
-            site: np.array([w.errors, w.labelled])
-            for site, w in stats.sites.items()
-            if w.labelled > 0
-        }
+        current = error_counts(stats, self.stats_noise_std)
         tested = self._refs.split(current)
         if not tested:
             reason = f"building the reference ({self.reference_periods} labelled reports per site)"
@@ -144,8 +152,12 @@ class SequentialErrorDetector(Detector):
             [np.sum([current[s] for s in tested], axis=0)] + [current[s] for s in tested]
         )
         ref = np.stack([self._refs.pooled(tested)] + [self._refs.reference(s) for s in tested])
-        z = error_score(cur[:, 0], cur[:, 1], ref[:, 0], ref[:, 1])
-        wald = standardized_error(cur[:, 0], cur[:, 1], ref[:, 0], ref[:, 1])
+        if self.stats_noise_std > 0:
+            noisy = noisy_stream_test(stats, self._refs, tested, cur, ref, self.stats_noise_std)
+            z, wald = noisy.z, noisy.wald
+        else:
+            z = error_score(cur[:, 0], cur[:, 1], ref[:, 0], ref[:, 1])
+            wald = standardized_error(cur[:, 0], cur[:, 1], ref[:, 0], ref[:, 1])
         for site in tested:  # self-starting: this period joins the reference of later ones
             self._refs.add(site, current[site])
         pooled_arl, site_arl = split_arl(self.arl, len(tested), self.global_share)

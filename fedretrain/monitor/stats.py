@@ -246,23 +246,10 @@ def stats_problem(stats: WindowStats, num_features: int, bins: int, num_classes:
     >>> stats_problem(WindowStats.zeros(2, 4, 2), 2, 3, 2)
     'hist has shape (2, 4), expected (2, 3)'
     """
-    expected = {
-        "x_sum": (num_features,),
-        "x_sq_sum": (num_features,),
-        "hist": (num_features, bins),
-        "label_counts": (num_classes,),
-        "pred_counts": (num_classes,),
-        "confusion": (num_classes, num_classes),
-    }
-    for name, shape in expected.items():
-        value = np.asarray(getattr(stats, name))
-        if value.shape != shape:
-            return f"{name} has shape {value.shape}, expected {shape}"
-        if not np.isfinite(value).all():
-            return f"{name} has non-finite values"
+    problem = shape_problem(stats, num_features, bins, num_classes)
+    if problem is not None:
+        return problem
     for name in ("loss_sum", "maxprob_sum"):
-        if not np.isfinite(getattr(stats, name)):
-            return f"{name} is not finite"
         if getattr(stats, name) < 0:
             return f"{name}={getattr(stats, name)} is negative"
     if stats.n < 0:
@@ -289,6 +276,30 @@ def stats_problem(stats: WindowStats, num_features: int, bins: int, num_classes:
         return "label_counts disagree with the confusion matrix's rows"
     if stats.maxprob_sum > stats.n * (1 + 1e-6):
         return f"maxprob_sum={stats.maxprob_sum} exceeds n={stats.n} (probabilities are at most 1)"
+    return None
+
+
+def shape_problem(stats: WindowStats, num_features: int, bins: int, num_classes: int) -> str | None:
+    """Wrong lengths or non-finite values, or None: the checks every sender must pass, exact or
+    noisy (:func:`fedretrain.monitor.private.noisy_stats_problem` adds the rest for noisy ones).
+    """
+    expected = {
+        "x_sum": (num_features,),
+        "x_sq_sum": (num_features,),
+        "hist": (num_features, bins),
+        "label_counts": (num_classes,),
+        "pred_counts": (num_classes,),
+        "confusion": (num_classes, num_classes),
+    }
+    for name, shape in expected.items():
+        value = np.asarray(getattr(stats, name))
+        if value.shape != shape:
+            return f"{name} has shape {value.shape}, expected {shape}"
+        if not np.isfinite(value).all():
+            return f"{name} has non-finite values"
+    for name in ("loss_sum", "maxprob_sum"):
+        if not np.isfinite(getattr(stats, name)):
+            return f"{name} is not finite"
     return None
 
 

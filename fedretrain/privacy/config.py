@@ -1,4 +1,5 @@
-"""The ``privacy`` config group: sample-level DP-SGD at each site and its lifetime budget.
+"""The ``privacy`` config group: sample-level DP-SGD at each site and its lifetime budget, and
+the Gaussian noise on the monitoring statistics a site sends (independent of DP-SGD).
 
 >>> PrivacyConfig(enabled=True, target_epsilon=2.0).noise_multiplier is None
 True
@@ -77,7 +78,19 @@ class PrivacyConfig:
     reproducible : bool
         Draw the Poisson batches and the noise from the generator the caller passes
         (simulations, tests). False (the default, and what a real site needs) seeds them from
-        the operating system's entropy: whoever knows the seed can subtract the noise.
+        the operating system's entropy: whoever knows the seed can subtract the noise. The same
+        holds for the noise on the monitoring statistics.
+    stats_noise_multiplier : float or None
+        σ of the private monitoring statistics (:mod:`fedretrain.monitor.private`): each
+        statistic a site sends every period gets Gaussian noise of σ times its L2 sensitivity
+        to one record. null (the default) sends exact statistics. Works with or without
+        ``enabled``; its ε is accounted and reported apart from DP-SGD's, at ``delta``.
+    stats_feature_bound : float or None
+        B: each feature is clipped to [-B, B] before it enters the sums of x and x², which
+        bounds their sensitivity (the histograms use the raw values). Needed when
+        ``stats_noise_multiplier`` is set; choose the largest feature magnitude of the data.
+    stats_loss_bound : float
+        L: each record's loss is clipped to [0, L] before it enters the loss sum.
     """
 
     enabled: bool = False
@@ -95,6 +108,9 @@ class PrivacyConfig:
     user_clipping_norm: float = 1.0
     user_epsilon_budget: float | None = None
     reproducible: bool = False
+    stats_noise_multiplier: float | None = None
+    stats_feature_bound: float | None = None
+    stats_loss_bound: float = 10.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -142,6 +158,7 @@ class PrivacyConfig:
                 problems.append(
                     f"{p}user_epsilon_budget={user_budget}: must be positive, or null for no cap"
                 )
+        problems += self._stats_problems()
         for name, enum in (("clipping", ClippingMode), ("accountant", AccountantKind)):
             value = getattr(self, name)
             if not isinstance(value, enum):
@@ -154,3 +171,31 @@ class PrivacyConfig:
             from fedretrain.config import ConfigError  # config imports this module
 
             raise ConfigError(problems)
+
+    def _stats_problems(self) -> list[str]:
+        p = "privacy."
+        problems = []
+        sigma, bound = self.stats_noise_multiplier, self.stats_feature_bound
+        if sigma is not None and not (sigma > 0 and math.isfinite(sigma)):
+            problems.append(
+                f"{p}stats_noise_multiplier={sigma}: must be a positive number (e.g. 2.0), or "
+                "null to send exact statistics"
+            )
+        if bound is not None and not (bound > 0 and math.isfinite(bound)):
+            problems.append(
+                f"{p}stats_feature_bound={bound}: must be a positive number, the largest "
+                "feature magnitude (e.g. 10.0 for features in [0, 10])"
+            )
+        if sigma is not None and bound is None:
+            problems.append(
+                f"{p}stats_noise_multiplier={sigma} needs {p}stats_feature_bound: features "
+                "are clipped to [-B, B] so that their sums have a bounded sensitivity; set it "
+                "to the largest feature magnitude (e.g. 10.0 for features in [0, 10])"
+            )
+        loss = self.stats_loss_bound
+        if not (loss > 0 and math.isfinite(loss)):
+            problems.append(
+                f"{p}stats_loss_bound={loss}: must be a positive number (e.g. 10.0), the "
+                "largest per-record loss counted"
+            )
+        return problems

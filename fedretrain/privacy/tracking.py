@@ -62,6 +62,18 @@ class EpsilonTracker:
             with self.path.open("a", newline="") as handle:
                 csv.writer(handle).writerows(astuple(r) for r in new)
 
+    def restore(self, server_round: int) -> None:
+        """Resume: keep the reports of rounds up to ``server_round``, in memory and on disk."""
+        from fedretrain.checkpoint import cut_csv, from_row
+
+        if self.path is None:
+            return
+        kept = cut_csv(self.path, lambda r: int(r["server_round"]) <= server_round)
+        self.rows = [from_row(EpsilonRow, r) for r in kept]
+        self.latest = {}
+        for row in self.rows:
+            self.latest[row.site] = row.epsilon
+
     def mark(self) -> dict[int, float]:
         """The sites' cumulative ε now, to measure a later version's cost against."""
         return dict(self.latest)

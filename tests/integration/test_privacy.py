@@ -13,6 +13,7 @@ import pytest
 
 from fedretrain.config import compose, to_typed
 from fedretrain.privacy import PrivacyLedger, SampledGaussian
+from fedretrain.registry import Registry
 from fedretrain.site import Site
 
 pytestmark = pytest.mark.integration
@@ -136,17 +137,19 @@ def test_each_version_of_a_drift_run_records_what_it_cost_each_site(
         "privacy=dpsgd",
         f"runtime.num_clients={SITES}",
     )
-    versions = json.loads((out / "models" / "index.json").read_text())
-    trained = [v for v in versions if v["action"] in ("initial", "warm", "reinit")]
+    with Registry(out) as registry:
+        versions = [v.to_dict() for v in registry.versions()]
+    trained = [v for v in versions if v["trigger"] in ("initial", "warm", "reinit")]
+    assert trained
     for version in trained:
-        spent = version["epsilon_by_site"]
+        spent = version["epsilon"]
         assert set(spent) == {str(s) for s in range(SITES)} and all(v > 0 for v in spent.values())
     # The initial version cost each site what its ledger had after the initial rounds.
     initial_rounds = int(pd.read_csv(out / "timeline.csv")["rounds"].iloc[0])
     for site in range(SITES):
         history = PrivacyLedger.load(out / "privacy" / f"site-{site}.json").epsilon_history(DELTA)
         assert len(history) >= initial_rounds
-        cost = versions[0]["epsilon_by_site"][str(site)]
+        cost = versions[0]["epsilon"][str(site)]
         assert cost == pytest.approx(history[initial_rounds - 1][1], rel=1e-9)
     timeline = pd.read_csv(out / "timeline.csv")
     assert timeline["max_epsilon"].is_monotonic_increasing

@@ -27,11 +27,27 @@ FACTORIES: dict[str, Callable[[], Detector]] = {
     "binomial_confirm1": lambda: BinomialErrorTest(ARL, REF, confirm=1),
     "cusum": lambda: ErrorCusum(ARL, REF),
     "page_hinkley": lambda: ErrorPageHinkley(ARL, REF),
+    # Built for private statistics (noise sd 1 per unit-sensitivity count): exact data is
+    # the zero-noise case, on which they must behave as well.
+    "histogram_noisy": lambda: HistogramDrift(ARL, REF, stats_noise_std=1.0),
+    "label_shift_noisy": lambda: LabelShift(ARL, REF, stats_noise_std=1.0),
+    "prediction_shift_noisy": lambda: PredictionShift(ARL, REF, stats_noise_std=1.0),
+    "binomial_noisy": lambda: BinomialErrorTest(ARL, REF, stats_noise_std=1.0),
+    "cusum_noisy": lambda: ErrorCusum(ARL, REF, stats_noise_std=1.0),
+    "page_hinkley_noisy": lambda: ErrorPageHinkley(ARL, REF, stats_noise_std=1.0),
     "no_drift": NoDrift,
     "periodic": lambda: Periodic(every=4),
 }
-ERROR_DETECTORS = ["binomial", "binomial_confirm1", "cusum", "page_hinkley"]
-FEATURE_DETECTORS = ["histogram_chi2", "histogram_g"]
+ERROR_DETECTORS = [
+    "binomial",
+    "binomial_confirm1",
+    "cusum",
+    "page_hinkley",
+    "binomial_noisy",
+    "cusum_noisy",
+    "page_hinkley_noisy",
+]
+FEATURE_DETECTORS = ["histogram_chi2", "histogram_g", "histogram_noisy"]
 BASELINES = ["no_drift", "periodic"]
 # Changes that touch errors and features at once, so that every detector has something to see.
 MIXED = {"errors": {s: 0.4 for s in range(10)}, "shifted": range(10)}

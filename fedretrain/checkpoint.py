@@ -1,0 +1,226 @@
+"""Crash-safe checkpoints of a drift run, so that a killed run resumes where it was.
+
+After every completed training round and every completed period the controller saves its
+position: the period, the server round, Python's ``random`` state (Flower samples sites with
+it), the histogram edges, the lifecycle state (canary, watch) and, inside a retrain, the
+plateau search's counters and arrays. Arrays go to safetensors files named by server round and
+the state to ``state.json``, each replaced atomically; ``state.json`` is written last and names
+its files, so a crash at any moment leaves the previous complete checkpoint. Each period's
+statistics are kept as well: the monitor and the trigger policy are rebuilt on resume by
+replaying them, which needs no pickled objects.
+
+The logs a run appends to (``metrics.csv``, ``rejections.csv``, ``timeline.csv``,
+``decisions.jsonl``, ``privacy.csv``) may hold rows written after the last checkpoint; resume
+cuts them back to it with :func:`cut_csv` and :func:`cut_jsonl` before going on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from fedretrain.atomic import atomic_replace
+from fedretrain.monitor.stats import PeriodStats, WindowStats
+
+STATE_FILE = "state.json"
+FORMAT = "fedretrain.checkpoint"
+VERSION = 1
+
+Arrays = dict[str, np.ndarray]
+T = TypeVar("T")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed: missing, unreadable, or from a newer fedretrain."""
+
+
+@dataclass
+class Plateau:
+    """A retrain's plateau search between two rounds (see ``Controller._plateau``)."""
+
+    period: int
+    action: str  # initial, warm, reinit
+    rounds: int = 0
+    since_best: int = 0
+    best_acc: float = -1.0
+    best_action: str = ""
+    baseline: float = -1.0
+    target: float | None = None
+    epsilon_mark: dict[str, float] | None = None
+
+
+@dataclass
+class RunState:
+    """Where a drift run is: everything besides the registry and the per-period statistics."""
+
+    completed_period: int = -1  # -1: period 0 (initial training) not finished yet
+    server_round: int = 0
+    random_state: list[Any] = field(default_factory=list)
+    edges: list[list[float]] | None = None
+    canary: dict[str, Any] | None = None  # candidate served at some sites (Controller)
+    watch: dict[str, Any] | None = None  # a fresh champion on probation (Controller)
+    plateau: Plateau | None = None  # a retrain under way
+
+    def capture_random(self) -> None:
+        version, internal, gauss = random.getstate()
+        self.random_state = [version, list(internal), gauss]
+
+    def restore_random(self) -> None:
+        if self.random_state:
+            version, internal, gauss = self.random_state
+            random.setstate((version, tuple(internal), gauss))
+
+
+class CheckpointStore:
+    """The ``checkpoint/`` folder of a run."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        (folder / "stats").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def exists(self) -> bool:
+        return (self.folder / STATE_FILE).exists()
+
+    def save(self, state: RunState, arrays: Mapping[str, Arrays]) -> None:
+        """Write ``arrays`` (name → state dict) and then ``state`` naming them."""
+        names = {}
+        for name, tensors in arrays.items():
+            file = f"{name}-r{state.server_round}.safetensors"
+            contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+            atomic_replace(self.folder / file, lambda tmp, t=contiguous: save_file(t, tmp))
+            names[name] = file
+        record = {"format": FORMAT, "version": VERSION, "state": asdict(state), "arrays": names}
+        text = json.dumps(record, indent=1, default=_json_default, allow_nan=True)
+        atomic_replace(self.folder / STATE_FILE, lambda tmp: tmp.write_text(text))
+        keep = set(names.values()) | {STATE_FILE, "stats"}
+        for path in self.folder.iterdir():
+            if path.name not in keep and path.suffix == ".safetensors":
+                path.unlink(missing_ok=True)
+
+    def load(self) -> tuple[RunState, dict[str, Arrays]]:
+        path = self.folder / STATE_FILE
+        try:
+            record = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{path} does not exist: nothing to resume") from None
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path} is not valid JSON ({err})") from None
+        if record.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a fedretrain checkpoint")
+        if record.get("version", 0) > VERSION:
+            raise CheckpointError(
+                f"{path} was written by a newer fedretrain (checkpoint version "
+                f"{record['version']} > {VERSION}); upgrade fedretrain to resume it"
+            )
+        raw = record["state"]
+        plateau = raw.pop("plateau")
+        state = RunState(**raw, plateau=None if plateau is None else Plateau(**plateau))
+        arrays = {}
+        for name, file in record["arrays"].items():
+            try:
+                arrays[name] = load_file(self.folder / file)
+            except (FileNotFoundError, OSError) as err:
+                raise CheckpointError(f"checkpoint file {self.folder / file}: {err}") from None
+        return state, arrays
+
+    def save_stats(self, stats: PeriodStats) -> None:
+        """Keep a period's statistics (every site's) for replay on resume."""
+        tensors = {
+            f"{site}/{name}": np.ascontiguousarray(value)
+            for site, window in stats.sites.items()
+            for name, value in window.to_arrays().items()
+        }
+        path = self._stats_path(stats.period)
+        atomic_replace(path, lambda tmp: save_file(tensors, tmp))
+
+    def load_stats(self, period: int) -> PeriodStats | None:
+        path = self._stats_path(period)
+        if not path.exists():
+            return None
+        by_site: dict[int, dict[str, np.ndarray]] = {}
+        for key, value in load_file(path).items():
+            site, name = key.split("/", 1)
+            by_site.setdefault(int(site), {})[name] = value
+        return PeriodStats(period, {s: WindowStats.from_arrays(a) for s, a in by_site.items()})
+
+    def _stats_path(self, period: int) -> Path:
+        return self.folder / "stats" / f"p{period}.safetensors"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+def cut_csv(path: Path, keep: Callable[[dict[str, str]], bool]) -> list[dict[str, str]]:
+    """Rewrite the CSV at ``path`` with only the rows ``keep`` accepts; return them."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = list(reader.fieldnames or [])
+        # A kill in the middle of an append leaves a torn last row: it has missing cells.
+        whole = [row for row in reader if None not in row.values() and None not in row]
+        rows = [row for row in whole if keep(row)]
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as out:
+            writer = csv.DictWriter(out, header)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_replace(path, write)
+    return rows
+
+
+def cut_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite the JSON-lines file at ``path`` with only the records ``keep`` accepts."""
+    if not path.exists():
+        return
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill in the middle of an append
+    text = "".join(json.dumps(r) + "\n" for r in records if keep(r))
+    atomic_replace(path, lambda tmp: tmp.write_text(text))
+
+
+def from_row(cls: type[T], row: Mapping[str, str]) -> T:
+    """A dataclass instance from a CSV row written by pandas (NaN as an empty cell)."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in row:
+            values[f.name] = _parse(row[f.name], hints[f.name])
+    return cls(**values)
+
+
+def _parse(text: str, kind: Any) -> Any:
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        options = [k for k in typing.get_args(kind) if k is not type(None)]
+        return None if text == "" else _parse(text, options[0])
+    if kind is bool:
+        return text == "True"
+    if kind is int:
+        return int(float(text))
+    if kind is float:
+        return math.nan if text in ("", "nan", "NaN") else float(text)
+    return text

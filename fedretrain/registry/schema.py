@@ -1,0 +1,166 @@
+"""The registry's SQLite file: its tables, its schema version and how it is opened.
+
+The schema version is ``PRAGMA user_version`` and the file is marked as ours by
+``PRAGMA application_id``; both live in the database header, so a file is identified without
+reading a table. Opening never writes to a file it refuses: a newer schema or a foreign
+database is reported before any setting is changed.
+
+Durability: the journal is a write-ahead log with ``synchronous=FULL``, so a committed
+transaction survives a power loss, and readers (the CLI) do not block the running server.
+Lineage is immutable and events are append-only, enforced by triggers in the file itself.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from fedretrain import __version__
+from fedretrain.registry.errors import NotARunFolderError, RegistryError, SchemaVersionError
+
+SCHEMA_VERSION = 1  # bump on any change to the tables below, with a migration from the last
+APPLICATION_ID = 0x46524547  # "FREG": marks a SQLite file as a fedretrain registry
+STATUSES = ("candidate", "champion", "retired", "rejected", "rolled_back")
+
+_SCHEMA = f"""
+CREATE TABLE versions (
+    version INTEGER PRIMARY KEY CHECK (version >= 1),
+    key TEXT NOT NULL UNIQUE,
+    parent INTEGER REFERENCES versions(version) CHECK (parent IS NULL OR parent < version),
+    "trigger" TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    period INTEGER NOT NULL,
+    rounds INTEGER NOT NULL CHECK (rounds >= 0),
+    samples TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    site_metrics TEXT NOT NULL,
+    epsilon TEXT NOT NULL,
+    file TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in STATUSES)})),
+    created TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE aliases (
+    name TEXT PRIMARY KEY CHECK (name IN ('champion', 'candidate')),
+    version INTEGER NOT NULL REFERENCES versions(version)
+) STRICT;
+
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT UNIQUE,
+    kind TEXT NOT NULL,
+    period INTEGER,
+    version INTEGER REFERENCES versions(version),
+    payload TEXT NOT NULL,
+    created TEXT NOT NULL
+) STRICT;
+
+CREATE INDEX events_by_kind ON events(kind);
+CREATE INDEX events_by_version ON events(version);
+
+CREATE TRIGGER versions_lineage_is_immutable
+BEFORE UPDATE OF version, key, parent, "trigger", reason, period, rounds, samples, config_hash,
+    metrics, site_metrics, epsilon, file, sha256, created ON versions
+BEGIN SELECT RAISE(ABORT, 'a version''s lineage is immutable'); END;
+
+CREATE TRIGGER versions_are_kept BEFORE DELETE ON versions
+BEGIN SELECT RAISE(ABORT, 'versions are never deleted'); END;
+
+CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+
+CREATE TRIGGER events_are_append_only_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+"""
+
+
+def connect(path: Path, create: bool) -> sqlite3.Connection:
+    """Open the registry file at ``path``, creating it only when ``create`` is true.
+
+    Raises
+    ------
+    NotARunFolderError
+        No registry at ``path`` and ``create`` is false, or the file is not a registry.
+    SchemaVersionError
+        The file's schema is newer than this fedretrain reads.
+    RegistryError
+        The file is not a SQLite database at all.
+    """
+    if not path.is_file():
+        if not create and not path.parent.is_dir():
+            raise NotARunFolderError(
+                f"{path.parent} is not a fedretrain run folder: no such folder"
+            )
+        if not create:
+            raise NotARunFolderError(
+                f"{path.parent} is not a fedretrain run folder: it has no {path.name}"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in the registry).
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    conn.row_factory = sqlite3.Row
+    try:
+        _check_header(conn, path, create)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RegistryError(f"{path}: could not switch to write-ahead logging (got {mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        _initialise(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_header(conn: sqlite3.Connection, path: Path, create: bool) -> None:
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as err:
+        raise RegistryError(f"{path} is not a readable SQLite database ({err})") from None
+    if app_id == 0 and version == 0 and tables == 0:
+        if not create:
+            raise NotARunFolderError(f"{path} is an empty database, not a fedretrain registry")
+        return
+    if app_id != APPLICATION_ID:
+        raise NotARunFolderError(f"{path} is a SQLite database but not a fedretrain registry")
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{path} has registry schema version {version}, but fedretrain {__version__} reads "
+            f"schema version {SCHEMA_VERSION} at most: upgrade fedretrain to open it"
+        )
+    if version < SCHEMA_VERSION:  # no older schema has been released yet
+        raise SchemaVersionError(
+            f"{path} has registry schema version {version}, which fedretrain {__version__} "
+            f"cannot migrate to {SCHEMA_VERSION}"
+        )
+
+
+def _initialise(conn: sqlite3.Connection) -> None:
+    """Create the tables and stamp the header, in one transaction (a no-op when done)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            for statement in _statements(_SCHEMA):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split ``script`` into statements (executescript would commit the open transaction)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    return [s for s in statements if s]
