@@ -1,0 +1,131 @@
+"""The release lifecycle on Flower's simulation engine: the gate rejects a poisoned candidate,
+a canary serves a candidate at a few sites before promoting it, and the CLI steers the
+registry of a real run folder."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedretrain.registry import Registry, Status
+
+pytestmark = pytest.mark.integration
+
+
+def _simulate(out: Path, *overrides: str) -> Path:
+    result = subprocess.run(
+        [sys.executable, "-m", "fedretrain", *overrides, f"hydra.run.dir={out}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedretrain.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def poisoned_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """No drift; every period retrains; from period 1 half the sites train on flipped labels,
+    with the norm check off so that their updates reach the candidate."""
+    return _simulate(
+        tmp_path_factory.mktemp("poison"),
+        "scenario=stationary",
+        "scenario.num_periods=3",
+        "policy=periodic",
+        "attack=label_flip",
+        "attack.fraction=0.5",
+        "attack.from_period=1",
+        "validation.max_norm_ratio=null",
+        "runtime.num_clients=4",
+        "retrain.max_rounds=4",
+    )
+
+
+def test_the_gate_rejects_a_candidate_trained_with_flipped_labels_at_half_the_sites(
+    poisoned_run: Path,
+) -> None:
+    with Registry(poisoned_run) as registry:
+        assert registry.check_invariants() == []
+        assert registry.champion().version == 1  # type: ignore[union-attr]
+        poisoned = [v for v in registry.versions() if v.period >= 1]
+        assert poisoned and all(v.status is Status.rejected for v in poisoned)
+        gates = registry.events(kind="gate")
+    assert [e.version for e in gates] == [v.version for v in poisoned]
+    for event in gates:
+        decision = event.payload
+        assert decision["promote"] is False
+        assert decision["candidate_accuracy"] < decision["champion_accuracy"] - 0.05
+        assert len(decision["rows"]) == 4 and any(r["regressed"] for r in decision["rows"])
+    timeline = pd.read_csv(poisoned_run / "timeline.csv")
+    assert (timeline["serving_version"] == 1).all()  # the poisoned models never served
+    assert timeline.loc[timeline["period"] >= 1, "action"].str.endswith("rejected").all()
+
+
+def test_the_cli_steers_the_registry_of_a_real_run(poisoned_run: Path, tmp_path: Path) -> None:
+    listed = _cli("models", "list", poisoned_run, "--json")
+    assert listed.returncode == 0, listed.stderr
+    statuses = {v["version"]: v["status"] for v in json.loads(listed.stdout)}
+    assert statuses[1] == "champion" and statuses[2] == "rejected"
+
+    refused = _cli("models", "rollback", poisoned_run)  # v1 has no parent
+    assert refused.returncode == 2 and "no parent" in refused.stderr
+
+    assert _cli("models", "promote", poisoned_run, "v2", "--reason", "test").returncode == 0
+    back = _cli("models", "rollback", poisoned_run, "--reason", "test")
+    assert back.returncode == 0, back.stderr
+    with Registry(poisoned_run) as registry:
+        assert registry.champion().version == 1  # type: ignore[union-attr]
+        kinds = [e.kind for e in registry.events()]
+        manual = [
+            e.payload["manual"] for e in registry.events() if e.kind in ("promote", "rollback")
+        ]
+    assert kinds[-2:] == ["promote", "rollback"] or "rollback" in kinds
+    assert manual[-2:] == [True, True]
+
+    out = tmp_path / "champion.safetensors"
+    assert _cli("models", "export", poisoned_run, "champion", out).returncode == 0
+    assert out.stat().st_size > 0
+    assert _cli("models", "export", poisoned_run, "champion", out).returncode == 2  # no overwrite
+
+    (poisoned_run / "timeline.png").unlink()
+    report = _cli("report", poisoned_run)
+    assert report.returncode == 0, report.stderr
+    assert (poisoned_run / "timeline.png").stat().st_size > 0
+
+
+def test_a_canary_serves_the_candidate_at_some_sites_then_promotes_it(tmp_path: Path) -> None:
+    out = _simulate(
+        tmp_path / "canary",
+        "scenario=sine_flip",
+        "scenario.num_periods=8",
+        "release=canary",
+        "release.canary_fraction=0.3",
+        "release.canary_periods=2",
+    )
+    with Registry(out) as registry:
+        assert registry.check_invariants() == []
+        canary = registry.events(kind="canary")
+        assert len(canary) == 1 and canary[0].period == 7 and canary[0].version == 2
+        assert canary[0].payload["action"] == "promote"
+        promotions = [e for e in registry.events(kind="promote") if e.version == 2]
+        assert [e.period for e in promotions] == [7]
+        assert registry.champion().version == 2  # type: ignore[union-attr]
+    timeline = pd.read_csv(out / "timeline.csv").set_index("period")
+    # Labels flipped at 5; in 6 and 7 three of ten sites serve the retrained candidate, the
+    # others the old champion: the federation scores in between.
+    during = timeline.loc[[6, 7], "accuracy"]
+    assert (during > 0.15).all() and (during < 0.6).all()
+    # The champion is still v1 while the canary runs; the verdict at its end promotes v2.
+    assert timeline.loc[[5, 6, 7], "serving_version"].tolist() == [1, 1, 2]
