@@ -107,3 +107,19 @@ def test_models_produce_logits_of_the_task() -> None:
     assert MLP((5,), 2).net[1].out_features == 10  # FedDrift's d -> 2d
     with pytest.raises(ValueError, match="use fedretrain.models.MLP"):
         DigitsCNN((64,), 10)
+
+
+def test_mlp_standardises_inputs_with_constants_outside_the_state_dict() -> None:
+    torch.manual_seed(0)
+    plain = MLP((3,), 2)
+    torch.manual_seed(0)
+    scaled = MLP((3,), 2, input_mean=[5.0, 5.0, 0.0], input_std=2.0)
+    x = torch.rand(8, 3) * 10
+    torch.testing.assert_close(scaled(x), plain((x - torch.tensor([5.0, 5.0, 0.0])) / 2.0))
+    assert scaled.state_dict().keys() == plain.state_dict().keys()  # sites exchange the same
+    torch.manual_seed(0)
+    torch.testing.assert_close(MLP((3,), 2, input_mean=None, input_std=None)(x), plain(x))
+    with pytest.raises(ValueError, match="input_std must be positive"):
+        MLP((3,), 2, input_std=[1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="one value per feature"):
+        MLP((3,), 2, input_mean=[1.0, 2.0])
