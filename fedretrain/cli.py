@@ -11,6 +11,7 @@ Examples
     fedretrain models check RUN_DIR
     fedretrain models events RUN_DIR [--kind promote]
     fedretrain report RUN_DIR
+    fedretrain privacy RUN_DIR
     fedretrain resume RUN_DIR
 
 A version is named by its number (``3`` or ``v3``) or an alias (``champion``, ``candidate``).
@@ -264,6 +265,14 @@ def _report(args: argparse.Namespace) -> int:
     if periods is not None:
         plot_timeline(periods, change_points, run_dir / "timeline.png")
         written.append("timeline.png")
+    privacy_csv = run_dir / "privacy.csv"
+    if privacy_csv.is_file():
+        from fedretrain.privacy.tracking import plot_epsilon
+
+        epsilon = pd.read_csv(privacy_csv)
+        if not epsilon.empty:
+            plot_epsilon(epsilon, run_dir / "privacy.png")
+            written.append("privacy.png")
     text = json.dumps(summary, indent=2, default=str)
     atomic_replace(run_dir / "summary.json", lambda tmp: tmp.write_text(text))
     written.append("summary.json")
@@ -411,6 +420,16 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.set_defaults(handler=_report)
 
+    privacy = commands.add_parser(
+        "privacy",
+        help="each site's cumulative ε over the run's rounds (DP-SGD runs)",
+        description="Each site's cumulative ε after every training round, from privacy.csv; "
+        "the sites' ledgers (privacy/site-<id>.json) hold the full history.",
+    )
+    privacy.add_argument("run_dir", metavar="RUN_DIR")
+    privacy.add_argument("--json", action="store_true", help="print JSON")
+    privacy.set_defaults(handler=_privacy)
+
     resume = commands.add_parser(
         "resume",
         help="continue a killed drift run from its last checkpoint",
@@ -420,6 +439,26 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", metavar="RUN_DIR")
     resume.set_defaults(handler=_resume)
     return parser
+
+
+def _privacy(args: argparse.Namespace) -> int:
+    """Each site's cumulative ε after every training round, from the run's privacy.csv."""
+    import pandas as pd
+
+    path = Path(args.run_dir) / "privacy.csv"
+    if not path.is_file():
+        raise CliError(f"{path} does not exist: the run did not train with privacy=dpsgd")
+    table = pd.read_csv(path)
+    if table.empty:
+        raise CliError(f"{path} is empty: no site has trained yet")
+    if args.json:
+        print(table.to_json(orient="records"))
+        return 0
+    wide = table.pivot_table(index="server_round", columns="site", values="epsilon", aggfunc="last")
+    wide = wide.ffill()
+    print("cumulative ε per site (rows: server round) at δ from the run's privacy.delta")
+    print(wide.to_string(float_format=lambda x: f"{x:.3f}", na_rep="-"))
+    return 0
 
 
 def _resume(args: argparse.Namespace) -> int:
