@@ -3,13 +3,12 @@ its lifetime budget declines while the run goes on, and the ε the run reports a
 independent accountant (Google's dp-accounting)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import dp_accounting
 import pandas as pd
 import pytest
+from conftest import Simulate
 
 from fedretrain.config import compose, to_typed
 from fedretrain.privacy import PrivacyLedger, SampledGaussian
@@ -25,18 +24,6 @@ SITES, ROUNDS = 4, 4
 EARLIER = SampledGaussian(noise_multiplier=1.0, sample_rate=0.044, steps=132)
 
 
-def _simulate(out: Path, *overrides: str) -> Path:
-    result = subprocess.run(
-        [sys.executable, "-m", "fedretrain", *overrides, f"hydra.run.dir={out}"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "fedretrain summary" in result.stdout
-    return out
-
-
 def _google_epsilon(mechanisms: list[SampledGaussian]) -> float:
     accountant = dp_accounting.rdp.RdpAccountant()
     for m in mechanisms:
@@ -48,10 +35,10 @@ def _google_epsilon(mechanisms: list[SampledGaussian]) -> float:
 
 
 @pytest.fixture(scope="module")
-def budget_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def budget_run(tmp_path_factory: pytest.TempPathFactory, simulate: Simulate) -> tuple[Path, Path]:
     ledgers = tmp_path_factory.mktemp("ledgers")
     PrivacyLedger.open(ledgers / "site-2.json", 2).record("earlier run", EARLIER, DELTA)
-    out = _simulate(
+    out = simulate(
         tmp_path_factory.mktemp("budget"),
         "privacy=dpsgd",
         f"privacy.epsilon_budget={BUDGET}",
@@ -125,9 +112,9 @@ def test_the_run_reports_each_sites_epsilon_as_its_ledger_has_it(
 
 
 def test_each_version_of_a_drift_run_records_what_it_cost_each_site(
-    tmp_path: Path,
+    tmp_path: Path, simulate: Simulate
 ) -> None:
-    out = _simulate(
+    out = simulate(
         tmp_path / "run",
         "scenario=sine_flip",
         "scenario.num_periods=3",

@@ -3,32 +3,19 @@ recovers, bad statistics are rejected while the run goes on, and a recurring con
 again by reusing the stored model."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import Simulate
 
 pytestmark = pytest.mark.integration
 
 
-def _simulate(out: Path, *overrides: str) -> Path:
-    result = subprocess.run(
-        [sys.executable, "-m", "fedretrain", *overrides, f"hydra.run.dir={out}"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "fedretrain summary" in result.stdout
-    return out
-
-
 @pytest.fixture(scope="module")
-def flip_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def flip_run(tmp_path_factory: pytest.TempPathFactory, simulate: Simulate) -> Path:
     """SINE's labels flip at period 5 of 8; two of ten sites send malformed statistics."""
-    return _simulate(
+    return simulate(
         tmp_path_factory.mktemp("flip"),
         "scenario=sine_flip",
         "scenario.num_periods=8",
@@ -73,11 +60,11 @@ def test_malformed_statistics_are_rejected_and_recorded(flip_run: Path) -> None:
     assert monitor["reason"].str.contains("hist has negative counts|non-finite").all()
 
 
-def test_recurring_concept_is_served_again_by_reuse(tmp_path: Path) -> None:
+def test_recurring_concept_is_served_again_by_reuse(tmp_path: Path, simulate: Simulate) -> None:
     """SINE flips at period 4 and flips back at period 7: the model stored at period 0 wins on
     period 7's data and serves again with no training round. The oracle policy retrains at the
     true change points, so this checks the reuse itself."""
-    run = _simulate(
+    run = simulate(
         tmp_path,
         "scenario=sine_flip",
         "scenario.num_periods=9",
