@@ -3,29 +3,42 @@
 One site's local training on the default task (``fedretrain.models.DigitsCNN`` with the
 arguments of ``conf/task/digits_cnn.yaml`` on scikit-learn's digits, the default holdout of
 0.2 taken out: 1,438 training images), the default train config (SGD, lr 0.05, momentum 0.9,
-batch 16, 3 local epochs), on one CPU thread (``torch.set_num_threads(1)``), three ways:
+batch 16, 3 local epochs), on one CPU thread (``torch.set_num_threads(1)``), these ways:
 
 ``plain``
     :func:`fedretrain.training.train`: shuffled minibatches of 16, 3 epochs (270 steps).
-``dp-flat``
-    :func:`fedretrain.privacy.opacus_engine.dp_train` with ``clipping=flat``: Poisson batches
-    of expected size 16 (q = 16/1438, 3 x 90 = 270 steps), per-sample gradients from Opacus's
-    hooks, clipped to norm 1, Gaussian noise with σ = 1 (given, so no calibration), the run
-    recorded in an in-memory ledger.
-``dp-ghost``
-    The same with ``clipping=ghost`` (Opacus's fast gradient clipping: per-sample norms, with
-    Linear layers' gradients never materialised, then a second backward pass).
+``dp-flat``, ``dp-ghost``
+    :func:`fedretrain.privacy.opacus_engine.dp_train` as a site runs it (its default engine,
+    ``auto``, which is the fused engine of :mod:`fedretrain.privacy.per_sample` for this
+    model) with ``clipping=flat`` / ``ghost``: Poisson batches of expected size 16
+    (q = 16/1438, 3 x 90 = 270 steps), every sample's gradient clipped to norm 1, Gaussian
+    noise with σ = 1 (given, so no calibration), the run checked against and recorded in an
+    in-memory ledger.
+``dp-flat-opacus``, ``dp-ghost-opacus``
+    The same DP-SGD through Opacus's per-sample gradient hooks and DP optimizer
+    (``dp_train_with(Engine.opacus, ...)``): the engine ``dp_train`` used before, and still
+    uses for models the fused engine cannot hook. Same batches, same update.
+``plain-poisson``
+    Reference only, not a target row: plain training (no clipping, no noise) stepping over
+    the same Poisson batches (270 steps, loss summed and divided by 16 as DP-SGD does),
+    which separates the cost of Poisson sampling (batch sizes vary from step to step) from
+    that of privacy.
+
+Every DP arm processes the same expected number of samples (270 steps of expected size 16)
+as ``plain`` (270 steps of 16, the last of each epoch 14).
 
 Every measurement runs in a fresh subprocess (this script re-invoked with ``--one MODE``) so
 that no allocator state, peak or thread setting leaks between modes; the modes take turns
 within each of ``--repeats`` rounds (the order rotates), so a burst of load on a shared
-machine hits all of them alike. A child imports what its mode needs (the plain child never
-imports Opacus), builds data and model, trains once as warm-up, then times ``--runs`` full
+machine hits all of them alike. A child imports what its mode needs (the plain children never
+import Opacus), builds data and model, trains once as warm-up, then times ``--runs`` full
 local trainings, each from the same initial weights.
 
 Time is the wall time (and the CPU time) of one local training (the call of ``train`` /
 ``dp_train``), with the minor page faults per step; the table shows the median over all runs
-of all rounds, and the ratio to plain's median.
+of all rounds, and the ratio to plain's median. ``paired ratio`` is the median, over rounds,
+of a mode's median over plain's median *in the same round*: the modes of a round run within
+seconds of each other, so it is the less load-sensitive of the two on a shared machine.
 
 Memory is resident set size from ``/proc/self/status``:
 
@@ -36,16 +49,16 @@ Memory is resident set size from ``/proc/self/status``:
     gradients, per-sample gradients, optimizer state, batches).
 ``process peak MiB``
     The child's peak RSS over its whole life (imports, data, warm-up and runs): what a site
-    must provision. The DP modes include importing Opacus.
+    must provision. The DP modes include importing Opacus (``dp_train``'s module imports it
+    whatever the engine).
 
 ``--sampler`` adds a micro-benchmark of drawing one local training's Poisson batches and
 indexing them (``poisson_batches`` + tensor indexing) against iterating Opacus's
-``DPDataLoader`` over a ``TensorDataset`` (what ``PrivacyEngine.make_private`` builds), which
-is the only place this script imports Opacus itself.
+``DPDataLoader`` over a ``TensorDataset`` (what ``PrivacyEngine.make_private`` builds).
 
 ``--profile`` (on by default) runs cProfile over one more training per mode and splits its
-time into forward, backward, Opacus's per-sample hooks, clipping and noise (cProfile inflates
-Python-heavy parts: read proportions, not seconds).
+time into sampling, accounting, forward, backward, per-sample work, noise and optimizer
+(cProfile inflates Python-heavy parts: read proportions, not seconds).
 
 Usage
 -----
@@ -53,9 +66,9 @@ Usage
     .venv/bin/python scripts/bench_dp.py --repeats 3 --runs 2 --no-profile --no-sampler
     .venv/bin/python scripts/bench_dp.py --variants default,top-pad   # allocator lever too
 
-About three and a half minutes on 2 cores with the defaults. Writes
-``benchmarks/results/dp.json`` (``--output`` to change): settings, targets, machine, every
-child's raw numbers, the summary rows, the profiles and the printed tables.
+About four minutes on 2 cores with the defaults. Writes ``benchmarks/results/dp.json``
+(``--output`` to change): settings, targets, machine, every child's raw numbers, the summary
+rows, the profiles and the printed tables.
 """
 
 from __future__ import annotations
@@ -76,7 +89,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "dp.json"
-MODES = ("plain", "dp-flat", "dp-ghost")
+MODES = ("plain", "dp-flat", "dp-ghost", "dp-flat-opacus", "dp-ghost-opacus", "plain-poisson")
+TARGET_MODES = ("dp-flat", "dp-ghost")  # what a site runs; the others are references
 # Environment of the children. "top-pad" (a lever tried, off by default) keeps 64 MiB at the
 # top of glibc's heap, so that the per-sample gradients of the 512x64 Linear layer (2 MiB a
 # step) are not handed back to the kernel and faulted in again every step. In a bare
@@ -141,23 +155,52 @@ def _trainer(mode: str) -> Callable[[int], int]:
         return plain_training
 
     from fedretrain.privacy.config import ClippingMode, PrivacyConfig
-    from fedretrain.privacy.ledger import PrivacyLedger
-    from fedretrain.privacy.opacus_engine import dp_train
+    from fedretrain.privacy.plan import plan_training
 
     privacy = PrivacyConfig(
         enabled=True,
         noise_multiplier=NOISE_MULTIPLIER,
         max_grad_norm=MAX_GRAD_NORM,
-        clipping=ClippingMode(mode.removeprefix("dp-")),
+        clipping=ClippingMode.ghost if "ghost" in mode else ClippingMode.flat,
         reproducible=True,
     )
+    plan = plan_training(privacy, cfg, len(data))
+
+    if mode == "plain-poisson":
+        from fedretrain.privacy.sampling import poisson_batches
+        from fedretrain.training import make_optimizer
+
+        x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+
+        def plain_on_poisson_batches(seed: int) -> int:
+            model = copy.deepcopy(initial)
+            model.train()
+            generator = torch.Generator().manual_seed(seed)
+            batches = poisson_batches(len(data), plan.sample_rate, plan.steps, generator)
+            optimizer = make_optimizer(cfg, list(model.parameters()), cfg.lr)
+            loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+            for batch in batches:
+                optimizer.zero_grad(set_to_none=True)
+                if len(batch):
+                    loss = loss_fn(model(x[batch]), y[batch]) / plan.expected_batch_size
+                    loss.backward()
+                    float(loss.detach())
+                optimizer.step()
+            return len(batches)
+
+        return plain_on_poisson_batches
+
+    from fedretrain.privacy.ledger import PrivacyLedger
+    from fedretrain.privacy.opacus_engine import Engine, dp_train, dp_train_with
 
     def dp_training(seed: int) -> int:
         model = copy.deepcopy(initial)
         generator = torch.Generator().manual_seed(seed)
         ledger = PrivacyLedger(site="bench")
-        result = dp_train(model, data, cfg, privacy, cfg.lr, device, generator, ledger, "b")
-        return result.train.steps
+        args = (model, data, cfg, privacy, cfg.lr, device, generator, ledger, "b")
+        if mode.endswith("-opacus"):
+            return dp_train_with(Engine.opacus, *args).train.steps
+        return dp_train(*args).train.steps
 
     return dp_training
 
@@ -194,18 +237,46 @@ def run_child(mode: str, runs: int) -> dict[str, Any]:
     }
 
 
-# Where a local training's time goes: functions whose cumulative time is one category. Nested
-# entries are subsets of the ones above them (per-sample gradients happen inside backward).
-PROFILE_PARTS = (
-    ("poisson sampling", "sampling.py", "poisson_batches"),
-    ("forward (incl. Opacus forward hooks)", "module.py", "_call_impl"),
-    ("backward (autograd; ghost: both passes)", "autograd/__init__.py", "backward"),
-    ("  Opacus per-sample grads/norms", "grad_sample_module", "capture_backprops_hook"),
-    ("optimizer step (DP: clip, noise, step)", "", "step"),
-    ("  clip + accumulate", "optimizer", "clip_and_accumulate"),
-    ("  ghost: accumulate", "optimizer_fast_gradient_clipping.py", "accumulate"),
-    ("  noise", "optimizer", "add_noise"),
+# Where a local training's time goes: (label, [(file part, function)], outermost only). A
+# label's seconds are the cumulative time of the functions named; indented labels are
+# subsets of the one above them. C functions have file "~" in cProfile.
+PROFILE_PARTS: tuple[tuple[str, tuple[tuple[str, str], ...], bool], ...] = (
+    ("poisson sampling", (("sampling.py", "poisson_batches"),), False),
+    (
+        "accounting (ledger check + record)",
+        (("ledger.py", "would_exceed"), ("ledger.py", "record")),
+        False,
+    ),
+    ("forward (incl. hooks)", (("module.py", "_call_impl"),), True),
+    (
+        "backward (autograd; Opacus ghost: 2 passes)",
+        (("autograd/__init__.py", "backward"), ("autograd/__init__.py", "grad")),
+        False,
+    ),
+    ("  Opacus per-sample grads/norms", (("grad_sample_module", "capture_backprops_hook"),), False),
+    ("fused: per-sample grads/norms", (("per_sample.py", "norms"),), False),
+    ("fused: clipped sums", (("per_sample.py", "write_sum"),), False),
+    (
+        "noise draws (normal_ / torch.normal)",
+        (("~", "<method 'normal_' "), ("~", "<built-in method torch.normal>")),
+        False,
+    ),
+    ("optimizer step (Opacus: clip, noise, SGD)", (("", "step"),), True),
+    (
+        "  Opacus clip + accumulate",
+        (
+            ("optimizer", "clip_and_accumulate"),
+            ("optimizer_fast_gradient_clipping.py", "accumulate"),
+        ),
+        False,
+    ),
 )
+
+
+def _matches(file: str, name: str, part: str, function: str) -> bool:
+    if part == "~":  # a C function: cProfile names it "<built-in method normal of ...>"
+        return file == "~" and name.startswith(function)
+    return name == function and part in file
 
 
 def run_profile_child(mode: str) -> dict[str, Any]:
@@ -222,13 +293,13 @@ def run_profile_child(mode: str) -> dict[str, Any]:
     stats: dict[Any, Any] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     total = sum(v[2] for v in stats.values())  # every function's own time
     parts = {}
-    for label, file_part, function in PROFILE_PARTS:
+    for label, functions, outermost in PROFILE_PARTS:
         matches = [
-            v[3] for (file, _, name), v in stats.items() if name == function and file_part in file
+            v[3]
+            for (file, _, name), v in stats.items()
+            if any(_matches(file, name, part, function) for part, function in functions)
         ]
-        if label.startswith("forward"):  # only the outermost module call: the model itself
-            matches = matches[:1] and [max(matches)]
-        if label.startswith("optimizer step"):  # the outermost step(): the (DP) optimizer's
+        if outermost:  # the model's own call; the outermost step(): the (DP) optimizer's
             matches = [max(matches)] if matches else []
         parts[label] = sum(matches)
     return {"mode": mode, "total_s": total, "parts_s": parts}
@@ -345,7 +416,20 @@ def summarise(children: list[dict[str, Any]], variant: str) -> list[dict[str, An
             }
         )
     plain = rows[0]
+    rounds = sorted({c["round"] for c in children if c["variant"] == variant})
+
+    def round_median(mode: str, round_: int) -> float:
+        return statistics.median(
+            s
+            for c in children
+            if c["mode"] == mode and c["variant"] == variant and c["round"] == round_
+            for s in c["seconds"]
+        )
+
     for row in rows:
+        row["paired_ratio"] = statistics.median(
+            round_median(row["mode"], r) / round_median("plain", r) for r in rounds
+        )
         row["time_ratio"] = row["median_s"] / plain["median_s"]
         row["cpu_ratio"] = row["median_cpu_s"] / plain["median_cpu_s"]
         row["process_peak_ratio"] = row["process_peak_mib"] / plain["process_peak_mib"]
@@ -361,10 +445,11 @@ def summarise(children: list[dict[str, Any]], variant: str) -> list[dict[str, An
 
 COLUMNS = (
     ("variant", "variant", "{:<8}"),
-    ("mode", "mode", "{:<8}"),
+    ("mode", "mode", "{:<15}"),
     ("steps", "steps", "{:5d}"),
     ("median s", "median_s", "{:8.3f}"),
     ("time ratio", "time_ratio", "{:10.2f}"),
+    ("paired ratio", "paired_ratio", "{:12.2f}"),
     ("cpu ratio", "cpu_ratio", "{:9.2f}"),
     ("faults/step", "page_faults_per_step", "{:11.1f}"),
     ("train peak MiB", "train_peak_mib", "{:14.1f}"),
@@ -374,27 +459,36 @@ COLUMNS = (
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = " | ".join(title for title, _, _ in COLUMNS)
+    cells = [
+        [fmt.format(row[key]) if row[key] is not None else "n/a" for _, key, fmt in COLUMNS]
+        for row in rows
+    ]
+    widths = [
+        max(len(title), *(len(line[i]) for line in cells))
+        for i, (title, _, _) in enumerate(COLUMNS)
+    ]
+    head = " | ".join(title.ljust(w) for (title, _, _), w in zip(COLUMNS, widths, strict=True))
     lines = [head, "".join("+" if ch == "|" else "-" for ch in head)]
-    for row in rows:
-        cells = []
-        for title, key, fmt in COLUMNS:
-            value = row[key]
-            cells.append(fmt.format(value) if value is not None else "n/a".rjust(len(title)))
-        lines.append(" | ".join(cells))
+    for line in cells:
+        lines.append(" | ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
     return "\n".join(lines)
 
 
 def profile_table(profiles: list[dict[str, Any]]) -> str:
     """Seconds per part of one profiled local training, one column per mode."""
-    head = f"{'part (cProfile, one training)':<40} | " + " | ".join(
-        f"{p['mode']:>8}" for p in profiles
+    widths = [max(8, len(p["mode"])) for p in profiles]
+    head = f"{'part (cProfile, one training)':<44} | " + " | ".join(
+        f"{p['mode']:>{w}}" for p, w in zip(profiles, widths, strict=True)
     )
     lines = [head, "".join("+" if ch == "|" else "-" for ch in head)]
-    lines.append(f"{'total s':<40} | " + " | ".join(f"{p['total_s']:8.3f}" for p in profiles))
+
+    def row(label: str, values: list[float]) -> str:
+        cells = " | ".join(f"{v:{w}.3f}" for v, w in zip(values, widths, strict=True))
+        return f"{label:<44} | {cells}"
+
+    lines.append(row("total s", [p["total_s"] for p in profiles]))
     for label, _, _ in PROFILE_PARTS:
-        cells = " | ".join(f"{p['parts_s'][label]:8.3f}" for p in profiles)
-        lines.append(f"{label:<40} | {cells}")
+        lines.append(row(label, [p["parts_s"][label] for p in profiles]))
     return "\n".join(lines)
 
 
@@ -457,12 +551,18 @@ def main(argv: list[str] | None = None) -> None:
     rows = [row for variant in variants for row in summarise(children, variant)]
     text = table(rows)
     verdicts = [
-        f"{r['mode']} ({r['variant']}): time {r['time_ratio']:.2f}x (target <= "
-        f"{TARGET_TIME_RATIO}x) {'met' if r['time_target_met'] else 'MISSED'}; process peak "
-        f"memory {r['process_peak_ratio']:.2f}x (target <= {TARGET_MEMORY_RATIO}x) "
+        f"{r['mode']} ({r['variant']}): time {r['time_ratio']:.2f}x (paired "
+        f"{r['paired_ratio']:.2f}x, cpu {r['cpu_ratio']:.2f}x; target <= {TARGET_TIME_RATIO}x) "
+        f"{'met' if r['time_target_met'] else 'MISSED'}; process peak memory "
+        f"{r['process_peak_ratio']:.2f}x (target <= {TARGET_MEMORY_RATIO}x) "
         f"{'met' if r['memory_target_met'] else 'MISSED'}"
         for r in rows
-        if r["mode"] != "plain"
+        if r["mode"] in TARGET_MODES
+    ] + [
+        f"reference {r['mode']} ({r['variant']}): time {r['time_ratio']:.2f}x (paired "
+        f"{r['paired_ratio']:.2f}x), process peak memory {r['process_peak_ratio']:.2f}x"
+        for r in rows
+        if r["mode"] not in (*TARGET_MODES, "plain")
     ]
     sampler = None
     if args.sampler:
@@ -487,6 +587,13 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {
             "task": "digits_cnn (DigitsCNN channels=(16, 32), hidden=64), holdout 0.2",
             "train": "TrainConfig() defaults: sgd lr=0.05 momentum=0.9 batch_size=16 epochs=3",
+            "modes": {
+                "plain": "fedretrain.training.train",
+                "dp-flat/dp-ghost": "dp_train (engine auto = fused for this model)",
+                "dp-*-opacus": "dp_train_with(Engine.opacus): the previous engine",
+                "plain-poisson": "reference: plain steps over the same Poisson batches",
+            },
+            "target_modes": list(TARGET_MODES),
             "noise_multiplier": NOISE_MULTIPLIER,
             "max_grad_norm": MAX_GRAD_NORM,
             "torch_threads": 1,
@@ -494,7 +601,8 @@ def main(argv: list[str] | None = None) -> None:
             "runs_per_child": args.runs,
             "seed": SEED,
             "variants": {v: VARIANTS[v] for v in variants},
-            "time": "wall (and CPU) time of one local training; median over all runs",
+            "time": "wall (and CPU) time of one local training; median over all runs; "
+            "paired ratio: median over rounds of (mode median / plain median in that round)",
             "memory": "train peak: VmHWM (reset before the run) - VmRSS before; process peak: "
             "the child's VmHWM over its life; medians over children",
         },

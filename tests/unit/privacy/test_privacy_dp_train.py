@@ -1,4 +1,4 @@
-"""DP-SGD through Opacus: with no noise and no clipping it is plain training, batch for batch."""
+"""DP-SGD, on both engines: with no noise and no clipping it is plain training, batch for batch."""
 
 import copy
 import math
@@ -14,7 +14,7 @@ from fedretrain.config import Optimizer, TrainConfig
 from fedretrain.models import MLP, DigitsCNN
 from fedretrain.privacy.config import ClippingMode, PrivacyConfig
 from fedretrain.privacy.ledger import PrivacyLedger
-from fedretrain.privacy.opacus_engine import BudgetExceededError, dp_train
+from fedretrain.privacy.opacus_engine import BudgetExceededError, Engine, dp_train, dp_train_with
 from fedretrain.privacy.plan import plan_training
 from fedretrain.privacy.rdp import SampledGaussian, epsilon
 from fedretrain.privacy.sampling import poisson_batches
@@ -34,6 +34,7 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+ENGINES = pytest.mark.parametrize("engine", [Engine.fused, Engine.opacus])
 NO_CLIP = 1e6  # far above any per-sample gradient norm here: the clip factor is exactly 1
 
 
@@ -96,18 +97,19 @@ def plain_loop_over(
     return sum(losses) / len(losses)
 
 
+@ENGINES
 @pytest.mark.parametrize("optimizer", [Optimizer.sgd, Optimizer.adam])
 @pytest.mark.parametrize("clipping", list(ClippingMode))
 def test_full_batches_with_no_noise_and_no_clipping_equal_fedretrain_train(
-    optimizer: Optimizer, clipping: ClippingMode
+    optimizer: Optimizer, clipping: ClippingMode, engine: Engine
 ) -> None:
     # batch_size >= n: q = 1, every record in every batch, one step per epoch, as in train().
     data = digits(40)
     cfg = TrainConfig(optimizer=optimizer, lr=0.05, batch_size=64, local_epochs=4)
     plain, dp = cnn(), cnn()
     expected = train(plain, data, cfg, cfg.lr, CPU, torch.Generator().manual_seed(0))
-    got = dp_train(
-        dp, data, cfg, private(clipping=clipping), cfg.lr, CPU,
+    got = dp_train_with(
+        engine, dp, data, cfg, private(clipping=clipping), cfg.lr, CPU,
         torch.Generator().manual_seed(1), PrivacyLedger("0"), "v1",
     )  # fmt: skip
     assert got.train.steps == expected.steps == 4
@@ -118,12 +120,13 @@ def test_full_batches_with_no_noise_and_no_clipping_equal_fedretrain_train(
     assert differ(dp, cnn())  # it did train
 
 
+@ENGINES
 @pytest.mark.parametrize(
     ("clipping", "proximal_mu"),
     [(ClippingMode.flat, 0.0), (ClippingMode.ghost, 0.0), (ClippingMode.flat, 0.5)],
 )
 def test_poisson_batches_with_no_noise_and_no_clipping_equal_plain_training_on_them(
-    clipping: ClippingMode, proximal_mu: float
+    clipping: ClippingMode, proximal_mu: float, engine: Engine
 ) -> None:
     data = digits(120)
     cfg = TrainConfig(lr=0.05, batch_size=8, local_epochs=2)
@@ -135,8 +138,8 @@ def test_poisson_batches_with_no_noise_and_no_clipping_equal_plain_training_on_t
     assert len({len(b) for b in batches}) > 3  # sizes vary, as Poisson sampling does
     plain, dp = cnn(), cnn()
     mean_loss = plain_loop_over(plain, data, cfg, batches, plan.expected_batch_size, proximal_mu)
-    result = dp_train(
-        dp, data, cfg, privacy, cfg.lr, CPU, torch.Generator().manual_seed(7),
+    result = dp_train_with(
+        engine, dp, data, cfg, privacy, cfg.lr, CPU, torch.Generator().manual_seed(7),
         PrivacyLedger("0"), "v1", plan=plan, proximal_mu=proximal_mu,
     )  # fmt: skip
     assert result.train.steps == 30
@@ -150,7 +153,8 @@ def test_poisson_batches_with_no_noise_and_no_clipping_equal_plain_training_on_t
     assert differ(other, dp)
 
 
-def test_empty_poisson_batches_still_step() -> None:
+@ENGINES
+def test_empty_poisson_batches_still_step(engine: Engine) -> None:
     data = digits(6)
     cfg = TrainConfig(lr=0.1, batch_size=1, local_epochs=4)  # q = 1/6: many empty batches
     privacy = private()
@@ -159,8 +163,8 @@ def test_empty_poisson_batches_still_step() -> None:
     assert any(len(b) == 0 for b in batches) and any(len(b) > 0 for b in batches)
     plain, dp = cnn(), cnn()
     plain_loop_over(plain, data, cfg, batches, plan.expected_batch_size)
-    dp_train(dp, data, cfg, privacy, cfg.lr, CPU, torch.Generator().manual_seed(3),
-             PrivacyLedger("0"), "v1")  # fmt: skip
+    dp_train_with(engine, dp, data, cfg, privacy, cfg.lr, CPU, torch.Generator().manual_seed(3),
+                  PrivacyLedger("0"), "v1")  # fmt: skip
     assert_same_weights(dp, plain)
 
 
@@ -177,8 +181,11 @@ def clipped_sum_by_hand(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: f
     return total
 
 
+@ENGINES
 @pytest.mark.parametrize("clipping", list(ClippingMode))
-def test_clipping_matches_per_sample_clipping_by_hand(clipping: ClippingMode) -> None:
+def test_clipping_matches_per_sample_clipping_by_hand(
+    clipping: ClippingMode, engine: Engine
+) -> None:
     data = digits(30)
     cfg = TrainConfig(optimizer=Optimizer.sgd, momentum=0.0, lr=1.0, batch_size=64, local_epochs=1)
     c = 0.05  # far below the per-sample norms: every sample is clipped
@@ -186,22 +193,24 @@ def test_clipping_matches_per_sample_clipping_by_hand(clipping: ClippingMode) ->
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
     by_hand = clipped_sum_by_hand(copy.deepcopy(start), x, y, c)
     dp = copy.deepcopy(start)
-    dp_train(dp, data, cfg, private(max_grad_norm=c, clipping=clipping), cfg.lr, CPU,
-             torch.Generator().manual_seed(0), PrivacyLedger("0"), "v1")  # fmt: skip
+    dp_train_with(engine, dp, data, cfg, private(max_grad_norm=c, clipping=clipping), cfg.lr,
+                  CPU, torch.Generator().manual_seed(0), PrivacyLedger("0"), "v1")  # fmt: skip
     # one SGD step with lr 1: w' = w - sum(clipped) / expected batch size (30)
     for p0, p1, g in zip(start.parameters(), dp.parameters(), by_hand, strict=True):
         torch.testing.assert_close(p1, p0 - g / 30, rtol=1e-4, atol=1e-6)
     assert max(float(g.abs().max()) for g in by_hand) <= 30 * c  # clipping did bind
 
 
-def test_ghost_and_flat_clipping_agree_when_clipping_binds() -> None:
+@ENGINES
+def test_ghost_and_flat_clipping_agree_when_clipping_binds(engine: Engine) -> None:
     data = digits(120)
     cfg = TrainConfig(lr=0.05, batch_size=8, local_epochs=1)
     runs = {}
     for mode in ClippingMode:
         model = cnn()
-        dp_train(model, data, cfg, private(max_grad_norm=0.1, clipping=mode), cfg.lr, CPU,
-                 torch.Generator().manual_seed(4), PrivacyLedger("0"), "v1")  # fmt: skip
+        dp_train_with(engine, model, data, cfg, private(max_grad_norm=0.1, clipping=mode),
+                      cfg.lr, CPU, torch.Generator().manual_seed(4), PrivacyLedger("0"),
+                      "v1")  # fmt: skip
         runs[mode] = model
     assert_same_weights(runs[ClippingMode.ghost], runs[ClippingMode.flat], rtol=1e-4)
 
@@ -297,13 +306,14 @@ def test_steps_taken_before_a_failure_are_recorded() -> None:
     assert entry.tag == "v1 (failed)" and entry.steps == 3 and math.isfinite(entry.epsilon)
 
 
-def test_the_model_is_plain_again_afterwards() -> None:
+@ENGINES
+def test_the_model_is_plain_again_afterwards(engine: Engine) -> None:
     data = digits(120)
     cfg = TrainConfig(batch_size=8, local_epochs=1)
     for mode in ClippingMode:
         model = cnn()
-        dp_train(model, data, cfg, private(clipping=mode, noise_multiplier=1.0), cfg.lr, CPU,
-                 torch.Generator(), PrivacyLedger("0"), "v1")  # fmt: skip
+        dp_train_with(engine, model, data, cfg, private(clipping=mode, noise_multiplier=1.0),
+                      cfg.lr, CPU, torch.Generator(), PrivacyLedger("0"), "v1")  # fmt: skip
         for module in model.modules():
             assert not module._forward_hooks and not module._backward_hooks
             assert not hasattr(module, "activations")
