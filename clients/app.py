@@ -4,7 +4,10 @@ drift scenario reports its window's summable statistics to the monitor.
 Flower builds a fresh ClientApp call for every message, so the run's pool, split and model
 skeleton are cached per worker process, keyed by the run config, and so is each site's data.
 In a drift scenario a message names its monitoring period and the site uses that period's
-window (``fedretrain.site.ScenarioFederation``).
+window (``fedretrain.site.ScenarioFederation``). A deployed site (``data-dir`` in its node
+config, set by ``fedretrain agent``) reads the window from its folder instead
+(:class:`fedretrain.deploy.stream.FolderStream`) and reports the files it quarantined and the
+rows it dropped with its statistics.
 """
 
 from __future__ import annotations
@@ -12,20 +15,24 @@ from __future__ import annotations
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from hydra.utils import instantiate
 
 from fedretrain.attacks import AttackKind, attackers, corrupt_stats, drops_out, poison
 from fedretrain.config import RunConfig, from_yaml
 from fedretrain.flower.records import (
     CANARY_KEY,
+    DATA_DIR_KEY,
+    DATA_REPORT_KEY,
     LEDGER_DIR_KEY,
     SITE_ID_KEY,
     Instruction,
+    data_report_record,
     declined_reply,
     edges_from_record,
     epsilon_metrics,
@@ -34,11 +41,13 @@ from fedretrain.flower.records import (
     train_metrics,
 )
 from fedretrain.monitor.private import StatsMechanism
-from fedretrain.site import ScenarioFederation, SimulatedFederation, Site
+from fedretrain.site import ScenarioFederation, SimulatedFederation, Site, model_for, select_device
 from fedretrain.tasks.dataset import ArrayDataset
 from fedretrain.training import evaluate, lr_at, predict, train
+from fedretrain.validation import NO_DATA_PHASE
 
 if TYPE_CHECKING:
+    from fedretrain.deploy.stream import FolderStream
     from fedretrain.privacy.opacus_engine import DPTrainResult
 
 app = ClientApp()
@@ -64,10 +73,61 @@ def _scenario(config_yaml: str, num_partitions: int) -> ScenarioFederation:
     return ScenarioFederation(cfg, num_partitions)
 
 
+@lru_cache(maxsize=2)
+def _deployed(config_yaml: str) -> tuple[RunConfig, FolderStream, torch.nn.Module, torch.device]:
+    from fedretrain.deploy.stream import FolderStream  # pandas: deployed sites only
+
+    cfg = from_yaml(config_yaml)
+    torch.set_num_threads(cfg.runtime.torch_threads)
+    stream = instantiate(cfg.scenario.stream)
+    if not isinstance(stream, FolderStream):
+        raise TypeError(
+            f"this site reads its data from a folder ({DATA_DIR_KEY} in its node config) but "
+            f"the run's scenario.stream is {cfg.scenario.stream._target_}: run a deployment "
+            "scenario (scenario=deployed)"
+        )
+    device = select_device(cfg.runtime.device)
+    model = model_for(cfg, stream.input_shape, stream.num_classes).to(device)
+    return cfg, stream, model, device
+
+
+def _folder_site(
+    config_yaml: str, directory: Path, site_id: int, period: int
+) -> tuple[RunConfig, Site, dict[str, Any]]:
+    """A deployed site's window for ``period``: its folder's new files, split into train and
+    holdout as a simulated window is; and the folder's report (quarantined files, bad rows)."""
+    cfg, stream, model, device = _deployed(config_yaml)
+    taken = stream.folder(directory).take(period)
+    data = ArrayDataset(taken.x, taken.y, stream.num_classes)
+    rng = np.random.default_rng([cfg.runtime.seed, 2, site_id, period])
+    train_data, holdout = data.split(cfg.data.holdout_fraction, rng)
+    return cfg, Site(site_id, train_data, holdout, model, device), taken.report
+
+
 def _load(msg: Message, context: Context) -> tuple[RunConfig, Site, Instruction]:
     """The run config, this site's data for the instruction, and the model loaded with the
     message's weights."""
     instruction = Instruction.from_record(msg.content.config_records["config"])
+    cfg, site, _ = _site_for(instruction, context)
+    site.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    return cfg, site, instruction
+
+
+def _site_for(
+    instruction: Instruction, context: Context
+) -> tuple[RunConfig, Site, dict[str, Any] | None]:
+    """This site for the instruction, and its folder's report when it is a deployed site."""
+    data_dir = context.node_config.get(DATA_DIR_KEY)
+    if data_dir:
+        if instruction.period is None:
+            raise ValueError(
+                "a deployed site (data-dir in its node config) serves monitoring periods only: "
+                "run a deployment scenario (scenario=deployed)"
+            )
+        site_id = int(cast(int, context.node_config.get(SITE_ID_KEY, 0)))
+        return _folder_site(
+            instruction.config_yaml, Path(str(data_dir)), site_id, instruction.period
+        )
     partition_id = int(cast(int, context.node_config["partition-id"]))
     num_partitions = int(cast(int, context.node_config["num-partitions"]))
     if instruction.period is None:
@@ -77,8 +137,7 @@ def _load(msg: Message, context: Context) -> tuple[RunConfig, Site, Instruction]
         train_data, holdout = scenario.window(partition_id, instruction.period)
         cfg = scenario.cfg
         site = Site(partition_id, train_data, holdout, scenario.model, scenario.device)
-    site.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    return cfg, site, instruction
+    return cfg, site, None
 
 
 class SiteDropout(RuntimeError):
@@ -92,6 +151,9 @@ def train_handler(msg: Message, context: Context) -> Message:
     attacking = attacking and (instruction.period or 0) >= attack.from_period
     if drops_out(cfg.runtime.seed, site.partition_id, instruction.server_round, attack.dropout):
         raise SiteDropout(f"site {site.partition_id} dropped out (attack.dropout={attack.dropout})")
+    if not len(site.train_data):
+        period = instruction.period
+        return declined_reply(msg, f"no training data in period {period}", phase=NO_DATA_PHASE)
     lr = lr_at(cfg.train, instruction.server_round, instruction.num_rounds)
     seed = np.random.SeedSequence([cfg.runtime.seed, site.partition_id, instruction.server_round])
     generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
@@ -199,7 +261,9 @@ def monitor_handler(msg: Message, context: Context) -> Message:
     (:mod:`fedretrain.monitor.private`), the noise seeded from the operating system's entropy
     unless ``privacy.reproducible``.
     """
-    cfg, site, instruction = _load(msg, context)
+    instruction = Instruction.from_record(msg.content.config_records["config"])
+    cfg, site, folder_report = _site_for(instruction, context)
+    site.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     canary = msg.content.config_records["config"].get(CANARY_KEY)
     if canary is not None and site.partition_id in cast(list[int], canary):
         candidate = msg.content.array_records["candidate"]  # this site serves the candidate
@@ -220,4 +284,7 @@ def monitor_handler(msg: Message, context: Context) -> Message:
         bad = corrupt_stats({k: v.numpy() for k, v in record.items()})
         record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in bad.items()})
     whom = MetricRecord({SITE_ID_KEY: site.partition_id})
-    return Message(content=RecordDict({"stats": record, "site": whom}), reply_to=msg)
+    content = RecordDict({"stats": record, "site": whom})
+    if folder_report is not None:
+        content[DATA_REPORT_KEY] = data_report_record(folder_report)
+    return Message(content=content, reply_to=msg)

@@ -71,6 +71,7 @@ class RunState:
     canary: dict[str, Any] | None = None  # candidate served at some sites (Controller)
     watch: dict[str, Any] | None = None  # a fresh champion on probation (Controller)
     plateau: Plateau | None = None  # a retrain under way
+    period_started: list[float] | None = None  # [period, Unix time] of the latest period's start
 
     def capture_random(self) -> None:
         version, internal, gauss = random.getstate()

@@ -236,6 +236,9 @@ class ScenarioConfig:
     as ``schedule(num_sites=..., num_periods=..., seed=...)`` returning the sites x periods
     matrix of concept ids. Each site draws ``samples_per_period`` samples per period, of which
     ``data.holdout_fraction`` are held out for validation.
+
+    ``period_seconds`` > 0 paces the periods by the wall clock (deployment: a period starts
+    that long after the previous one started); 0 runs them back to back (simulation).
     """
 
     name: str = "none"
@@ -243,10 +246,15 @@ class ScenarioConfig:
     schedule: Any = None
     num_periods: int = 10
     samples_per_period: int = 100
+    period_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         _problems(
             (self.num_periods >= 2, f"scenario.num_periods={self.num_periods}: must be >= 2"),
+            (
+                self.period_seconds >= 0,
+                f"scenario.period_seconds={self.period_seconds}: must be >= 0",
+            ),
             (
                 self.samples_per_period >= 2,
                 f"scenario.samples_per_period={self.samples_per_period}: must be >= 2",

@@ -22,7 +22,7 @@ import pandas as pd
 from fedretrain.atomic import atomic_replace
 from fedretrain.metrics import scores
 from fedretrain.training import EvalResult
-from fedretrain.validation import Rejection
+from fedretrain.validation import DECLINE_PHASES, Rejection
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class RoundRow:
     seconds: float
     rejected: int = 0  # replies that failed validation or came back as errors
     skipped: bool = False  # below quorum: the model was left as it was
-    declined: int = 0  # sites that declined to train: their privacy budget would not allow it
+    declined: int = 0  # sites that declined to train: privacy budget, or no data this period
 
     @classmethod
     def from_eval(
@@ -71,9 +71,6 @@ class RoundRow:
             eval_examples=evaluation.num_examples,
             seconds=seconds,
         )
-
-
-DECLINED_PHASE = "privacy"  # the phase under which a site's decline to train is recorded
 
 
 class RunReport:
@@ -132,7 +129,7 @@ class RunReport:
 
     def add(self, row: RoundRow) -> None:
         this_round = [r for r in self._rejections if r.server_round == row.round]
-        declined = sum(r.phase == DECLINED_PHASE for r in this_round)
+        declined = sum(r.phase in DECLINE_PHASES for r in this_round)
         rejected = sum(r.node_id != 0 for r in this_round) - declined
         skipped = any(r.node_id == 0 for r in this_round)
         row = replace(row, rejected=rejected, skipped=skipped, declined=declined)
@@ -144,7 +141,7 @@ class RunReport:
         train = "" if math.isnan(row.train_loss) else f"train loss {row.train_loss:.4f} | "
         flags = (
             (f" | {row.rejected} rejected" if row.rejected else "")
-            + (f" | {row.declined} declined (privacy budget)" if row.declined else "")
+            + (f" | {row.declined} declined (rejections.csv says why)" if row.declined else "")
             + (" | SKIPPED: below quorum" if row.skipped else "")
         )
         print(

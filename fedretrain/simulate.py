@@ -19,6 +19,8 @@ from omegaconf import DictConfig
 
 from fedretrain.config import ConfigError, check_override_keys, register_schema, to_typed, to_yaml
 
+FOLDER_STREAM = "fedretrain.deploy.stream.FolderStream"
+
 
 @hydra.main(config_path="pkg://fedretrain.conf", config_name="config", version_base="1.3")
 def _run(cfg: DictConfig) -> float:
@@ -26,6 +28,14 @@ def _run(cfg: DictConfig) -> float:
         run = to_typed(cfg)
     except ConfigError as err:
         print(f"fedretrain-simulate: {err}", file=sys.stderr)
+        sys.exit(2)
+    if run.scenario.enabled and str(cfg.scenario.stream.get("_target_")) == FOLDER_STREAM:
+        print(
+            "fedretrain-simulate: scenario.stream reads the sites' data folders, which only "
+            "deployed sites have: run it with `fedretrain server` and `fedretrain agent`, or "
+            "simulate a synthetic scenario (e.g. scenario=sea_thresholds)",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
     # Flower and Ray are imported only once the config is known to be good.

@@ -180,6 +180,13 @@ class Quorum:
         return max(self.min_replies, int(np.ceil(self.fraction * sampled)))
 
 
+# The phases under which a site's decline to train is recorded: its privacy budget would not
+# allow the round; a deployed site has no data for the period.
+DECLINED_PHASE = "privacy"
+NO_DATA_PHASE = "no data"
+DECLINE_PHASES = (DECLINED_PHASE, NO_DATA_PHASE)
+
+
 @dataclass(frozen=True)
 class Rejection:
     """One reply that did not reach aggregation, or one round that was skipped."""

@@ -4,7 +4,9 @@ Under ``flwr run`` the config is composed here from ``conf/`` and the run config
 ``overrides`` string; ``fedretrain-simulate`` composes it with Hydra and calls
 :func:`build_server_app` instead. Under ``flwr run`` the number of sites is the federation's
 (``--federation-config num-supernodes=N``): ``runtime.num_clients`` follows it unless the
-overrides set it, since the server would otherwise wait for nodes that never come.
+overrides set it, since the server would otherwise wait for nodes that never come. The run
+config's ``resume = true`` (what ``fedretrain server`` submits after a restart) continues the
+drift run in ``run-dir`` from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = str(context.run_config.get("run-dir", "")) or time.strftime(
         f"outputs/flwr-run-{context.run_id}-%Y-%m-%d_%H-%M-%S"
     )
-    run(grid, to_yaml(cfg), Path(run_dir).resolve())
+    resume = str(context.run_config.get("resume", "false")).lower() == "true"
+    run(grid, to_yaml(cfg), Path(run_dir).resolve(), resume)
 
 
 def _federation_size(grid: Grid, timeout_s: float = 30.0, settle_s: float = 0.5) -> int:

@@ -19,6 +19,7 @@ The controller checkpoints after every completed round and period
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -39,6 +40,7 @@ from fedretrain.flower.records import (
     CANARY_KEY,
     MONITOR_QUERY,
     SITE_ID_KEY,
+    data_report,
     edges_record,
     error_summary,
     eval_result,
@@ -126,6 +128,7 @@ class Controller:
         self._config_hash = config_hash(config_yaml)
         self._num_features = int(np.prod(self.stream.input_shape))
         self._last_validation = math.nan
+        self._evaluations: dict[tuple[int, str], tuple[EvalResult | None, int, Scores]] = {}
         self._ledger_dir, self.epsilon = privacy_accounting(cfg, run_dir)
 
     @property
@@ -139,9 +142,11 @@ class Controller:
         cfg = self.cfg
         replayed = self._restore() if self.resume else None
         if self.state.completed_period < 0:
+            self._pace(0)
             self._initial_period(replayed)
             replayed = None
         for period in range(self.state.completed_period + 1, cfg.scenario.num_periods):
+            self._pace(period)
             self._period(period, replayed)
             replayed = None
 
@@ -183,6 +188,11 @@ class Controller:
         initial = self._fresh_arrays(seed=cfg.runtime.seed)
         no_edges = HistogramEdges(np.zeros((self._num_features, 0)))
         stats, rejected = replayed or self._stats(0, initial, no_edges)
+        if _no_data(stats):
+            raise FederationError(
+                "no site has data for the first period, so there is nothing to train on: put "
+                "files in the sites' folders (or wait for them) and start again"
+            )
         total = stats.total
         edges = HistogramEdges.from_moments(
             total.n, total.x_sum, total.x_sq_sum, cfg.monitor.histogram_bins
@@ -202,6 +212,14 @@ class Controller:
         edges = HistogramEdges(np.asarray(self.state.edges, dtype=np.float64))
         stats, rejected = replayed or self._stats(period, self._champion(), edges)
         total = stats.total
+        if _no_data(stats):
+            log.warning("period %d: no site has new data; nothing to monitor", period)
+            self.timeline.decision({"period": period, "retrain": False, "reason": NO_DATA})
+            self._add_row(
+                _row(stats, rejected, [], False, NO_DATA, None, self._champion_version(), start)
+            )
+            self._complete(period)
+            return
         plateau = self.state.plateau
         if plateau is None or plateau.period != period:  # a resumed retrain did these already
             self._watch(period)
@@ -238,6 +256,20 @@ class Controller:
         )
         self._complete(period)
 
+    def _pace(self, period: int) -> None:
+        """With ``scenario.period_seconds``, wait until that long after the previous period
+        started (at once if that is past, or if ``period`` already started before a resume)."""
+        seconds = self.cfg.scenario.period_seconds
+        started = self.state.period_started
+        if started is not None and int(started[0]) == period:
+            return
+        if seconds > 0 and started is not None:
+            wait = started[1] + seconds - time.time()
+            if wait > 0:
+                log.info("period %d starts in %.0f s", period, wait)
+                time.sleep(wait)
+        self.state.period_started = [period, time.time()]
+
     # ------------------------------------------------------------------ resume
 
     def _restore(self) -> tuple[PeriodStats, int] | None:
@@ -256,8 +288,8 @@ class Controller:
         def keep(r: Rejection) -> bool:
             if r.server_round > state.server_round:
                 return False
-            if r.phase.startswith("monitor p"):
-                period = int(r.phase.removeprefix("monitor p"))
+            if r.phase.startswith(("monitor p", "data p")):
+                period = int(r.phase.rsplit(" p", 1)[1])
                 return period <= done or (period == next_period and kept is not None)
             return True
 
@@ -273,6 +305,8 @@ class Controller:
             stats = self.checkpoints.load_stats(period)
             if stats is None:
                 raise FederationError(f"checkpoint: statistics of period {period} are missing")
+            if _no_data(stats):
+                continue
             detections = self.monitor.update(stats)
             total = stats.total
             decision = self.policy.decide(period, total.accuracy, total.labelled, detections)
@@ -428,7 +462,22 @@ class Controller:
 
     def _evaluate(self, period: int, arrays: ArrayRecord) -> tuple[EvalResult | None, int, Scores]:
         """The summed evaluation on the sites' holdouts, how many sites counted, and each
-        site's (correct, examples)."""
+        site's (correct, examples).
+
+        A period's holdouts do not change, so the same weights are evaluated once per period:
+        the gate reuses the scores of the round that produced the candidate and of the
+        champion's validation (a message wave fewer each, which a deployment pays in seconds).
+        """
+        key = (period, _digest(arrays))
+        if key not in self._evaluations:
+            if self._evaluations and next(iter(self._evaluations))[0] != period:
+                self._evaluations.clear()
+            self._evaluations[key] = self._evaluate_now(period, arrays)
+        return self._evaluations[key]
+
+    def _evaluate_now(
+        self, period: int, arrays: ArrayRecord
+    ) -> tuple[EvalResult | None, int, Scores]:
         config = instruction_config(self.config_yaml, self.cfg.retrain.max_rounds, period)
         messages = self.strategy.configure_evaluate(self.server_round, arrays, config, self.grid)
         timeout = self.cfg.validation.reply_timeout_s
@@ -645,9 +694,32 @@ class Controller:
                 rejected += 1
                 continue
             sites[site] = stats
+            self._record_data_report(period, node, site, data_report(reply))
         if not sites:
             raise FederationError(f"no site sent valid statistics for period {period}")
-        return PeriodStats(period, dict(sorted(sites.items()))), rejected
+        # A deployed site with no new files this period has nothing to report; a period with
+        # no data anywhere keeps the empty reports (see _period).
+        with_data = {s: w for s, w in sites.items() if w.n > 0}
+        return PeriodStats(period, dict(sorted((with_data or sites).items()))), rejected
+
+    def _record_data_report(
+        self, period: int, node: int, site: int, report: dict[str, Any] | None
+    ) -> None:
+        """A deployed site's files quarantined and rows dropped this period, in
+        rejections.csv (phase ``data pN``): the site goes on with the rest of its data."""
+        if not report:
+            return
+        problems = [f"site {site}: quarantined {entry}" for entry in report.get("quarantined", [])]
+        if report.get("dropped_rows"):
+            counts = ", ".join(
+                f"{k.removeprefix('dropped.')}={v}"
+                for k, v in sorted(report.items())
+                if k.startswith("dropped.")
+            )
+            problems.append(f"site {site}: dropped {report['dropped_rows']} rows ({counts})")
+        for problem in problems:
+            log.warning("period %d: %s", period, problem)
+            self.rounds.reject(Rejection(self.server_round, f"data p{period}", node, problem))
 
     # ------------------------------------------------------------------ helpers
 
@@ -676,6 +748,14 @@ def _stats_privacy(cfg: RunConfig) -> dict[str, object]:
     return {} if epsilon is None else {"stats_epsilon": epsilon}
 
 
+NO_DATA = "no new data at any site"
+
+
+def _no_data(stats: PeriodStats) -> bool:
+    """Whether no site had data in the period (deployed sites with no new files)."""
+    return stats.total.n == 0
+
+
 def _prequential(stats: PeriodStats | None) -> Scores:
     """Each site's (correct, labelled) under the model it served."""
     if stats is None:
@@ -686,6 +766,16 @@ def _prequential(stats: PeriodStats | None) -> Scores:
         correct = min(max(int(round(float(np.trace(window.confusion)))), 0), total)
         scores[site] = (correct, total)
     return scores
+
+
+def _digest(arrays: ArrayRecord) -> str:
+    """A fingerprint of the weights: names, dtypes, shapes and bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, array in arrays.items():
+        value = array.numpy()
+        h.update(f"{name}:{value.dtype}:{value.shape};".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()
 
 
 def _numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:

@@ -31,7 +31,7 @@ from fedretrain.flower.strategies import build_strategy, user_level_epsilon
 from fedretrain.flower.validated import FederationError
 from fedretrain.model_io import save_state_dict
 from fedretrain.privacy.tracking import EpsilonTracker
-from fedretrain.report import DECLINED_PHASE, RoundRow, RunReport
+from fedretrain.report import RoundRow, RunReport
 from fedretrain.site import build_model, build_pool
 from fedretrain.training import EvalResult
 from fedretrain.validation import Rejection
@@ -135,13 +135,14 @@ def trained_replies(
     """
     kept = []
     for reply in replies:
-        reason = decline_reason(reply)
-        if reason is None:
+        declined = decline_reason(reply)
+        if declined is None:
             kept.append(reply)
             continue
+        phase, reason = declined
         node = int(reply.metadata.src_node_id)
         log.info("round %d: node %d declined: %s", server_round, node, reason)
-        report.reject(Rejection(server_round, DECLINED_PHASE, node, reason))
+        report.reject(Rejection(server_round, phase, node, reason))
     if epsilon is not None:
         reports = [e for r in kept if (e := epsilon_from_reply(r)) is not None]
         epsilon.observe(server_round, period, reports)

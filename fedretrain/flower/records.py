@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -12,6 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from fedretrain.metrics import sum_confusion
 from fedretrain.monitor.stats import HistogramEdges, WindowStats
 from fedretrain.training import EvalResult, TrainResult
+from fedretrain.validation import DECLINED_PHASE
 
 CONFIG_KEY = "fedretrain-config"  # the composed run config, as YAML, in every instruction
 NUM_ROUNDS_KEY = "num-rounds"
@@ -21,7 +22,11 @@ MONITOR_QUERY = "query.monitor"  # message type of the per-period statistics que
 LEDGER_DIR_KEY = "ledger-dir"  # simulation: the folder of the sites' privacy ledgers
 CANARY_KEY = "canary-sites"  # the sites that serve the candidate sent along in a monitor query
 SITE_ID_KEY = "site-id"  # which site a reply is from: node ids change, site ids do not
-DECLINED_KEY = "declined"  # a train reply that trained nothing: {"reason": why}
+DECLINED_KEY = "declined"  # a train reply that trained nothing: {"reason": why, "phase": ...}
+# Deployment: a site's node config names its data folder (and its site id, SITE_ID_KEY); its
+# monitor reply carries the folder's report (quarantined files, dropped rows) under this key.
+DATA_DIR_KEY = "data-dir"
+DATA_REPORT_KEY = "data-report"
 
 
 def error_summary(reason: str | None) -> str:
@@ -91,18 +96,31 @@ class Instruction:
         )
 
 
-def declined_reply(msg: Message, reason: str) -> Message:
-    """A site's answer to a train instruction it will not carry out (its privacy budget)."""
-    return Message(
-        content=RecordDict({DECLINED_KEY: ConfigRecord({"reason": reason})}), reply_to=msg
-    )
+def declined_reply(msg: Message, reason: str, phase: str = DECLINED_PHASE) -> Message:
+    """A site's answer to a train instruction it will not carry out, recorded under ``phase``
+    (its privacy budget; :data:`~fedretrain.report.NO_DATA_PHASE`: no data this period)."""
+    record = ConfigRecord({"reason": reason, "phase": phase})
+    return Message(content=RecordDict({DECLINED_KEY: record}), reply_to=msg)
 
 
-def decline_reason(reply: Message) -> str | None:
-    """The reason of a :func:`declined_reply`; None for any other reply."""
+def decline_reason(reply: Message) -> tuple[str, str] | None:
+    """(phase, reason) of a :func:`declined_reply`; None for any other reply."""
     if reply.has_error() or DECLINED_KEY not in reply.content.config_records:
         return None
-    return str(reply.content.config_records[DECLINED_KEY].get("reason", "no reason given"))
+    record = reply.content.config_records[DECLINED_KEY]
+    return str(record.get("phase", DECLINED_PHASE)), str(record.get("reason", "no reason given"))
+
+
+def data_report_record(report: dict[str, Any]) -> ConfigRecord:
+    """A site folder's report (:meth:`fedretrain.deploy.folder.SiteFolder.take`) as a record."""
+    return ConfigRecord({k: v for k, v in report.items() if isinstance(v, (int, str, list))})
+
+
+def data_report(reply: Message) -> dict[str, Any] | None:
+    """The folder report a deployed site sent with its statistics; None if it sent none."""
+    if reply.has_error() or DATA_REPORT_KEY not in reply.content.config_records:
+        return None
+    return dict(reply.content.config_records[DATA_REPORT_KEY])
 
 
 def epsilon_metrics(site: int, spent: float, total: float) -> dict[str, float | int]:

@@ -207,7 +207,7 @@ def window_stats(
     edges : HistogramEdges
         The server's shared edges.
     """
-    flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    flat = np.asarray(x, dtype=np.float64).reshape(len(x), int(np.prod(np.shape(x)[1:])))
     num_classes = probs.shape[1]
     pred = probs.argmax(axis=1)
     if y is None:

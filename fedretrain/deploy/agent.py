@@ -1,0 +1,130 @@
+"""``fedretrain agent``: one site's Flower SuperNode serving fedretrain's ClientApp on the
+site's own data folder.
+
+The agent runs ``flower-supernode`` with TLS (the federation's CA) and the site's
+authentication key, and tells the ClientApp where the data is through the node config
+(``data-dir``, ``site-id``, ``ledger-dir``). Files dropped into the folder become the data of
+the next monitoring period; bad files and rows are quarantined and reported to the server
+(:mod:`fedretrain.deploy.folder`). The agent's own state (Flower's home, the privacy ledger)
+lives in ``--state-dir``, by default ``DATA/.fedretrain-agent`` (hidden names in the data
+folder are never read as data).
+
+A SuperNode that exits because the SuperLink is unreachable is started again after a pause;
+one refused for its key or its certificate is not (that needs the operator), and the agent
+exits with status 3 and says what to do.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedretrain.deploy.launch import Launched, flower_bin, flower_env
+
+# What flower-supernode 1.41 logs when the SuperLink will not have it (docs/deployment-notes.md).
+REFUSED = {
+    "[code: 2004]": "the SuperLink refused this site's key: register it on the server "
+    "(`fedretrain certs register CREDS SITE.pub --superlink HOST:PORT`) and start again",
+    "[code: 2001]": "the SuperLink requires node authentication: pass --key with the site's "
+    "private key (from `fedretrain certs site`)",
+    "CERTIFICATE_VERIFY_FAILED": "the SuperLink's certificate was not signed by --ca: use the "
+    "federation's ca.crt",
+}
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    superlink: str  # host:port
+    data: Path
+    site_id: int
+    ca: Path
+    key: Path
+    state_dir: Path | None = None
+    runtime_port: int = 9094  # the SuperNode's own local API; one per agent on a host
+    restart_delay_s: float = 5.0
+    max_restarts: int | None = None  # None: forever
+
+
+def node_config(options: AgentOptions, ledger_dir: Path) -> str:
+    """The ``--node-config`` string the ClientApp reads."""
+    return (
+        f'data-dir="{options.data.resolve()}" site-id={options.site_id} '
+        f'ledger-dir="{ledger_dir.resolve()}"'
+    )
+
+
+def run_agent(options: AgentOptions) -> int:
+    """Serve until stopped (status 0) or refused by the SuperLink (status 3)."""
+    for path, what in ((options.data, "--data"), (options.ca, "--ca"), (options.key, "--key")):
+        if not path.exists():
+            print(f"fedretrain agent: {what} {path} does not exist", file=sys.stderr)
+            return 2
+    if not options.data.is_dir():
+        print(f"fedretrain agent: --data {options.data} is not a folder", file=sys.stderr)
+        return 2
+    state = (options.state_dir or options.data / ".fedretrain-agent").resolve()
+    ledger = state / "privacy"
+    ledger.mkdir(parents=True, exist_ok=True)
+    command = [
+        flower_bin("flower-supernode"),
+        "--superlink",
+        options.superlink,
+        "--root-certificates",
+        str(options.ca.resolve()),
+        "--auth-supernode-private-key",
+        str(options.key.resolve()),
+        "--node-config",
+        node_config(options, ledger),
+        "--port",
+        str(options.runtime_port),
+    ]
+    env = flower_env(state / "flwr-home")
+    restarts = 0
+    while True:
+        print(f"fedretrain agent: site {options.site_id} -> {options.superlink}", flush=True)
+        try:
+            refused = _supervise(command, env, state / "supernode.log")
+        except KeyboardInterrupt:
+            return 0
+        if refused is not None:
+            print(f"fedretrain agent: {refused}", file=sys.stderr, flush=True)
+            return 3
+        restarts += 1
+        if options.max_restarts is not None and restarts > options.max_restarts:
+            return 1
+        print(
+            f"fedretrain agent: the SuperNode exited; starting it again in "
+            f"{options.restart_delay_s:.0f} s",
+            flush=True,
+        )
+        time.sleep(options.restart_delay_s)
+
+
+def _supervise(command: list[str], env: dict[str, str], log: Path) -> str | None:
+    """Run the SuperNode until it exits, its log echoed to our stdout; why it was refused, if
+    so. Whatever it started (its detached SuperExec) is stopped with it."""
+    offset = log.stat().st_size if log.exists() else 0
+    node = Launched.start("supernode", command, env, log)
+    refused = None
+    try:
+        while True:
+            exited = not node.alive()
+            with log.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            offset += len(chunk)
+            text = chunk.decode(errors="replace")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            for marker, advice in REFUSED.items():
+                if marker in text and refused is None:
+                    refused = advice
+            if exited:
+                break
+            node.note_tree()
+            time.sleep(0.5)
+    finally:
+        node.stop()
+    return refused
