@@ -100,7 +100,7 @@ class CheckpointStore:
         for name, tensors in arrays.items():
             file = f"{name}-r{state.server_round}.safetensors"
             contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-            atomic_replace(self.folder / file, lambda tmp, t=contiguous: save_file(t, tmp))
+            _save_arrays(self.folder / file, contiguous)
             names[name] = file
         record = {"format": FORMAT, "version": VERSION, "state": asdict(state), "arrays": names}
         text = json.dumps(record, indent=1, default=_json_default, allow_nan=True)
@@ -167,6 +167,10 @@ def _json_default(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- logs
+
+
+def _save_arrays(path: Path, arrays: Arrays) -> None:
+    atomic_replace(path, lambda tmp: save_file(arrays, tmp))
 
 
 def cut_csv(path: Path, keep: Callable[[dict[str, str]], bool]) -> list[dict[str, str]]:

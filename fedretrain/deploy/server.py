@@ -223,7 +223,7 @@ def _overrides(run_dir: Path, given: list[str], num_sites: int) -> list[str]:
         overrides.append(f"runtime.num_clients={num_sites}")
     text = json.dumps({"given": given, "overrides": overrides}, indent=1)
     saved.parent.mkdir(parents=True, exist_ok=True)
-    atomic_replace(saved, lambda tmp: tmp.write_text(text))
+    _write_text(saved, text)
     return overrides
 
 
@@ -272,8 +272,12 @@ def write_app(folder: Path) -> Path:
         '''
     )
     for name, text in (("pyproject.toml", pyproject), ("fedretrain_app.py", shim)):
-        atomic_replace(folder / name, lambda tmp, t=text: tmp.write_text(t))
+        _write_text(folder / name, text)
     return folder
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_replace(path, lambda tmp: tmp.write_text(text))
 
 
 def _say(out: object, line: str) -> None:

@@ -83,10 +83,11 @@ def user_level_dp(strategy: Strategy, cfg: RunConfig) -> Strategy:
 
 def user_level_epsilon(strategy: Strategy) -> float | None:
     """The user-level ε spent so far at the run's δ, if a DP wrapper accounts for it."""
-    while strategy is not None:
-        spent = getattr(strategy, "privacy_spent", None)
+    current: Strategy | None = strategy
+    while current is not None:
+        spent = getattr(current, "privacy_spent", None)
         if callable(spent):
             result = spent()
             return None if result is None else float(result.epsilon)
-        strategy = getattr(strategy, "inner", None) or getattr(strategy, "strategy", None)
+        current = getattr(current, "inner", None) or getattr(current, "strategy", None)
     return None

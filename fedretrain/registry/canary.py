@@ -67,8 +67,8 @@ def canary_size(num_sites: int, fraction: float) -> int:
 
 
 def choose_canary_sites(
-    sites: Iterable[Site], fraction: float, seed: int | Sequence[int]
-) -> tuple[Site, ...]:
+    sites: Iterable[Any], fraction: float, seed: int | Sequence[int]
+) -> tuple[Any, ...]:
     """Draw the canary sites: the same ``sites`` and ``seed`` always give the same draw.
 
     Parameters

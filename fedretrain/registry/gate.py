@@ -87,8 +87,8 @@ class GateDecision:
 
 
 def gate(
-    candidate: Mapping[Site, ScoreLike],
-    champion: Mapping[Site, ScoreLike] | None,
+    candidate: Mapping[Any, ScoreLike],
+    champion: Mapping[Any, ScoreLike] | None,
     global_margin: float,
     site_margin: float,
     *,

@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 Site = Hashable  # a site id: Flower node ids are ints, folder-based sites may be names
+K = TypeVar("K", bound=Hashable)  # a caller's site ids, whatever hashable type they are
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def as_score(value: ScoreLike) -> SiteScore:
     return SiteScore(correct, total)
 
 
-def as_scores(scores: Mapping[Site, ScoreLike]) -> dict[Site, SiteScore]:
+def as_scores(scores: Mapping[K, ScoreLike]) -> dict[K, SiteScore]:
     """Every value of ``scores`` as a :class:`SiteScore`, in the mapping's order."""
     return {site: as_score(value) for site, value in scores.items()}
 

@@ -13,7 +13,10 @@ from fedretrain.drift.schedule import Schedule
 from fedretrain.drift.streams import DriftStream, sample_window
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
-SCENARIOS = sorted(p for p in (CONF / "scenario").glob("*.yaml") if p.stem != "none")
+# deployed.yaml reads site folders: tests/unit/deploy and tests/integration/test_deploy_e2e.py
+SCENARIOS = sorted(
+    p for p in (CONF / "scenario").glob("*.yaml") if p.stem not in ("none", "deployed")
+)
 KEYS = {"name", "stream", "schedule", "num_periods", "samples_per_period"}
 NUM_SITES = 10
 
