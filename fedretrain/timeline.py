@@ -92,15 +92,22 @@ class Timeline:
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(r) for r in self._rows])
 
-    def finish(self, change_points: list[int], extra: dict[str, Any]) -> dict[str, Any]:
-        """Write the plot and ``summary.json``, print the summary, and return it."""
+    def finish(self, change_points: list[int] | None, extra: dict[str, Any]) -> dict[str, Any]:
+        """Write the plot and ``summary.json``, print the summary, and return it.
+
+        ``change_points`` None: the true change points are unknown (a deployment), so the
+        summary scores no detections (every alarm would count as false).
+        """
         table = self.table()
         summary: dict[str, Any] = {
-            **summarize_timeline(table, change_points, self.num_periods),
+            **summarize_timeline(table, change_points or [], self.num_periods),
             "wall_seconds": round(time.perf_counter() - self._start, 2),
             **extra,
         }
-        plot_timeline(table, change_points, self.run_dir / "timeline.png")
+        if change_points is None:
+            for key in ("change_points", "detection_delays", "missed_changes", "false_alarms"):
+                del summary[key]
+        plot_timeline(table, change_points or [], self.run_dir / "timeline.png")
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         print_summary(summary, self.out)
         return summary

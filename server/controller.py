@@ -36,6 +36,7 @@ from hydra.utils import instantiate
 
 from fedretrain.checkpoint import CheckpointStore, Plateau, RunState
 from fedretrain.config import RunConfig, from_yaml
+from fedretrain.deploy.stream import FolderStream
 from fedretrain.flower.records import (
     CANARY_KEY,
     MONITOR_QUERY,
@@ -62,7 +63,7 @@ from fedretrain.report import RoundRow, RunReport
 from fedretrain.site import model_for
 from fedretrain.timeline import PeriodRow, Timeline
 from fedretrain.training import EvalResult
-from fedretrain.validation import Rejection
+from fedretrain.validation import DECLINE_PHASES, Rejection
 from server.loop import (
     accepted_count,
     checked_replies,
@@ -159,8 +160,11 @@ class Controller:
             model.state_dict(), self.run_dir / "model.safetensors", {"task": cfg.task.name}
         )
         versions = self.registry.versions()
+        rejections = self.rounds.rejections
+        data_problems = sum(r.phase.startswith("data p") for r in rejections)
+        deployed = isinstance(self.stream, FolderStream)
         summary = self.timeline.finish(
-            self.change_points,
+            None if deployed else self.change_points,
             {
                 "scenario": cfg.scenario.name,
                 "policy": cfg.policy.name,
@@ -172,7 +176,12 @@ class Controller:
                 "promotions": len(self.registry.events(kind="promote")),
                 "rollbacks": len(self.registry.events(kind="rollback")),
                 "rejected_candidates": sum(v.status is Status.rejected for v in versions),
-                "rejected_replies": len(self.rounds.rejections),
+                "rejected_replies": sum(
+                    r.phase not in DECLINE_PHASES and not r.phase.startswith("data p")
+                    for r in rejections
+                ),
+                "declined_trainings": sum(r.phase in DECLINE_PHASES for r in rejections),
+                **({"site_data_problems": data_problems} if deployed else {}),
                 "run_dir": str(self.run_dir),
                 **privacy_summary(self.epsilon, self.strategy),
                 **_stats_privacy(cfg),

@@ -242,6 +242,8 @@ def write_app(folder: Path) -> Path:
         [project]
         name = "fedretrain-app"
         version = "1.0.0"
+        description = "fedretrain's retraining ServerApp and ClientApp"
+        license = "Apache-2.0"
         dependencies = []
 
         [tool.hatch.build.targets.wheel]

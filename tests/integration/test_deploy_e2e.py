@@ -201,6 +201,9 @@ def test_three_sites_drift_retrain_promote_across_a_server_restart(
     assert "missing columns" in quarantined[0]
     no_data = rejections[rejections["phase"] == "no data"]
     assert len(no_data) >= 1 and no_data["reason"].str.contains("period 2").all()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "false_alarms" not in summary  # the true change points are unknown in deployment
+    assert summary["site_data_problems"] == 1 and summary["serving_version"] == 2
     print(f"end to end: {time.monotonic() - began:.0f} s")
 
 
