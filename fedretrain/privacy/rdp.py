@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -89,9 +90,15 @@ def rdp_per_step(
     """RDP of one step of the Poisson-subsampled Gaussian mechanism at each order.
 
     Add-or-remove-one neighbouring, the relation Opacus and dp_accounting use for Poisson
-    sampling. Entries can be ``inf`` (σ = 0).
+    sampling. Entries can be ``inf`` (σ = 0). Cached: a site checks and records the same
+    (σ, q) every round, and each series costs milliseconds.
     """
-    q, sigma = float(sample_rate), float(noise_multiplier)
+    orders_key = tuple(float(a) for a in orders)
+    return _rdp_per_step(float(noise_multiplier), float(sample_rate), orders_key).copy()
+
+
+@functools.lru_cache(maxsize=256)
+def _rdp_per_step(sigma: float, q: float, orders: tuple[float, ...]) -> np.ndarray:
     alphas = np.asarray(orders, dtype=np.float64)
     if q == 0:
         return np.zeros_like(alphas)
