@@ -3,15 +3,19 @@ a canary serves a candidate at a few sites before promoting it, and the CLI stee
 registry of a real run folder."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pandas as pd
 import pytest
-from conftest import Cli, Simulate
 
 from fedretrain.registry import Registry, Status
 
 pytestmark = pytest.mark.integration
+
+Simulate = Callable[..., Path]  # the `simulate` fixture of conftest.py
+Cli = Callable[..., CompletedProcess[str]]  # the `cli` fixture of conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,12 @@ its lifetime budget declines while the run goes on, and the ε the run reports a
 independent accountant (Google's dp-accounting)."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import dp_accounting
 import pandas as pd
 import pytest
-from conftest import Simulate
 
 from fedretrain.config import compose, to_typed
 from fedretrain.privacy import PrivacyLedger, SampledGaussian
@@ -16,6 +16,8 @@ from fedretrain.registry import Registry
 from fedretrain.site import Site
 
 pytestmark = pytest.mark.integration
+
+Simulate = Callable[..., Path]  # the `simulate` fixture of conftest.py
 
 BUDGET = 5.0
 DELTA = 1e-5

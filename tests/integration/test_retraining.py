@@ -3,13 +3,15 @@ recovers, bad statistics are rejected while the run goes on, and a recurring con
 again by reusing the stored model."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import Simulate
 
 pytestmark = pytest.mark.integration
+
+Simulate = Callable[..., Path]  # the `simulate` fixture of conftest.py
 
 
 @pytest.fixture(scope="module")
