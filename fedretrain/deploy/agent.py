@@ -44,7 +44,6 @@ class AgentOptions:
     state_dir: Path | None = None
     runtime_port: int = 9094  # the SuperNode's own local API; one per agent on a host
     restart_delay_s: float = 5.0
-    max_restarts: int | None = None  # None: forever
 
 
 def node_config(options: AgentOptions, ledger_dir: Path) -> str:
@@ -81,25 +80,21 @@ def run_agent(options: AgentOptions) -> int:
         str(options.runtime_port),
     ]
     env = flower_env(state / "flwr-home")
-    restarts = 0
-    while True:
-        print(f"fedretrain agent: site {options.site_id} -> {options.superlink}", flush=True)
-        try:
+    try:
+        while True:
+            print(f"fedretrain agent: site {options.site_id} -> {options.superlink}", flush=True)
             refused = _supervise(command, env, state / "supernode.log")
-        except KeyboardInterrupt:
-            return 0
-        if refused is not None:
-            print(f"fedretrain agent: {refused}", file=sys.stderr, flush=True)
-            return 3
-        restarts += 1
-        if options.max_restarts is not None and restarts > options.max_restarts:
-            return 1
-        print(
-            f"fedretrain agent: the SuperNode exited; starting it again in "
-            f"{options.restart_delay_s:.0f} s",
-            flush=True,
-        )
-        time.sleep(options.restart_delay_s)
+            if refused is not None:
+                print(f"fedretrain agent: {refused}", file=sys.stderr, flush=True)
+                return 3
+            print(
+                f"fedretrain agent: the SuperNode exited; starting it again in "
+                f"{options.restart_delay_s:.0f} s",
+                flush=True,
+            )
+            time.sleep(options.restart_delay_s)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI turns it into this)
+        return 0
 
 
 def _supervise(command: list[str], env: dict[str, str], log: Path) -> str | None:

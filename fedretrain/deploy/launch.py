@@ -86,17 +86,18 @@ class Launched:
         at once (a crash, as tests make one)."""
         self.note_tree()
         for sig in (signal.SIGKILL,) if kill else (signal.SIGTERM, signal.SIGKILL):
-            for pid in self._alive_pids():
+            for pid in self.running():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, sig)
             deadline = time.monotonic() + grace_s
             while time.monotonic() < deadline:
                 self.proc.poll()
-                if not self._alive_pids():
+                if not self.running():
                     return
                 time.sleep(0.2)
 
-    def _alive_pids(self) -> set[int]:
+    def running(self) -> set[int]:
+        """The pids of the tree still running (a reused pid is not ours: start times differ)."""
         pids = {pid for pid, started in self.seen.items() if _start_time(pid) == started}
         if self.proc.poll() is None:
             pids.add(self.proc.pid)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from fedretrain.atomic import atomic_replace
 from fedretrain.checkpoint import STATE_FILE
@@ -82,7 +83,7 @@ def site_public_keys(creds: Path) -> list[SiteKeys]:
     return keys
 
 
-def serve(options: ServerOptions, out: object = sys.stdout) -> int:
+def serve(options: ServerOptions, out: TextIO = sys.stdout) -> int:
     """Run the deployment to the end of its run; the exit status (0: the run completed)."""
     run_dir = options.run_dir.resolve()
     creds = options.creds.resolve()
@@ -156,7 +157,7 @@ def _run(
     run_dir: Path,
     resume: bool,
     superlink: Launched,
-    out: object,
+    out: TextIO,
 ) -> int:
     """Submit the app with ``flwr run --stream`` and wait for it; the exit status."""
     run_config = (
@@ -282,8 +283,8 @@ def _write_text(path: Path, text: str) -> None:
     atomic_replace(path, lambda tmp: tmp.write_text(text))
 
 
-def _say(out: object, line: str) -> None:
-    print(line, file=out, flush=True)  # type: ignore[call-overload]
+def _say(out: TextIO, line: str) -> None:
+    print(line, file=out, flush=True)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -63,7 +63,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedretrain.monitor.stats import HistogramEdges, WindowStats, shape_problem, stats_problem
+from fedretrain.monitor.stats import (
+    HistogramEdges,
+    WindowStats,
+    as_rows,
+    shape_problem,
+    stats_problem,
+)
 from fedretrain.monitor.stats import window_stats as exact_window_stats
 from fedretrain.privacy.config import PrivacyConfig
 from fedretrain.privacy.rdp import SampledGaussian, epsilon
@@ -110,7 +116,7 @@ def bounded_window_stats(
     """:func:`~fedretrain.monitor.stats.window_stats` with the clipping that bounds each
     record's contribution: features clipped to ``[-feature_bound, feature_bound]`` in the sums of
     x and x², losses to ``[0, loss_bound]``. Exact statistics, ready for :func:`privatize`."""
-    flat = np.asarray(x, dtype=np.float64).reshape(len(x), int(np.prod(np.shape(x)[1:])))
+    flat = as_rows(x)
     clipped = np.clip(flat, -feature_bound, feature_bound)
     bounded_losses = None if losses is None else np.clip(losses, 0.0, loss_bound)
     stats = exact_window_stats(flat, y, probs, bounded_losses, edges)

@@ -185,6 +185,15 @@ class WindowStats:
         )
 
 
+def as_rows(x: np.ndarray) -> np.ndarray:
+    """Inputs ``(n, ...)`` as float64 rows ``(n, num_features)``, also for an empty window.
+
+    >>> as_rows(np.zeros((0, 1, 2, 2))).shape
+    (0, 4)
+    """
+    return np.asarray(x, dtype=np.float64).reshape(len(x), int(np.prod(np.shape(x)[1:])))
+
+
 def window_stats(
     x: np.ndarray,
     y: np.ndarray | None,
@@ -207,7 +216,7 @@ def window_stats(
     edges : HistogramEdges
         The server's shared edges.
     """
-    flat = np.asarray(x, dtype=np.float64).reshape(len(x), int(np.prod(np.shape(x)[1:])))
+    flat = as_rows(x)
     num_classes = probs.shape[1]
     pred = probs.argmax(axis=1)
     if y is None:

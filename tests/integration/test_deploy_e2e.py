@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,7 @@ from fedretrain.registry import Registry
 
 BIN = Path(sys.executable).parent
 SITES = 3
+Cli = Callable[..., CompletedProcess[str]]  # the `cli` fixture of conftest.py
 
 pytestmark = [
     pytest.mark.integration,
@@ -67,16 +68,6 @@ def _sea_csv(path: Path, n: int, seed: int, flipped: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def _cli(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fedretrain.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def _taken(folder: Path) -> set[int]:
     """The periods a site folder has handed out."""
     try:
@@ -105,14 +96,14 @@ def launched() -> Iterator[list[Launched]]:
 
 
 def test_three_sites_drift_retrain_promote_across_a_server_restart(
-    tmp_path: Path, launched: list[Launched]
+    tmp_path: Path, launched: list[Launched], cli: Cli
 ) -> None:
     began = time.monotonic()
     creds, run_dir, logs = tmp_path / "creds", tmp_path / "run", tmp_path / "logs"
-    assert _cli("certs", "init", creds).returncode == 0
+    assert cli("certs", "init", creds).returncode == 0
     names = [f"site-{i}" for i in range(SITES)]
-    assert _cli("certs", "site", creds, *names).returncode == 0
-    assert _cli("certs", "site", tmp_path / "rogue", "rogue").returncode == 0  # not registered
+    assert cli("certs", "site", creds, *names).returncode == 0
+    assert cli("certs", "site", tmp_path / "rogue", "rogue").returncode == 0  # not registered
     folders = [tmp_path / f"data-{i}" for i in range(SITES)]
     for i, folder in enumerate(folders):
         folder.mkdir()

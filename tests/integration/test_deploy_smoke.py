@@ -10,11 +10,8 @@ is stopped at the end. The command lines are those of ``docs/deployment-notes.md
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +29,7 @@ from fedretrain.deploy.certs import (
     register_sites,
     write_superlink_connection,
 )
+from fedretrain.deploy.launch import Launched, flower_env, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # flwr, flower-superlink, flower-supernode beside python
@@ -55,99 +53,34 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, start time) of a process, or ``None`` once it is gone."""
-    try:
-        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def _descendants(roots: list[int]) -> dict[int, int]:
-    """pid -> start time of ``roots`` and every live process below them."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (info := _stat(int(entry.name))) and info[0] != "Z":
-            table[int(entry.name)] = info
-    found: dict[int, int] = {}
-    todo = [pid for pid in roots if pid in table]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found[pid] = table[pid][2]
-            todo.extend(child for child, info in table.items() if info[1] == pid)
-    return found
-
-
 @dataclass
 class Processes:
-    """Processes started by this test, with their logs; :meth:`stop_all` ends their trees.
-
-    A pid is only signalled while its start time matches the one recorded, so a pid reused by
-    an unrelated process after ours ended is left alone.
-    """
+    """Processes started by this test (:class:`~fedretrain.deploy.launch.Launched`, which
+    tracks the detached SuperExec trees too), each with its own ``FLWR_HOME`` and log."""
 
     logs: Path
-    env: dict[str, str]
-    started: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    seen: dict[int, int] = field(default_factory=dict)
+    started: dict[str, Launched] = field(default_factory=dict)
 
     def start(self, name: str, command: list[str], home: Path) -> subprocess.Popen[bytes]:
         home.mkdir(parents=True, exist_ok=True)
-        with (self.logs / f"{name}.log").open("wb") as log:
-            proc = subprocess.Popen(
-                command,
-                cwd=home,
-                env={**self.env, "FLWR_HOME": str(home)},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.started[name] = proc
-        return proc
+        launched = Launched.start(name, command, flower_env(home), self.logs / f"{name}.log")
+        self.started[name] = launched
+        return launched.proc
 
     def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else f"(no {name}.log)"
+        launched = self.started.get(name)
+        return launched.tail(chars=10**7) if launched else f"(no {name}.log)"
 
     def remember_children(self) -> None:
         """SuperExec runs detached: note the trees while their parents still live."""
-        self.seen.update(_descendants([p.pid for p in self.started.values()]))
+        for launched in self.started.values():
+            launched.note_tree()
 
-    def stop_all(self, grace_s: float = 10.0) -> set[int]:
+    def stop_all(self) -> set[int]:
         """SIGTERM, then SIGKILL, every process tree started here; returns survivors."""
-        self.remember_children()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self._alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline:
-                for proc in self.started.values():
-                    proc.poll()  # reap our direct children
-                if not self._alive():
-                    return set()
-                time.sleep(0.2)
-        return self._alive()
-
-    def _alive(self) -> set[int]:
-        return {
-            pid
-            for pid, started in self.seen.items()
-            if (info := _stat(pid)) is not None and info[0] != "Z" and info[2] == started
-        }
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited with {proc.returncode} before listening on {port}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"nothing listened on {port} within {timeout_s} s")
+        for launched in self.started.values():
+            launched.stop()
+        return {pid for launched in self.started.values() for pid in launched.running()}
 
 
 def _flwr(cli_env: dict[str, str], *args: str, timeout_s: float = 60) -> str:
@@ -182,12 +115,7 @@ def _json(output: str) -> dict:
 def processes(tmp_path: Path) -> Iterator[Processes]:
     logs = tmp_path / "logs"
     logs.mkdir()
-    env = {
-        **os.environ,
-        "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-    }
-    procs = Processes(logs=logs, env=env)
+    procs = Processes(logs=logs)
     try:
         yield procs
     finally:
@@ -207,9 +135,9 @@ def test_tls_and_supernode_auth_admit_registered_sites_only(
 
     cli_home = tmp_path / "cli-home"
     write_superlink_connection(cli_home, CONNECTION, f"127.0.0.1:{port}", ca.cert)
-    cli_env = {**processes.env, "FLWR_HOME": str(cli_home)}
+    cli_env = flower_env(cli_home)
 
-    superlink = processes.start(
+    processes.start(
         "superlink",
         [
             str(BIN / "flower-superlink"),
@@ -230,7 +158,7 @@ def test_tls_and_supernode_auth_admit_registered_sites_only(
         ],
         home=tmp_path / "superlink-home",
     )
-    _wait_for_port(port, superlink, timeout_s=30)
+    wait_for_port("127.0.0.1", port, processes.started["superlink"], timeout_s=30)
 
     t0 = time.monotonic()
     registered = register_sites(

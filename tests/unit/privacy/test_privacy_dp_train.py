@@ -2,7 +2,6 @@
 
 import copy
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +21,9 @@ from fedretrain.tasks.dataset import ArrayDataset
 from fedretrain.tasks.digits import load_digits
 from fedretrain.training import make_optimizer, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models: a second intra-op thread only adds contention (see FACTS.md)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 ENGINES = pytest.mark.parametrize("engine", [Engine.fused, Engine.opacus])

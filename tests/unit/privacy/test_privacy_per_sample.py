@@ -1,7 +1,6 @@
 """The fused engine: per-sample clipping by hand, and the same DP-SGD update as Opacus's."""
 
 import copy
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,15 +15,9 @@ from fedretrain.privacy.opacus_engine import Engine, IncompatibleModelError, dp_
 from fedretrain.privacy.per_sample import PerSampleClipping, unsupported
 from fedretrain.tasks.digits import load_digits
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Mixed(nn.Module):
