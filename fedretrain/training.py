@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,13 +32,17 @@ def lr_at(cfg: TrainConfig, server_round: int, num_rounds: int) -> float:
 
 
 def make_optimizer(
-    cfg: TrainConfig, params: list[nn.Parameter], lr: float
+    cfg: TrainConfig, params: list[nn.Parameter], lr: float, fused: bool = False
 ) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` names; ``fused``: torch's one-kernel step (CPU and CUDA only)."""
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": cfg.weight_decay}
+    if fused:
+        kwargs["fused"] = True
     if cfg.optimizer is Optimizer.sgd:
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, momentum=cfg.momentum, **kwargs)
     if cfg.optimizer is Optimizer.adam:
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
 
 
 @dataclass(frozen=True)

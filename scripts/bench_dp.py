@@ -7,10 +7,12 @@ batch 16, 3 local epochs), on one CPU thread (``torch.set_num_threads(1)``), the
 
 ``plain``
     :func:`fedretrain.training.train`: shuffled minibatches of 16, 3 epochs (270 steps).
-``dp-flat``, ``dp-ghost``
+``dp``, ``dp-flat``, ``dp-ghost``
     :func:`fedretrain.privacy.opacus_engine.dp_train` as a site runs it (its default engine,
     ``auto``, which is the fused engine of :mod:`fedretrain.privacy.per_sample` for this
-    model) with ``clipping=flat`` / ``ghost``: Poisson batches of expected size 16
+    model) with ``clipping=auto`` (the default; on this model it takes ghost norms for both
+    Linear layers, so it computes what ``ghost`` does) / ``flat`` / ``ghost``: Poisson
+    batches of expected size 16
     (q = 16/1438, 3 x 90 = 270 steps), every sample's gradient clipped to norm 1, Gaussian
     noise with σ = 1 (given, so no calibration), the run checked against and recorded in an
     in-memory ledger.
@@ -66,7 +68,7 @@ Usage
     .venv/bin/python scripts/bench_dp.py --repeats 3 --runs 2 --no-profile --no-sampler
     .venv/bin/python scripts/bench_dp.py --variants default,top-pad   # allocator lever too
 
-About four minutes on 2 cores with the defaults. Writes ``benchmarks/results/dp.json``
+About five minutes on 2 cores with the defaults. Writes ``benchmarks/results/dp.json``
 (``--output`` to change): settings, targets, machine, every child's raw numbers, the summary
 rows, the profiles and the printed tables.
 """
@@ -89,8 +91,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "dp.json"
-MODES = ("plain", "dp-flat", "dp-ghost", "dp-flat-opacus", "dp-ghost-opacus", "plain-poisson")
-TARGET_MODES = ("dp-flat", "dp-ghost")  # what a site runs; the others are references
+MODES = (
+    "plain", "dp", "dp-flat", "dp-ghost", "dp-flat-opacus", "dp-ghost-opacus", "plain-poisson",
+)  # fmt: skip
+TARGET_MODES = ("dp",)  # what a site runs by default; the others are references
 # Environment of the children. "top-pad" (a lever tried, off by default) keeps 64 MiB at the
 # top of glibc's heap, so that the per-sample gradients of the 512x64 Linear layer (2 MiB a
 # step) are not handed back to the kernel and faulted in again every step. In a bare
@@ -161,7 +165,7 @@ def _trainer(mode: str) -> Callable[[int], int]:
         enabled=True,
         noise_multiplier=NOISE_MULTIPLIER,
         max_grad_norm=MAX_GRAD_NORM,
-        clipping=ClippingMode.ghost if "ghost" in mode else ClippingMode.flat,
+        clipping=next((c for c in ClippingMode if c.value in mode.split("-")), ClippingMode.auto),
         reproducible=True,
     )
     plan = plan_training(privacy, cfg, len(data))
@@ -255,7 +259,7 @@ PROFILE_PARTS: tuple[tuple[str, tuple[tuple[str, str], ...], bool], ...] = (
     ),
     ("  Opacus per-sample grads/norms", (("grad_sample_module", "capture_backprops_hook"),), False),
     ("fused: per-sample grads/norms", (("per_sample.py", "norms"),), False),
-    ("fused: clipped sums", (("per_sample.py", "write_sum"),), False),
+    ("fused: clipped sums", (("per_sample.py", "add_sum"),), False),
     (
         "noise draws (normal_ / torch.normal)",
         (("~", "<method 'normal_' "), ("~", "<built-in method torch.normal>")),
@@ -393,7 +397,7 @@ def spawn(args: list[str], extra_env: dict[str, str] | None = None) -> dict[str,
 def summarise(children: list[dict[str, Any]], variant: str) -> list[dict[str, Any]]:
     """One row per mode of ``variant``: medians of time and memory, and ratios to plain."""
     rows = []
-    for mode in MODES:
+    for mode in [m for m in MODES if any(c["mode"] == m for c in children)]:  # plain first
         mine = [c for c in children if c["mode"] == mode and c["variant"] == variant]
         seconds = [s for c in mine for s in c["seconds"]]
         cpu = [s for c in mine for s in c["cpu_seconds"]]
@@ -520,6 +524,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
+        "--modes", default=",".join(MODES), help="comma-separated subset of the modes to run"
+    )
+    parser.add_argument(
         "--one",
         choices=(*MODES, "sampler", *(f"profile-{m}" for m in MODES)),
         help=argparse.SUPPRESS,
@@ -536,11 +543,15 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_child(args.one, args.runs)))
         return
 
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown or "plain" not in modes:
+        parser.error(f"--modes: {unknown or 'plain'} missing or unknown; choose from {MODES}")
     load_start = os.getloadavg()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     children = []
     for round_ in range(args.repeats):
-        order = MODES[round_ % len(MODES) :] + MODES[: round_ % len(MODES)]
+        order = modes[round_ % len(modes) :] + modes[: round_ % len(modes)]
         for variant in variants:
             for mode in order:
                 child = spawn(["--one", mode, "--runs", str(args.runs)], VARIANTS[variant])
@@ -573,7 +584,7 @@ def main(argv: list[str] | None = None) -> None:
             f"ours {med['ours'] * 1e3:.1f} ms, Opacus DPDataLoader {med['opacus'] * 1e3:.1f} ms"
         )
         sampler["median_s"] = med
-    profiles = [spawn(["--one", f"profile-{mode}"]) for mode in MODES] if args.profile else []
+    profiles = [spawn(["--one", f"profile-{mode}"]) for mode in modes] if args.profile else []
     profile_text = profile_table(profiles) if profiles else ""
     print()
     print(text)
@@ -589,7 +600,8 @@ def main(argv: list[str] | None = None) -> None:
             "train": "TrainConfig() defaults: sgd lr=0.05 momentum=0.9 batch_size=16 epochs=3",
             "modes": {
                 "plain": "fedretrain.training.train",
-                "dp-flat/dp-ghost": "dp_train (engine auto = fused for this model)",
+                "dp/dp-flat/dp-ghost": "dp_train (engine auto = fused for this model), "
+                "clipping auto (the default) / flat / ghost",
                 "dp-*-opacus": "dp_train_with(Engine.opacus): the previous engine",
                 "plain-poisson": "reference: plain steps over the same Poisson batches",
             },

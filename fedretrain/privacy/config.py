@@ -19,8 +19,9 @@ from enum import Enum
 
 
 class ClippingMode(str, Enum):
-    """How per-sample gradients are clipped (both give the same update; cost differs)."""
+    """How per-sample gradient norms are computed (all give the same update; cost differs)."""
 
+    auto = "auto"  # the fused engine: per layer, the cheaper of the two; Opacus: flat
     flat = "flat"  # per-sample gradients materialised, then clipped (Opacus "hooks")
     ghost = "ghost"  # per-sample norms without materialising Linear gradients (Opacus "ghost")
 
@@ -50,7 +51,10 @@ class PrivacyConfig:
     max_grad_norm : float
         C: each sample's gradient is clipped to this L2 norm.
     clipping : ClippingMode
-        ``flat`` or ``ghost``; the same update, different speed and memory.
+        ``auto``, ``flat`` or ``ghost``: how per-sample gradient norms are computed; the same
+        update, different speed and memory. ``auto``: on the fused engine each Linear layer
+        takes the cheaper way (ghost norms unless a long sequence makes their Gram matrices
+        cost more than the per-sample gradients), on Opacus ``flat``.
     epsilon_budget : float or None
         Lifetime ε per site at ``delta``: a site declines training that would exceed it.
         null for no cap (ε is still accounted).
@@ -98,7 +102,7 @@ class PrivacyConfig:
     target_epsilon: float | None = None
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    clipping: ClippingMode = ClippingMode.flat
+    clipping: ClippingMode = ClippingMode.auto
     epsilon_budget: float | None = None
     accountant: AccountantKind = AccountantKind.rdp
     fix_model: bool = True

@@ -12,7 +12,8 @@ cost (``benchmarks/README.md``). Here, the "book-keeping" arrangement of Bu et a
    *outputs* only (no parameter gradient is formed: that is the weight-gradient work of a plain
    backward pass, done below per sample instead);
 3. layer by layer, each sample's squared gradient norm; then the clip factors; then the clipped
-   sum, written into one flat buffer (views of which serve as the parameters' ``.grad``).
+   sum, added into one flat buffer (views of which serve as the parameters' ``.grad``; the
+   caller fills it with the noise first, so that no separate pass adds the two).
 
 Per layer:
 
@@ -21,6 +22,9 @@ Per layer:
     position per sample (Goodfellow 2015), ``<a_i a_i^T, b_i b_i^T>`` for sequences (Li et al.
     2022); the clipped sum is one matrix product of clip-weighted ``b`` with ``a``.
     ``flat``: per-sample gradients ``b_i a_i^T`` formed (``bmm``), then weighted and summed.
+    ``auto``: ghost, unless the layer sees a sequence so long that the Gram matrices cost more
+    than the per-sample gradients, ``T (in + out) > in * out`` for ``T`` positions (the
+    per-layer choice of Bu et al. 2022's mixed ghost clipping, by arithmetic).
 ``Conv1d/2d/3d``
     Per-sample gradients by one grouped convolution backward with the batch as the groups (as
     torch's expanded weights do), in both modes: at these sizes it costs what the plain weight
@@ -41,6 +45,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from fedretrain.privacy.config import ClippingMode
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 Layer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
@@ -82,8 +88,8 @@ class PerSampleClipping:
         The trainable parameters, in the order of :attr:`views` (and of the flat buffer).
     max_grad_norm : float
         ``C``.
-    ghost : bool
-        Norms of Linear layers without forming their per-sample gradients.
+    mode : ClippingMode
+        How Linear layers' norms are computed (convolutions always form per-sample gradients).
     loss_sum : callable
         ``loss_sum(output, target)``: the *sum* over the batch of per-sample losses.
     """
@@ -93,7 +99,7 @@ class PerSampleClipping:
         model: nn.Module,
         params: list[nn.Parameter],
         max_grad_norm: float,
-        ghost: bool,
+        mode: ClippingMode,
         loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> None:
         problems = unsupported(model)
@@ -101,7 +107,6 @@ class PerSampleClipping:
             raise ValueError("per-sample clipping cannot hook this model: " + "; ".join(problems))
         self.model = model
         self.max_grad_norm = max_grad_norm
-        self.ghost = ghost
         self.loss_sum = loss_sum
         self.flat, self.views = flat_buffer(params)
         view_of = {id(p): v for p, v in zip(params, self.views, strict=True)}
@@ -111,13 +116,13 @@ class PerSampleClipping:
                 w = view_of.pop(id(module.weight), None)
                 b = view_of.pop(id(module.bias), None) if module.bias is not None else None
                 if w is not None or b is not None:
-                    self._rules.append(_Rule(module, w, b, ghost))  # type: ignore[arg-type]
+                    self._rules.append(_Rule(module, w, b, mode))  # type: ignore[arg-type]
         if view_of:
             raise ValueError(f"{len(view_of)} trainable parameters belong to no Linear/Conv layer")
         self._handles = [rule.layer.register_forward_hook(rule.keep) for rule in self._rules]
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Write ``sum_i clip(g_i)`` into :attr:`flat`; return the summed loss (detached)."""
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """Add ``scale * sum_i clip(g_i)`` to :attr:`flat`; return the summed loss (detached)."""
         rules = self._rules
         try:
             loss = self.loss_sum(self.model(x), y)
@@ -131,9 +136,10 @@ class PerSampleClipping:
                     stop = start + len(rule.calls)
                     rule.norms(grads[start:stop], sq_norms)
                     start = stop
-                clip = (self.max_grad_norm / (sq_norms.sqrt_().add_(1e-6))).clamp_(max=1.0)
+                # scale * min(1, C / (norm + 1e-6)), in two operations rather than three
+                clip = (self.max_grad_norm * scale / sq_norms.sqrt_().add_(1e-6)).clamp_(max=scale)
                 for rule in rules:
-                    rule.write_sum(clip)
+                    rule.add_sum(clip)
         finally:
             for rule in rules:  # release the activations now rather than at the next batch
                 rule.clear()
@@ -163,12 +169,12 @@ class _Rule:
     """One layer: what its hook keeps, its per-sample squared norms, its clipped sum."""
 
     def __init__(
-        self, layer: Layer, w: torch.Tensor | None, b: torch.Tensor | None, ghost: bool
+        self, layer: Layer, w: torch.Tensor | None, b: torch.Tensor | None, mode: ClippingMode
     ) -> None:
         self.layer, self.w, self.b = layer, w, b
         self.linear = isinstance(layer, nn.Linear)
-        self.ghost = ghost and self.linear
-        # Flattened views of the parameters' slots in the flat buffer, for torch.mv(out=...).
+        self.mode = mode if self.linear else ClippingMode.flat
+        # Flattened views of the parameters' slots in the flat buffer, for addmv_.
         self._slots = [v.view(-1) for v in (w, b) if v is not None]
         self.calls: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # input, output, version
         self._ghost: tuple[torch.Tensor, torch.Tensor] | None = None  # (n, [T,] in), (n, [T,] out)
@@ -201,15 +207,15 @@ class _Rule:
 
     def norms(self, grads: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         """Add each sample's squared gradient norm over this layer's parameters to ``out``."""
-        if self.ghost and len(self.calls) == 1:
+        if self._ghost_norms():
             a, g = self.calls[0][0], grads[0]
             self._ghost = a, g
             if a.dim() == 2:  # ||g a^T||^2 = ||a||^2 ||g||^2, and the bias adds ||g||^2
-                g_sq = torch.linalg.vector_norm(g, dim=1).square_()
+                g_sq = torch.linalg.vecdot(g, g)
                 if self.w is None:
                     out.add_(g_sq)
                     return
-                a_sq = torch.linalg.vector_norm(a, dim=1).square_()
+                a_sq = torch.linalg.vecdot(a, a)
                 out.addcmul_(a_sq.add_(1.0) if self.b is not None else a_sq, g_sq)
                 return
             a, g = a.flatten(1, -2), g.flatten(1, -2)  # (n, positions, features)
@@ -226,8 +232,17 @@ class _Rule:
             ]
             self._formed = [torch.stack(ts).sum(0) for ts in zip(*per_call, strict=True)]
         for t in self._formed:
-            norm = torch.linalg.vector_norm(t, dim=1)
-            out.addcmul_(norm, norm)
+            out.add_(torch.linalg.vecdot(t, t))
+
+    def _ghost_norms(self) -> bool:
+        if self.mode is ClippingMode.flat or len(self.calls) != 1:
+            return False
+        a = self.calls[0][0]
+        if self.mode is ClippingMode.ghost or a.dim() == 2:
+            return True
+        positions = a[0].numel() // a.shape[-1]
+        inputs, outputs = self.layer.weight.shape[1], self.layer.weight.shape[0]
+        return positions * (inputs + outputs) <= inputs * outputs
 
     def _per_sample(
         self, a: torch.Tensor, g: torch.Tensor, scratch: torch.Tensor | None
@@ -253,25 +268,25 @@ class _Rule:
                 formed.append(g if g.dim() == 2 else g.flatten(1, -2).sum(1))
         return formed
 
-    def write_sum(self, clip: torch.Tensor) -> None:
-        """Write this layer's clipped sum into the parameters' slots."""
+    def add_sum(self, clip: torch.Tensor) -> None:
+        """Add this layer's clipped sum to the parameters' slots."""
         if self._ghost is None:
             for t, slot in zip(self._formed, self._slots, strict=True):
-                torch.mv(t.T, clip, out=slot)
+                slot.addmv_(t.T, clip)
             return
         a, g = self._ghost
         if a.dim() == 2:
             if self.w is not None:
-                torch.mm((g * clip.unsqueeze(1)).T, a, out=self.w)
+                self.w.addmm_((g * clip.unsqueeze(1)).T, a)
             if self.b is not None:
-                torch.mv(g.T, clip, out=self.b)
+                self.b.addmv_(g.T, clip)
             return
         g = g * clip.view(-1, *([1] * (g.dim() - 1)))
         a, g = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
         if self.w is not None:
-            torch.mm(g.T, a, out=self.w)
+            self.w.addmm_(g.T, a)
         if self.b is not None:
-            torch.sum(g, 0, out=self.b)
+            self.b.add_(g.sum(0))
 
 
 def _linear_weight(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

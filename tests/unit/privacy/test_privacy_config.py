@@ -19,7 +19,7 @@ def problems(**kwargs: object) -> list[str]:
 
 def test_defaults_are_off_and_valid() -> None:
     cfg = PrivacyConfig()
-    assert not cfg.enabled and cfg.clipping is ClippingMode.flat
+    assert not cfg.enabled and cfg.clipping is ClippingMode.auto
     assert cfg.accountant is AccountantKind.rdp and cfg.delta == 1e-5
 
 
@@ -46,7 +46,7 @@ def test_enabled_needs_exactly_one_of_sigma_and_target() -> None:
             {"target_epsilon": 5.0, "epsilon_budget": 4.0},
             "privacy.target_epsilon=5.0: exceeds privacy.epsilon_budget=4.0",
         ),
-        ({"clipping": "fast"}, "privacy.clipping='fast': must be one of ['flat', 'ghost']"),
+        ({"clipping": "fast"}, "privacy.clipping='fast': must be one of ['auto', 'flat', 'ghost']"),
         ({"accountant": "prv"}, "privacy.accountant='prv': must be one of ['rdp']"),
     ],
 )

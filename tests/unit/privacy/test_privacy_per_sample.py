@@ -83,16 +83,18 @@ def clipped_sum_by_hand(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: f
     return total
 
 
-@pytest.mark.parametrize("ghost", [False, True], ids=["flat", "ghost"])
+@pytest.mark.parametrize("mode", list(ClippingMode))
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("c", [0.05, 1e6], ids=["binding", "loose"])
-def test_clipped_sum_equals_per_sample_clipping_by_hand(name: str, ghost: bool, c: float) -> None:
+def test_clipped_sum_equals_per_sample_clipping_by_hand(
+    name: str, mode: ClippingMode, c: float
+) -> None:
     data = load_digits().subset(np.arange(12))
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
     model = build(name)
     expected = clipped_sum_by_hand(copy.deepcopy(model), x, y, c)
     params = list(model.parameters())
-    clipping = PerSampleClipping(model, params, c, ghost, nn.CrossEntropyLoss(reduction="sum"))
+    clipping = PerSampleClipping(model, params, c, mode, nn.CrossEntropyLoss(reduction="sum"))
     loss = clipping(x, y)
     clipping.close()
     with torch.no_grad():
@@ -102,6 +104,25 @@ def test_clipped_sum_equals_per_sample_clipping_by_hand(name: str, ghost: bool, 
         model.named_parameters(), clipping.views, expected, strict=True
     ):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=pname)
+
+
+@pytest.mark.parametrize(
+    ("features", "positions", "ghost"),
+    [((512, 64), None, True), ((8, 5), 8, False), ((64, 64), 8, True), ((64, 64), 33, False)],
+)
+def test_auto_takes_ghost_norms_where_they_cost_less(
+    features: tuple[int, int], positions: int | None, ghost: bool
+) -> None:
+    # Ghost norms of a Linear over T positions cost T^2 (in + out) a sample, its per-sample
+    # gradient T in out: auto takes ghost iff T (in + out) <= in out (always for T = 1).
+    layer = nn.Linear(*features)
+    shape = (3, features[0]) if positions is None else (3, positions, features[0])
+    clipping = PerSampleClipping(
+        layer, list(layer.parameters()), 1.0, ClippingMode.auto, nn.MSELoss(reduction="sum")
+    )
+    layer(torch.randn(shape))  # the hook keeps the call; the rule decides on its shape
+    assert clipping._rules[0]._ghost_norms() is ghost
+    clipping.close()
 
 
 def privacy(clipping: ClippingMode, sigma: float = 1.3, c: float = 0.05) -> PrivacyConfig:
