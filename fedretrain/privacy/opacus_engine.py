@@ -8,7 +8,7 @@ update (tests hold them to it, batch for batch and noise draw for noise draw):
 ``fused`` (:mod:`~fedretrain.privacy.per_sample`, plain PyTorch)
     Per-sample norms and clipped sums from one autograd pass over the layer outputs, noise
     drawn into one flat buffer; for models whose trainable parameters all sit in Linear and
-    Conv layers (the built-in models). About 3x faster than Opacus on the default task.
+    Conv layers (the built-in models). About 2.5x faster than Opacus on the default task.
 ``opacus``
     Opacus's per-sample gradient hooks (``flat``, and ``auto``: per-sample gradients;
     ``ghost``: per-sample norms without materialising Linear gradients, in a second backward
@@ -338,13 +338,14 @@ class _FusedStepper:
     ``.grad`` views of one flat gradient buffer; the optimizer steps the flat parameter in one
     go, with torch's fused kernel on CPU and CUDA (elementwise optimizers: the update of a
     parameter is the same whichever tensor holds it), under a third of the time a step over
-    eight tensors takes on the default CNN. Each step
-    draws the noise straight into the gradient buffer, one parameter after another in the
-    parameters' order with ``normal_(0, σC / B)`` on the noise generator (the draws Opacus's
-    ``DPOptimizer`` makes, so both engines give the same update from the same seed), then
-    :class:`PerSampleClipping` adds the clipped sum scaled by ``1 / B``: ``(sum + noise) / B``
-    for the expected batch size ``B``, as Opacus, with no pass over the parameters for the sum
-    and none for the division.
+    eight tensors takes on the default CNN.
+
+    Each step draws the noise straight into the gradient buffer, one parameter after another
+    in the parameters' order with ``normal_(0, σC / B)`` on the noise generator (the draws
+    Opacus's ``DPOptimizer`` makes, so both engines give the same update from the same seed);
+    then :class:`PerSampleClipping` adds the clipped sum scaled by ``1 / B``. That is
+    ``(sum + noise) / B`` for the expected batch size ``B``, as Opacus computes it, with no
+    pass over the parameters for the sum and none for the division.
     """
 
     def __init__(
