@@ -18,7 +18,7 @@ batch 16, 3 local epochs), on one CPU thread (``torch.set_num_threads(1)``), the
     in-memory ledger.
 ``dp-flat-opacus``, ``dp-ghost-opacus``
     The same DP-SGD through Opacus's per-sample gradient hooks and DP optimizer
-    (``dp_train_with(Engine.opacus, ...)``): the engine ``dp_train`` used before, and still
+    (``dp_train(..., engine=Engine.opacus)``): the engine ``dp_train`` used before, and still
     uses for models the fused engine cannot hook. Same batches, same update.
 ``plain-poisson``
     Reference only, not a target row: plain training (no clipping, no noise) stepping over
@@ -195,7 +195,7 @@ def _trainer(mode: str) -> Callable[[int], int]:
         return plain_on_poisson_batches
 
     from fedretrain.privacy.ledger import PrivacyLedger
-    from fedretrain.privacy.opacus_engine import Engine, dp_train, dp_train_with
+    from fedretrain.privacy.opacus_engine import Engine, dp_train
 
     def dp_training(seed: int) -> int:
         model = copy.deepcopy(initial)
@@ -203,7 +203,7 @@ def _trainer(mode: str) -> Callable[[int], int]:
         ledger = PrivacyLedger(site="bench")
         args = (model, data, cfg, privacy, cfg.lr, device, generator, ledger, "b")
         if mode.endswith("-opacus"):
-            return dp_train_with(Engine.opacus, *args).train.steps
+            return dp_train(*args, engine=Engine.opacus).train.steps
         return dp_train(*args).train.steps
 
     return dp_training
@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> None:
                 "plain": "fedretrain.training.train",
                 "dp/dp-flat/dp-ghost": "dp_train (engine auto = fused for this model), "
                 "clipping auto (the default) / flat / ghost",
-                "dp-*-opacus": "dp_train_with(Engine.opacus): the previous engine",
+                "dp-*-opacus": "dp_train(engine=Engine.opacus): the previous engine",
                 "plain-poisson": "reference: plain steps over the same Poisson batches",
             },
             "target_modes": list(TARGET_MODES),

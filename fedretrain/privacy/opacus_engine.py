@@ -200,10 +200,9 @@ def dp_train(
     tag: str,
     plan: TrainingPlan | None = None,
     proximal_mu: float = 0.0,
+    engine: Engine = Engine.auto,
 ) -> DPTrainResult:
     """Train ``model`` in place with DP-SGD and record the cost in ``ledger``.
-
-    The fused engine trains models it can hook, Opacus the others (:class:`Engine` ``auto``).
 
     Parameters
     ----------
@@ -231,38 +230,17 @@ def dp_train(
     proximal_mu : float
         FedProx's μ: its gradient ``μ (w - w_global)`` depends on no record, so it is added
         after clipping and noise, unclipped.
+    engine : Engine
+        ``auto`` (sites): the fused engine for models it can hook, Opacus for the others;
+        tests and benchmarks choose one to compare them.
 
     Raises
     ------
     IncompatibleModelError
-        The model has layers DP-SGD cannot train.
+        The model has layers DP-SGD cannot train (or ``Engine.fused`` cannot hook it).
     BudgetExceededError
         The plan would exceed ``privacy.epsilon_budget``; call ``ledger.would_exceed`` first
         and decline instead.
-    """
-    return dp_train_with(
-        Engine.auto, model, data, train_cfg, privacy, lr, device, generator, ledger, tag,
-        plan, proximal_mu,
-    )  # fmt: skip
-
-
-def dp_train_with(
-    engine: Engine,
-    model: nn.Module,
-    data: ArrayDataset,
-    train_cfg: TrainConfig,
-    privacy: PrivacyConfig,
-    lr: float,
-    device: torch.device,
-    generator: torch.Generator,
-    ledger: PrivacyLedger,
-    tag: str,
-    plan: TrainingPlan | None = None,
-    proximal_mu: float = 0.0,
-) -> DPTrainResult:
-    """:func:`dp_train` on a chosen :class:`Engine` (tests and benchmarks compare them).
-
-    ``Engine.fused`` on a model it cannot hook raises :class:`IncompatibleModelError`.
     """
     if not privacy.enabled:
         raise ValueError("privacy.enabled is false: use fedretrain.training.train")

@@ -14,7 +14,7 @@ from fedretrain.config import Optimizer, TrainConfig
 from fedretrain.models import MLP, DigitsCNN
 from fedretrain.privacy.config import ClippingMode, PrivacyConfig
 from fedretrain.privacy.ledger import PrivacyLedger
-from fedretrain.privacy.opacus_engine import BudgetExceededError, Engine, dp_train, dp_train_with
+from fedretrain.privacy.opacus_engine import BudgetExceededError, Engine, dp_train
 from fedretrain.privacy.plan import plan_training
 from fedretrain.privacy.rdp import SampledGaussian, epsilon
 from fedretrain.privacy.sampling import poisson_batches
@@ -101,9 +101,9 @@ def test_full_batches_with_no_noise_and_no_clipping_equal_fedretrain_train(
     cfg = TrainConfig(optimizer=optimizer, lr=0.05, batch_size=64, local_epochs=4)
     plain, dp = cnn(), cnn()
     expected = train(plain, data, cfg, cfg.lr, CPU, torch.Generator().manual_seed(0))
-    got = dp_train_with(
-        engine, dp, data, cfg, private(clipping=clipping), cfg.lr, CPU,
-        torch.Generator().manual_seed(1), PrivacyLedger("0"), "v1",
+    got = dp_train(
+        dp, data, cfg, private(clipping=clipping), cfg.lr, CPU,
+        torch.Generator().manual_seed(1), PrivacyLedger("0"), "v1", engine=engine,
     )  # fmt: skip
     assert got.train.steps == expected.steps == 4
     assert got.train.mean_loss == pytest.approx(expected.mean_loss, rel=1e-5)
@@ -131,9 +131,9 @@ def test_poisson_batches_with_no_noise_and_no_clipping_equal_plain_training_on_t
     assert len({len(b) for b in batches}) > 3  # sizes vary, as Poisson sampling does
     plain, dp = cnn(), cnn()
     mean_loss = plain_loop_over(plain, data, cfg, batches, plan.expected_batch_size, proximal_mu)
-    result = dp_train_with(
-        engine, dp, data, cfg, privacy, cfg.lr, CPU, torch.Generator().manual_seed(7),
-        PrivacyLedger("0"), "v1", plan=plan, proximal_mu=proximal_mu,
+    result = dp_train(
+        dp, data, cfg, privacy, cfg.lr, CPU, torch.Generator().manual_seed(7),
+        PrivacyLedger("0"), "v1", plan=plan, proximal_mu=proximal_mu, engine=engine,
     )  # fmt: skip
     assert result.train.steps == 30
     assert result.train.mean_loss == pytest.approx(mean_loss, rel=1e-5)
@@ -156,8 +156,8 @@ def test_empty_poisson_batches_still_step(engine: Engine) -> None:
     assert any(len(b) == 0 for b in batches) and any(len(b) > 0 for b in batches)
     plain, dp = cnn(), cnn()
     plain_loop_over(plain, data, cfg, batches, plan.expected_batch_size)
-    dp_train_with(engine, dp, data, cfg, privacy, cfg.lr, CPU, torch.Generator().manual_seed(3),
-                  PrivacyLedger("0"), "v1")  # fmt: skip
+    dp_train(dp, data, cfg, privacy, cfg.lr, CPU, torch.Generator().manual_seed(3),
+             PrivacyLedger("0"), "v1", engine=engine)  # fmt: skip
     assert_same_weights(dp, plain)
 
 
@@ -186,8 +186,9 @@ def test_clipping_matches_per_sample_clipping_by_hand(
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
     by_hand = clipped_sum_by_hand(copy.deepcopy(start), x, y, c)
     dp = copy.deepcopy(start)
-    dp_train_with(engine, dp, data, cfg, private(max_grad_norm=c, clipping=clipping), cfg.lr,
-                  CPU, torch.Generator().manual_seed(0), PrivacyLedger("0"), "v1")  # fmt: skip
+    dp_train(dp, data, cfg, private(max_grad_norm=c, clipping=clipping), cfg.lr,
+             CPU, torch.Generator().manual_seed(0), PrivacyLedger("0"), "v1",
+             engine=engine)  # fmt: skip
     # one SGD step with lr 1: w' = w - sum(clipped) / expected batch size (30)
     for p0, p1, g in zip(start.parameters(), dp.parameters(), by_hand, strict=True):
         torch.testing.assert_close(p1, p0 - g / 30, rtol=1e-4, atol=1e-6)
@@ -201,9 +202,9 @@ def test_ghost_and_flat_clipping_agree_when_clipping_binds(engine: Engine) -> No
     runs = {}
     for mode in ClippingMode:
         model = cnn()
-        dp_train_with(engine, model, data, cfg, private(max_grad_norm=0.1, clipping=mode),
-                      cfg.lr, CPU, torch.Generator().manual_seed(4), PrivacyLedger("0"),
-                      "v1")  # fmt: skip
+        dp_train(model, data, cfg, private(max_grad_norm=0.1, clipping=mode),
+                 cfg.lr, CPU, torch.Generator().manual_seed(4), PrivacyLedger("0"),
+                 "v1", engine=engine)  # fmt: skip
         runs[mode] = model
     assert_same_weights(runs[ClippingMode.ghost], runs[ClippingMode.flat], rtol=1e-4)
 
@@ -305,8 +306,9 @@ def test_the_model_is_plain_again_afterwards(engine: Engine, tmp_path: Path) -> 
     cfg = TrainConfig(batch_size=8, local_epochs=1)
     for mode in ClippingMode:
         model = cnn()
-        dp_train_with(engine, model, data, cfg, private(clipping=mode, noise_multiplier=1.0),
-                      cfg.lr, CPU, torch.Generator(), PrivacyLedger("0"), "v1")  # fmt: skip
+        dp_train(model, data, cfg, private(clipping=mode, noise_multiplier=1.0),
+                 cfg.lr, CPU, torch.Generator(), PrivacyLedger("0"), "v1",
+                 engine=engine)  # fmt: skip
         for module in model.modules():
             assert not module._forward_hooks and not module._backward_hooks
             assert not hasattr(module, "activations")

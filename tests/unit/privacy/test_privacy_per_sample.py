@@ -11,7 +11,7 @@ from fedretrain.config import Optimizer, TrainConfig
 from fedretrain.models import MLP, DigitsCNN
 from fedretrain.privacy.config import ClippingMode, PrivacyConfig
 from fedretrain.privacy.ledger import PrivacyLedger
-from fedretrain.privacy.opacus_engine import Engine, IncompatibleModelError, dp_train_with
+from fedretrain.privacy.opacus_engine import Engine, IncompatibleModelError, dp_train
 from fedretrain.privacy.per_sample import PerSampleClipping, unsupported
 from fedretrain.tasks.digits import load_digits
 
@@ -135,8 +135,8 @@ def run(engine: Engine, model: nn.Module, cfg: TrainConfig, p: PrivacyConfig, n:
         seed: int = 5, mu: float = 0.0) -> nn.Module:  # fmt: skip
     model = copy.deepcopy(model)
     data = load_digits().subset(np.arange(n))
-    dp_train_with(engine, model, data, cfg, p, cfg.lr, CPU, torch.Generator().manual_seed(seed),
-                  PrivacyLedger("0"), "v1", proximal_mu=mu)  # fmt: skip
+    dp_train(model, data, cfg, p, cfg.lr, CPU, torch.Generator().manual_seed(seed),
+             PrivacyLedger("0"), "v1", proximal_mu=mu, engine=engine)  # fmt: skip
     return model
 
 
