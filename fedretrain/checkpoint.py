@@ -143,8 +143,7 @@ class CheckpointStore:
             for site, window in stats.sites.items()
             for name, value in window.to_arrays().items()
         }
-        path = self._stats_path(stats.period)
-        atomic_replace(path, lambda tmp: save_file(tensors, tmp))
+        _save_arrays(self._stats_path(stats.period), tensors)
 
     def load_stats(self, period: int) -> PeriodStats | None:
         path = self._stats_path(period)

@@ -98,7 +98,7 @@ class Instruction:
 
 def declined_reply(msg: Message, reason: str, phase: str = DECLINED_PHASE) -> Message:
     """A site's answer to a train instruction it will not carry out, recorded under ``phase``
-    (its privacy budget; :data:`~fedretrain.report.NO_DATA_PHASE`: no data this period)."""
+    (its privacy budget; :data:`~fedretrain.validation.NO_DATA_PHASE`: no data this period)."""
     record = ConfigRecord({"reason": reason, "phase": phase})
     return Message(content=RecordDict({DECLINED_KEY: record}), reply_to=msg)
 

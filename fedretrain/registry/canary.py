@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from fedretrain.registry.scores import ScoreLike, Site, SiteScore, as_scores, pooled, site_order
+from fedretrain.registry.scores import K, ScoreLike, Site, SiteScore, as_scores, pooled, site_order
 
 _TIE = 1e-12
 
@@ -67,8 +67,8 @@ def canary_size(num_sites: int, fraction: float) -> int:
 
 
 def choose_canary_sites(
-    sites: Iterable[Any], fraction: float, seed: int | Sequence[int]
-) -> tuple[Any, ...]:
+    sites: Iterable[K], fraction: float, seed: int | Sequence[int]
+) -> tuple[K, ...]:
     """Draw the canary sites: the same ``sites`` and ``seed`` always give the same draw.
 
     Parameters

@@ -24,7 +24,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedretrain.registry.scores import ScoreLike, Site, SiteScore, as_scores, pooled, site_order
+from fedretrain.registry.scores import (
+    K,
+    ScoreLike,
+    Site,
+    SiteScore,
+    as_scores,
+    pooled,
+    site_order,
+)
 
 _TIE = 1e-12  # a difference this small is a tie: 0.8 - 0.05 must not fail 0.75 by rounding
 
@@ -87,8 +95,8 @@ class GateDecision:
 
 
 def gate(
-    candidate: Mapping[Any, ScoreLike],
-    champion: Mapping[Any, ScoreLike] | None,
+    candidate: Mapping[K, ScoreLike],
+    champion: Mapping[K, ScoreLike] | None,
     global_margin: float,
     site_margin: float,
     *,
@@ -161,8 +169,8 @@ def gate(
 
 
 def _rows(
-    cand: dict[Site, SiteScore],
-    champ: dict[Site, SiteScore],
+    cand: dict[K, SiteScore],
+    champ: dict[K, SiteScore],
     site_margin: float,
     min_site_total: int,
 ) -> list[GateRow]:
