@@ -12,10 +12,9 @@ batch 16, 3 local epochs), on one CPU thread (``torch.set_num_threads(1)``), the
     ``auto``, which is the fused engine of :mod:`fedretrain.privacy.per_sample` for this
     model) with ``clipping=auto`` (the default; on this model it takes ghost norms for both
     Linear layers, so it computes what ``ghost`` does) / ``flat`` / ``ghost``: Poisson
-    batches of expected size 16
-    (q = 16/1438, 3 x 90 = 270 steps), every sample's gradient clipped to norm 1, Gaussian
-    noise with σ = 1 (given, so no calibration), the run checked against and recorded in an
-    in-memory ledger.
+    batches of expected size 16 (q = 16/1438, 3 x 90 = 270 steps), every sample's gradient
+    clipped to norm 1, Gaussian noise with σ = 1 (given, so no calibration), the run checked
+    against and recorded in an in-memory ledger.
 ``dp-flat-opacus``, ``dp-ghost-opacus``
     The same DP-SGD through Opacus's per-sample gradient hooks and DP optimizer
     (``dp_train(..., engine=Engine.opacus)``): the engine ``dp_train`` used before, and still

@@ -1,5 +1,6 @@
 """What ``fedretrain server`` checks before it starts anything, and the app it submits."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from fedretrain.deploy.server import (
     write_app,
 )
 from fedretrain.deploy.stream import FolderStream
+from server import app as server_app
 
 
 def test_a_deployment_needs_the_folder_scenario() -> None:
@@ -67,6 +69,12 @@ def test_the_submitted_app_declares_our_components_and_run_config(tmp_path: Path
     module, _, name = app["components"]["serverapp"].partition(":")
     shim = (folder / f"{module}.py").read_text()
     assert f"as {name}" in shim and "from server.app import app" in shim
+    # and the shim, imported as Flower would, names our ServerApp itself
+    spec = importlib.util.spec_from_file_location(module, folder / f"{module}.py")
+    assert spec is not None and spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    assert getattr(loaded, name) is server_app.app
 
 
 def test_the_folder_stream_has_no_simulated_samples() -> None:
