@@ -1,0 +1,7 @@
+"""``python -m fedretrain.cli``: the ``fedretrain`` command."""
+
+import sys
+
+from fedretrain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""Plain-text tables for the ``fedretrain`` commands: one cell per value, columns padded."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], header: bool = True) -> str:
+    """Columns padded to their widest cell, two spaces apart."""
+    cells = [[cell(c) for c in row] for row in rows]
+    if header:
+        cells.insert(0, list(headers))
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def cell(value: object) -> str:
+    """One value as table text: ``-`` for nothing, floats to four places, dicts as ``k=v``."""
+    if value is None:
+        return "-"
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, dict):
+        return " ".join(f"{k}={cell(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if math.isfinite(value) else str(value)
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def version_label(version: int | None) -> str:
+    """``v3`` for version 3, ``-`` for none."""
+    return "-" if version is None else f"v{version}"
+
+
+def metrics_cell(values: dict[str, float]) -> str:
+    """A metrics dict as ``name=value`` pairs; empty text when there are none."""
+    return cell(values) if values else ""
+
+
+def events_table(events: Sequence[Any]) -> str:
+    """Registry events, one row each, their payload as JSON."""
+    rows = [
+        [e.id, e.created, e.kind, e.period, version_label(e.version), json.dumps(e.payload)]
+        for e in events
+    ]
+    return table(["id", "created", "kind", "period", "version", "payload"], rows)
