@@ -48,7 +48,7 @@ from fedretrain.validation import NO_DATA_PHASE
 
 if TYPE_CHECKING:
     from fedretrain.deploy.stream import FolderStream
-    from fedretrain.privacy.opacus_engine import DPTrainResult
+    from fedretrain.privacy.dp_sgd import DPTrainResult
 
 app = ClientApp()
 
@@ -206,7 +206,7 @@ def _dp_train(
     a simulated site in the folder the server's instruction names (the run folder).
     """
     from fedretrain.privacy import PrivacyLedger, plan_training
-    from fedretrain.privacy.opacus_engine import dp_train  # opacus: only when used
+    from fedretrain.privacy.dp_sgd import dp_train  # opacus: only when used
 
     folder = context.node_config.get(LEDGER_DIR_KEY) or instruction.ledger_dir
     if not folder:

@@ -681,7 +681,7 @@ def _build_targets(cfg: DictConfig, runtime: RuntimeConfig) -> list[str]:
         problems.append(f"task.model ({cfg.task.model._target_}): {err}")
     else:
         if cfg.privacy.enabled:
-            from fedretrain.privacy.opacus_engine import make_compatible  # opacus: late
+            from fedretrain.privacy.opacus_adapter import make_compatible  # opacus: late
 
             try:
                 make_compatible(model, fix=cfg.privacy.fix_model)

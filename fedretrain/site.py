@@ -105,7 +105,7 @@ def model_for(
     torch.manual_seed(cfg.runtime.seed if seed is None else seed)
     model: nn.Module = instantiate(cfg.task.model)(input_shape=input_shape, num_classes=num_classes)
     if cfg.privacy.enabled:
-        from fedretrain.privacy.opacus_engine import make_compatible  # opacus: only when used
+        from fedretrain.privacy.opacus_adapter import make_compatible  # opacus: only when used
 
         model = make_compatible(model, fix=cfg.privacy.fix_model)
     return model

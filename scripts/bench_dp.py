@@ -8,7 +8,7 @@ batch 16, 3 local epochs), on one CPU thread (``torch.set_num_threads(1)``), the
 ``plain``
     :func:`fedretrain.training.train`: shuffled minibatches of 16, 3 epochs (270 steps).
 ``dp``, ``dp-flat``, ``dp-ghost``
-    :func:`fedretrain.privacy.opacus_engine.dp_train` as a site runs it (its default engine,
+    :func:`fedretrain.privacy.dp_sgd.dp_train` as a site runs it (its default engine,
     ``auto``, which is the fused engine of :mod:`fedretrain.privacy.per_sample` for this
     model) with ``clipping=auto`` (the default; on this model it takes ghost norms for both
     Linear layers, so it computes what ``ghost`` does) / ``flat`` / ``ghost``: Poisson
@@ -193,8 +193,8 @@ def _trainer(mode: str) -> Callable[[int], int]:
 
         return plain_on_poisson_batches
 
+    from fedretrain.privacy.dp_sgd import Engine, dp_train
     from fedretrain.privacy.ledger import PrivacyLedger
-    from fedretrain.privacy.opacus_engine import Engine, dp_train
 
     def dp_training(seed: int) -> int:
         model = copy.deepcopy(initial)

@@ -43,8 +43,8 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from fedretrain.monitor.base import Detection, Detector, check_state, state_header
+from fedretrain.monitor.binomial_error import MIN_SIGNAL, check_noise_std
 from fedretrain.monitor.calibration import period_alpha, split_alpha
-from fedretrain.monitor.error_test import MIN_SIGNAL, check_noise_std
 from fedretrain.monitor.homogeneity import (
     HomogeneityTest,
     chi2_homogeneity,
@@ -131,7 +131,7 @@ class HistogramDrift(Detector):
 
     def _has_signal(self, counts: np.ndarray) -> bool:
         """Whether a report holds data rather than noise: every row's total exceeds
-        :data:`~fedretrain.monitor.error_test.MIN_SIGNAL` noise sd (always, without noise)."""
+        :data:`~fedretrain.monitor.binomial_error.MIN_SIGNAL` noise sd (always, without noise)."""
         if self.stats_noise_std == 0:
             return True
         sd = math.sqrt(self._noise_variance(counts) * counts.shape[-1])

@@ -36,7 +36,7 @@ DP-SGD's ε, at the same ``privacy.delta``.
 The server knows σ and the sensitivities, so it knows the variance of the noise on every count
 it reads (:func:`count_noise_variance`), and the detectors widen their null distributions by
 it: see ``stats_noise_std`` in :mod:`fedretrain.monitor.histogram`,
-:mod:`fedretrain.monitor.error_test` and :mod:`fedretrain.monitor.sequential`.
+:mod:`fedretrain.monitor.binomial_error` and :mod:`fedretrain.monitor.sequential`.
 
 >>> import numpy as np
 >>> from fedretrain.monitor.stats import HistogramEdges

@@ -13,7 +13,7 @@ Here each stream's reference is its first ``reference_periods`` reports *plus ev
 period once tested*, so ``z_t`` compares period ``t`` with all periods before it: the scores are
 independent under no drift (the classical self-starting CUSUM). The price: a persistent shift is
 slowly absorbed into the reference, which the exact, fixed-reference
-:class:`~fedretrain.monitor.error_test.BinomialErrorTest` is there to catch.
+:class:`~fedretrain.monitor.binomial_error.BinomialErrorTest` is there to catch.
 
 Exact scores. The Wald statistic ``(p_t - p_ref) / se`` (:func:`standardized_error`, still
 reported in each decision's ``detail``) is right-skewed for rare errors, and a CUSUM reads
@@ -27,7 +27,7 @@ rare errors.
 
 Noisy counts. With Gaussian noise on the sites' statistics (``stats_noise_std`` > 0, see
 :mod:`fedretrain.monitor.private`) the hypergeometric conditioning fails; the score is then
-:func:`~fedretrain.monitor.error_test.noisy_error_score`, a normal score whose variance adds the
+:func:`~fedretrain.monitor.binomial_error.noisy_error_score`, a normal score whose variance adds the
 noise of the period's counts and of the (growing) reference's, skew-corrected, so the CUSUM and
 Page-Hinkley thresholds keep their meaning.
 
@@ -49,8 +49,8 @@ from scipy import special
 from scipy import stats as scipy_stats
 
 from fedretrain.monitor.base import Detection, Detector, check_state, state_header
+from fedretrain.monitor.binomial_error import check_noise_std, error_counts, noisy_stream_test
 from fedretrain.monitor.calibration import period_alpha, split_alpha, split_arl
-from fedretrain.monitor.error_test import check_noise_std, error_counts, noisy_stream_test
 from fedretrain.monitor.reference import POOLED, SiteReferences
 from fedretrain.monitor.stats import PeriodStats
 

@@ -9,9 +9,11 @@ Sample-level DP-SGD of a site's local training, accounted over the site's whole 
   a JSON file, its cumulative ε and budget :class:`Decision`.
 - :mod:`~fedretrain.privacy.rdp`: the RDP maths (pure numpy/scipy).
 - :mod:`~fedretrain.privacy.sampling`: Poisson batches.
-- :mod:`~fedretrain.privacy.opacus_engine`: ``dp_train`` and ``make_compatible``, the one
-  module that imports Opacus. It is not imported here, so reading configs or ledgers never
-  loads Opacus: ``from fedretrain.privacy.opacus_engine import dp_train``.
+- :mod:`~fedretrain.privacy.dp_sgd`: ``dp_train``, DP-SGD of one local training (the fused
+  engine in plain PyTorch, or Opacus's).
+- :mod:`~fedretrain.privacy.opacus_adapter`: ``make_compatible`` and the Opacus engine, the one
+  module that imports Opacus. Neither is imported here, so reading configs or ledgers never
+  loads Opacus: ``from fedretrain.privacy.dp_sgd import dp_train``.
 """
 
 from fedretrain.privacy.config import AccountantKind, ClippingMode, PrivacyConfig

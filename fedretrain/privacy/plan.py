@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # fedretrain.config imports this package: no import at run ti
 
 @dataclass(frozen=True)
 class TrainingPlan:
-    """One call of :func:`fedretrain.privacy.opacus_engine.dp_train`, planned.
+    """One call of :func:`fedretrain.privacy.dp_sgd.dp_train`, planned.
 
     ``noise_multiplier`` is calibrated so that ``rounds_per_cycle`` such calls (one
     retraining cycle) cost at most ``privacy.target_epsilon``, or is ``privacy.noise_multiplier``

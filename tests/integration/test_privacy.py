@@ -6,9 +6,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import dp_accounting
 import pandas as pd
 import pytest
+from oracles import dp_accounting_epsilon
 
 from fedretrain.config import compose, to_typed
 from fedretrain.privacy import PrivacyLedger, SampledGaussian
@@ -24,16 +24,6 @@ DELTA = 1e-5
 SITES, ROUNDS = 4, 4
 # Site 2 spent this in an earlier run that shared its ledger folder.
 EARLIER = SampledGaussian(noise_multiplier=1.0, sample_rate=0.044, steps=132)
-
-
-def _google_epsilon(mechanisms: list[SampledGaussian]) -> float:
-    accountant = dp_accounting.rdp.RdpAccountant()
-    for m in mechanisms:
-        event = dp_accounting.PoissonSampledDpEvent(
-            m.sample_rate, dp_accounting.GaussianDpEvent(m.noise_multiplier)
-        )
-        accountant.compose(dp_accounting.SelfComposedDpEvent(event, m.steps))
-    return float(accountant.get_epsilon(DELTA))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +60,7 @@ def test_a_site_at_its_budget_declines_while_the_others_train_on(
         # Oracle: the site trains a round exactly when dp-accounting's ε stays within budget.
         history = [EARLIER] if site == 2 else []
         for r in range(ROUNDS):
-            after = _google_epsilon([*history, per_round])
+            after = dp_accounting_epsilon([*history, per_round], DELTA)
             assert abs(after - BUDGET) > 0.02 * BUDGET  # no accountant rounding at the edge
             if after <= BUDGET:
                 history.append(per_round)
@@ -79,7 +69,9 @@ def test_a_site_at_its_budget_declines_while_the_others_train_on(
                 expected_declined[r] += 1
         assert [e.mechanism for e in rounds] == history[1 if site == 2 else 0 :]
         assert ledger.epsilon(DELTA) <= BUDGET
-        assert ledger.epsilon(DELTA) == pytest.approx(_google_epsilon(history), rel=0.01)
+        assert ledger.epsilon(DELTA) == pytest.approx(
+            dp_accounting_epsilon(history, DELTA), rel=0.01
+        )
     # The earlier spending makes site 2 stop before the others, which train on after it.
     assert 0 < expected_declined[1] < SITES
     metrics = pd.read_csv(out / "metrics.csv").set_index("round")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from fedretrain.monitor.base import Detector
+from fedretrain.monitor.binomial_error import BinomialErrorTest, fisher_greater
 from fedretrain.monitor.calibration import confirm_level
 from fedretrain.monitor.cusum import ErrorCusum
-from fedretrain.monitor.error_test import BinomialErrorTest, fisher_greater
 from fedretrain.monitor.histogram import HistogramDrift
 from fedretrain.monitor.homogeneity import chi2_homogeneity
 from fedretrain.monitor.page_hinkley import ErrorPageHinkley

@@ -9,8 +9,8 @@ import pytest
 
 from fedretrain.monitor.base import Detection, Detector
 from fedretrain.monitor.baselines import NoDrift, Periodic
+from fedretrain.monitor.binomial_error import BinomialErrorTest
 from fedretrain.monitor.cusum import ErrorCusum
-from fedretrain.monitor.error_test import BinomialErrorTest
 from fedretrain.monitor.histogram import HistogramDrift, LabelShift, PredictionShift
 from fedretrain.monitor.page_hinkley import ErrorPageHinkley
 

@@ -7,6 +7,7 @@ import pytest
 from river import drift as river_drift
 from scipy import special, stats
 
+from fedretrain.monitor.binomial_error import critical_errors, fisher_greater
 from fedretrain.monitor.calibration import (
     confirm_level,
     cusum_threshold,
@@ -16,7 +17,6 @@ from fedretrain.monitor.calibration import (
     split_arl,
 )
 from fedretrain.monitor.cusum import Cusum, cusum_path
-from fedretrain.monitor.error_test import critical_errors, fisher_greater
 from fedretrain.monitor.homogeneity import chi2_homogeneity, js_divergence, merge_bins, psi
 from fedretrain.monitor.page_hinkley import PageHinkley
 from fedretrain.monitor.sequential import error_score, standardized_error

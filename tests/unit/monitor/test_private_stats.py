@@ -6,16 +6,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import dp_accounting
 import numpy as np
 import pytest
+from oracles import dp_accounting_epsilon
 from scipy import special
 
 from fedretrain.config import ConfigError
 from fedretrain.monitor.base import Detector
 from fedretrain.monitor.baselines import Periodic
+from fedretrain.monitor.binomial_error import BinomialErrorTest, noisy_error_score
 from fedretrain.monitor.cusum import ErrorCusum
-from fedretrain.monitor.error_test import BinomialErrorTest, noisy_error_score
 from fedretrain.monitor.histogram import HistogramDrift, LabelShift, PredictionShift
 from fedretrain.monitor.homogeneity import chi2_homogeneity, wald_homogeneity
 from fedretrain.monitor.monitor import build_detectors
@@ -35,6 +35,7 @@ from fedretrain.monitor.private import (
 )
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats, WindowStats, window_stats
 from fedretrain.privacy.config import PrivacyConfig
+from fedretrain.privacy.rdp import SampledGaussian
 
 FEATURES, BINS, CLASSES = 4, 5, 3
 BOUND, LOSS_BOUND = 2.0, 3.0
@@ -167,20 +168,10 @@ def test_mechanism_refuses_noise_without_finite_bounds() -> None:
 def test_epsilon_equals_dp_accounting_gaussian_composition(sigma, periods) -> None:
     delta = 1e-5
     ours = StatsMechanism(sigma, BOUND, LOSS_BOUND).epsilon(periods, delta)
-    blocks = dp_accounting.rdp.RdpAccountant()
-    blocks.compose(
-        dp_accounting.SelfComposedDpEvent(
-            dp_accounting.GaussianDpEvent(sigma), len(RELEASED) * periods
-        )
-    )
-    per_period = dp_accounting.rdp.RdpAccountant()
-    per_period.compose(
-        dp_accounting.SelfComposedDpEvent(
-            dp_accounting.GaussianDpEvent(sigma / math.sqrt(len(RELEASED))), periods
-        )
-    )
-    assert ours == pytest.approx(blocks.get_epsilon(delta), rel=0.01)
-    assert ours == pytest.approx(per_period.get_epsilon(delta), rel=0.01)
+    blocks = SampledGaussian(sigma, 1.0, len(RELEASED) * periods)  # one release per block
+    per_period = SampledGaussian(sigma / math.sqrt(len(RELEASED)), 1.0, periods)  # composed
+    assert ours == pytest.approx(dp_accounting_epsilon([blocks], delta), rel=0.01)
+    assert ours == pytest.approx(dp_accounting_epsilon([per_period], delta), rel=0.01)
 
 
 def test_stats_epsilon_is_reported_apart_from_dp_sgd_and_only_when_noise_is_on() -> None:

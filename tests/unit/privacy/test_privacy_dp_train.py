@@ -13,8 +13,8 @@ from torch import nn
 from fedretrain.config import Optimizer, TrainConfig
 from fedretrain.models import MLP, DigitsCNN
 from fedretrain.privacy.config import ClippingMode, PrivacyConfig
+from fedretrain.privacy.dp_sgd import BudgetExceededError, Engine, dp_train
 from fedretrain.privacy.ledger import PrivacyLedger
-from fedretrain.privacy.opacus_engine import BudgetExceededError, Engine, dp_train
 from fedretrain.privacy.plan import plan_training
 from fedretrain.privacy.rdp import SampledGaussian, epsilon
 from fedretrain.privacy.sampling import poisson_batches

@@ -11,11 +11,11 @@ from torch import nn
 from fedretrain.config import TrainConfig
 from fedretrain.models import MLP, DigitsCNN
 from fedretrain.privacy.config import ClippingMode, PrivacyConfig
+from fedretrain.privacy.dp_sgd import dp_train
 from fedretrain.privacy.ledger import PrivacyLedger
-from fedretrain.privacy.opacus_engine import (
+from fedretrain.privacy.opacus_adapter import (
     IncompatibleModelError,
     compatibility_problems,
-    dp_train,
     make_compatible,
 )
 from fedretrain.tasks.digits import load_digits
@@ -86,12 +86,12 @@ def test_dp_train_refuses_an_unfixed_model_and_trains_the_fixed_one(
     assert any(not torch.equal(a, b) for a, b in zip(before, fixed.parameters(), strict=True))
 
 
-def test_importing_the_engine_leaves_the_root_logger_alone() -> None:
+def test_importing_dp_sgd_leaves_the_root_logger_alone() -> None:
     # opacus.utils.module_utils calls logging.basicConfig() at import; a fresh interpreter
-    # shows whether our import undoes it.
+    # shows whether our import (dp_sgd imports the Opacus adapter) undoes it.
     code = (
         "import logging; before = list(logging.getLogger().handlers); "
-        "import fedretrain.privacy.opacus_engine; "
+        "import fedretrain.privacy.dp_sgd; "
         "assert logging.getLogger().handlers == before, logging.getLogger().handlers; "
         "assert logging.getLogger().level == logging.WARNING"
     )

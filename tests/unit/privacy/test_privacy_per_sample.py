@@ -10,8 +10,9 @@ from torch import nn
 from fedretrain.config import Optimizer, TrainConfig
 from fedretrain.models import MLP, DigitsCNN
 from fedretrain.privacy.config import ClippingMode, PrivacyConfig
+from fedretrain.privacy.dp_sgd import Engine, dp_train
 from fedretrain.privacy.ledger import PrivacyLedger
-from fedretrain.privacy.opacus_engine import Engine, IncompatibleModelError, dp_train
+from fedretrain.privacy.opacus_adapter import IncompatibleModelError
 from fedretrain.privacy.per_sample import PerSampleClipping, unsupported
 from fedretrain.tasks.digits import load_digits
 

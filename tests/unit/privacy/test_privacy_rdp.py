@@ -3,10 +3,10 @@
 import logging
 import math
 
-import dp_accounting
 import numpy as np
 import pytest
 from dp_accounting.rdp import rdp_privacy_accountant as google_rdp
+from oracles import dp_accounting_epsilon
 
 from fedretrain.privacy.rdp import (
     ORDERS,
@@ -21,17 +21,6 @@ from fedretrain.privacy.rdp import (
 
 # Opacus's tests (tests/accountants_test.py): sigma 1.5, q 0.04, 2,250 steps at delta 1e-5.
 PUBLISHED = (SampledGaussian(1.5, 0.04, 2250), 1e-5, 7.32911117143)
-
-
-def oracle_epsilon(composition: list[SampledGaussian], delta: float) -> float:
-    """Google's RDP accountant on the same composition."""
-    accountant = dp_accounting.rdp.RdpAccountant()
-    for m in composition:
-        event = dp_accounting.PoissonSampledDpEvent(
-            m.sample_rate, dp_accounting.GaussianDpEvent(m.noise_multiplier)
-        )
-        accountant.compose(dp_accounting.SelfComposedDpEvent(event, m.steps))
-    return float(accountant.get_epsilon(delta))
 
 
 def test_published_opacus_value() -> None:
@@ -98,7 +87,7 @@ def test_noise_multiplier_meets_the_target_from_below(target: float, q: float, s
     sigma = noise_multiplier_for(target, 1e-5, q, steps)
     reached = epsilon([SampledGaussian(sigma, q, steps)], 1e-5)
     assert target - 0.01 <= reached <= target
-    assert oracle_epsilon([SampledGaussian(sigma, q, steps)], 1e-5) <= target * 1.001
+    assert dp_accounting_epsilon([SampledGaussian(sigma, q, steps)], 1e-5) <= target * 1.001
     # Less noise would overshoot: sigma is (close to) the smallest that fits.
     assert epsilon([SampledGaussian(sigma * 0.98, q, steps)], 1e-5) > target
 

@@ -1,29 +1,25 @@
-"""DP-SGD of a site's local training: the one module of fedretrain that imports Opacus.
+"""DP-SGD of a site's local training: :func:`dp_train`, its engines, and the fused engine.
 
 :func:`dp_train` mirrors :func:`fedretrain.training.train` (same optimizer, same loss, training
 in place) with Poisson batches, per-sample clipping and Gaussian noise, and records what it ran
 in the site's :class:`~fedretrain.privacy.ledger.PrivacyLedger`. Two engines compute the same
 update (tests hold them to it, batch for batch and noise draw for noise draw):
 
-``fused`` (:mod:`~fedretrain.privacy.per_sample`, plain PyTorch)
+``fused`` (:mod:`~fedretrain.privacy.per_sample`, plain PyTorch, here)
     Per-sample norms and clipped sums from one autograd pass over the layer outputs, noise
     drawn into one flat buffer; for models whose trainable parameters all sit in Linear and
     Conv layers (the built-in models). About 2.5x faster than Opacus on the default task.
-``opacus``
-    Opacus's per-sample gradient hooks (``flat``, and ``auto``: per-sample gradients;
-    ``ghost``: per-sample norms without materialising Linear gradients, in a second backward
-    pass) and noisy optimizer; for everything else (GroupNorm, LayerNorm, Embedding...).
+``opacus`` (:class:`~fedretrain.privacy.opacus_adapter.OpacusStepper`)
+    Opacus's per-sample gradient hooks and noisy optimizer; for everything else (GroupNorm,
+    LayerNorm, Embedding...).
 
-:class:`Engine` ``auto`` (what :func:`dp_train` uses) takes ``fused`` where it can. Opacus
-supplies neither batches (:func:`~fedretrain.privacy.sampling.poisson_batches` does) nor
-accounting (the ledger does), so no ``PrivacyEngine`` and no Opacus accountant that could be
-reset is ever built; it always supplies the model validation of :func:`make_compatible`.
+:class:`Engine` ``auto`` (what :func:`dp_train` uses) takes ``fused`` where it can. Whichever
+engine runs, the model is validated by :mod:`~fedretrain.privacy.opacus_adapter` (the one
+module that imports Opacus), so importing this module loads Opacus.
 
-Importing Opacus calls ``logging.basicConfig``, which would install a handler on the root
-logger of whatever process imports us; the import below undoes that.
-
-A site that trains with DP builds its model through :func:`make_compatible` (and so must the
-server, so that both hold the same architecture), then per round::
+A site that trains with DP builds its model through
+:func:`~fedretrain.privacy.opacus_adapter.make_compatible` (and so must the server, so that
+both hold the same architecture), then per round::
 
     plan = plan_training(privacy, train_cfg, len(data), rounds_per_cycle=retrain.max_rounds)
     decision = ledger.would_exceed(plan.composition, privacy.epsilon_budget, privacy.delta)
@@ -35,64 +31,30 @@ server, so that both hold the same architecture), then per round::
 from __future__ import annotations
 
 import functools
-import logging
 import secrets
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 import torch
 from torch import nn
 
 from fedretrain.config import TrainConfig
-from fedretrain.privacy.config import ClippingMode, PrivacyConfig
+from fedretrain.privacy.config import PrivacyConfig
 from fedretrain.privacy.ledger import Decision, LedgerEntry, PrivacyLedger
+from fedretrain.privacy.opacus_adapter import (
+    HOOK_WARNING,
+    IncompatibleModelError,
+    OpacusStepper,
+    check_compatible,
+)
 from fedretrain.privacy.per_sample import PerSampleClipping, flat_buffer, unsupported
 from fedretrain.privacy.plan import TrainingPlan, plan_training
 from fedretrain.privacy.rdp import SampledGaussian
 from fedretrain.privacy.sampling import poisson_batches
 from fedretrain.tasks.dataset import ArrayDataset
 from fedretrain.training import TrainResult, make_optimizer
-
-
-@contextmanager
-def _root_logging_kept() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield
-    finally:
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
-        root.setLevel(level)
-
-
-with _root_logging_kept():
-    from opacus.grad_sample.grad_sample_module import GradSampleHooks
-    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
-        GradSampleHooksFastGradientClipping,
-    )
-    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
-    from opacus.validators import ModuleValidator
-
-_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module"
-# Attributes Opacus's hooks and optimizers set on parameters, removed after training.
-_OPACUS_PARAM_ATTRS = (
-    "grad_sample",
-    "_forward_counter",
-    "_current_grad_sample",
-    "_norm_sample",
-    "summed_grad",
-)
-
-
-class IncompatibleModelError(ValueError):
-    """A model DP-SGD cannot train as it is (BatchNorm, buffers in trainable layers...)."""
 
 
 class BudgetExceededError(RuntimeError):
@@ -120,61 +82,6 @@ class DPTrainResult:
     def epsilon_total(self) -> float:
         """The site's cumulative ε at ``entry.delta`` after this call."""
         return self.entry.epsilon
-
-
-# ----------------------------------------------------------------------------- models
-
-
-def compatibility_problems(model: nn.Module) -> list[str]:
-    """Why DP-SGD cannot train ``model`` as it is; empty when it can.
-
-    >>> compatibility_problems(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))[0][:40]
-    'BatchNorm cannot support training with d'
-    """
-    was_training = model.training
-    model.train()
-    try:
-        errors = [str(e) for e in ModuleValidator.validate(model, strict=False)]
-        errors += [str(e) for e in GradSampleHooks.validate(model, strict=False)]
-    finally:
-        model.train(was_training)
-    return list(dict.fromkeys(errors))  # both checks flag BatchNorm; say it once
-
-
-def make_compatible(model: nn.Module, fix: bool = True) -> nn.Module:
-    """``model`` itself if DP-SGD can train it, else a fixed copy (BatchNorm → GroupNorm).
-
-    Call it where the model is built, on the server and at every site alike: the fixed model
-    has different layers and state-dict keys from the original. With ``fix=False`` an
-    incompatible model is refused with what to change.
-
-    >>> plain = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
-    >>> make_compatible(plain) is plain
-    True
-    >>> type(make_compatible(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))[1])
-    <class 'torch.nn.modules.normalization.GroupNorm'>
-    """
-    problems = compatibility_problems(model)
-    if not problems:
-        return model
-    if not fix:
-        raise IncompatibleModelError(_refusal(problems, "set privacy.fix_model=true"))
-    with _root_logging_kept():
-        fixed: nn.Module = ModuleValidator.fix(model)
-    remaining = compatibility_problems(fixed)
-    if remaining:
-        raise IncompatibleModelError(_refusal(remaining, "Opacus cannot fix these automatically"))
-    return fixed
-
-
-def _refusal(problems: list[str], hint: str) -> str:
-    listed = "\n".join(f"  - {p}" for p in problems)
-    return (
-        f"this model cannot be trained with DP-SGD as it is:\n{listed}\n"
-        f"Build it through fedretrain.privacy.opacus_engine.make_compatible (BatchNorm becomes "
-        f"GroupNorm; {hint}), or use GroupNorm/LayerNorm/no normalisation in the model. "
-        "Server and sites must build the same, fixed architecture."
-    )
 
 
 # ----------------------------------------------------------------------------- training
@@ -207,8 +114,9 @@ def dp_train(
     Parameters
     ----------
     model : nn.Module
-        Trained in place; must pass :func:`compatibility_problems` (build it with
-        :func:`make_compatible`).
+        Trained in place; must pass
+        :func:`~fedretrain.privacy.opacus_adapter.compatibility_problems` (build it with
+        :func:`~fedretrain.privacy.opacus_adapter.make_compatible`).
     data, train_cfg, lr, device
         As for :func:`fedretrain.training.train`: the optimizer is
         ``make_optimizer(train_cfg, ...)``, the loss cross-entropy. ``train_cfg.batch_size``
@@ -247,9 +155,7 @@ def dp_train(
     plan = plan if plan is not None else plan_training(privacy, train_cfg, len(data))
     if plan.num_samples != len(data):
         raise ValueError(f"the plan is for {plan.num_samples} samples but data has {len(data)}")
-    problems = compatibility_problems(model)
-    if problems:
-        raise IncompatibleModelError(_refusal(problems, "privacy.fix_model=true does that"))
+    check_compatible(model)
     decision = ledger.would_exceed(plan.composition, privacy.epsilon_budget, privacy.delta)
     if not decision.allowed:
         raise BudgetExceededError(decision)
@@ -268,7 +174,7 @@ def dp_train(
             "the fused engine cannot train this model: " + "; ".join(fused_problems)
         )
     fused = engine is Engine.fused or (engine is Engine.auto and not fused_problems)
-    stepper = _FusedStepper if fused else _OpacusStepper
+    stepper = _FusedStepper if fused else OpacusStepper
     step = stepper(
         model, params, functools.partial(make_optimizer, train_cfg, lr=lr), privacy, plan, noise,
         proximal_mu,
@@ -280,7 +186,7 @@ def dp_train(
         with warnings.catch_warnings():
             # The first layer's input needs no gradient; Opacus's backward hooks fire anyway,
             # as intended, and torch warns about it once per process.
-            warnings.filterwarnings("ignore", _HOOK_WARNING, UserWarning)
+            warnings.filterwarnings("ignore", HOOK_WARNING, UserWarning)
             for batch in batches:
                 index = batch.to(device)
                 loss = step(x[index], y[index])
@@ -380,109 +286,3 @@ class _FusedStepper:
         self.clipping.close()
         for p in self.params:
             p.data, p.grad = p.data.clone(), None
-
-
-class _OpacusStepper:
-    """One DP-SGD step through Opacus, flat or ghost; a noise-only step on an empty batch."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        params: list[nn.Parameter],
-        make_opt: Callable[..., torch.optim.Optimizer],
-        privacy: PrivacyConfig,
-        plan: TrainingPlan,
-        noise: torch.Generator,
-        proximal_mu: float,
-    ) -> None:
-        self.params = params
-        self.optimizer = optimizer = make_opt(list(model.parameters()))
-        self.std = plan.noise_multiplier * privacy.max_grad_norm
-        self.expected_batch_size = plan.expected_batch_size
-        self.noise = noise
-        self.ghost = privacy.clipping is ClippingMode.ghost
-        dp_args = {
-            "noise_multiplier": plan.noise_multiplier,
-            "max_grad_norm": privacy.max_grad_norm,
-            "expected_batch_size": plan.expected_batch_size,
-            "loss_reduction": "mean",
-            "generator": noise,
-        }
-        criterion = nn.CrossEntropyLoss(reduction="mean")
-        self.hooks: GradSampleHooks
-        self.dp_optimizer: DPOptimizer
-        self.loss_fn: Callable[[torch.Tensor, torch.Tensor], Any]
-        if self.ghost:
-            self.hooks = GradSampleHooksFastGradientClipping(
-                model, loss_reduction="mean", max_grad_norm=privacy.max_grad_norm
-            )
-            self.dp_optimizer = DPOptimizerFastGradientClipping(optimizer, **dp_args)
-            self.loss_fn = DPLossFastGradientClipping(
-                self.hooks, self.dp_optimizer, criterion, loss_reduction="mean"
-            )
-        else:
-            self.hooks = GradSampleHooks(model, loss_reduction="mean")
-            self.dp_optimizer = DPOptimizer(optimizer, **dp_args)
-            self.loss_fn = criterion
-        self.model = model
-        self.layout_hooks = [
-            m.register_forward_pre_hook(_standard_layout)
-            for m in model.modules()
-            if isinstance(m, nn.modules.conv._ConvNd)
-        ]
-        self.anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
-        self.mu = proximal_mu
-        if self.anchor:
-            self.dp_optimizer.attach_step_hook(lambda _: self._add_proximal_gradient())
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
-        """The batch's mean loss, or None for an empty batch."""
-        if len(y) == 0:
-            self._noise_only_step()
-            return None
-        self.dp_optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(x), y)
-        loss.backward()
-        self.dp_optimizer.step()
-        return float(loss.detach())
-
-    def _noise_only_step(self) -> None:
-        # The mechanism's output on an empty batch is noise alone; skipping the step would
-        # reveal that the batch was empty, which the analysis does not allow for.
-        self.dp_optimizer.zero_grad(set_to_none=True)
-        for p in self.params:
-            sample = torch.normal(0.0, 1.0, p.shape, generator=self.noise, device=p.device)
-            p.grad = sample.to(p.dtype) * (self.std / self.expected_batch_size)
-        if self.anchor:
-            self._add_proximal_gradient()
-        self.optimizer.step()
-
-    def _add_proximal_gradient(self) -> None:
-        with torch.no_grad():
-            for p, a in zip(self.params, self.anchor, strict=True):
-                assert p.grad is not None
-                p.grad.add_(p - a, alpha=self.mu)
-
-    def close(self) -> None:
-        """Remove Opacus's hooks and per-parameter attributes; the model is plain again."""
-        self.hooks.remove_hooks()
-        for handle in self.layout_hooks:
-            handle.remove()
-        for p in self.model.parameters():
-            p.grad = None
-            for attr in _OPACUS_PARAM_ATTRS:
-                if hasattr(p, attr):
-                    delattr(p, attr)
-        for module in self.model.modules():
-            for attr in ("activations", "max_batch_len"):
-                if hasattr(module, attr):
-                    delattr(module, attr)
-
-
-def _standard_layout(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    # Opacus 1.6 computes a convolution's per-sample gradients with an unfold
-    # (opacus.utils.tensor_utils.unfold2d) that assumes row-major (NCHW) strides. A
-    # channels-last input gives wrong per-sample gradients, hence wrong norms and clipping,
-    # silently. Digits from a numpy subset are such an input: their (n, 1, 8, 8) strides make
-    # the first convolution return channels-last activations. Copy such inputs to NCHW.
-    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)

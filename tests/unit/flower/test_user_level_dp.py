@@ -1,9 +1,9 @@
 """User-level DP: Flower's server-side fixed clipping behind our reply validation, real Flower
 messages, and Flower's accountant checked against Google's dp-accounting."""
 
-import dp_accounting
 import numpy as np
 import pytest
+from fakes import FakeGrid
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -15,27 +15,16 @@ from flwr.app import (
 )
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 from flwr.supercore.task_identity import TaskIdentity
+from oracles import dp_accounting_epsilon
 
 from fedretrain.config import ConfigError, compose, to_typed
 from fedretrain.flower.strategies import build_strategy, user_level_epsilon
+from fedretrain.privacy.rdp import SampledGaussian
 from fedretrain.validation import Rejection
 
 SITES = 4
 SIGMA, CLIP = 0.8, 1.0
 GLOBAL = {"w": np.zeros(20_000, np.float32)}
-
-
-class FakeGrid:
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.nodes)
-
-
-@pytest.fixture(autouse=True)
-def task_identity() -> None:
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
 
 
 def _reply(node: int, update: np.ndarray, num_examples: int) -> Message:
@@ -75,10 +64,8 @@ def _configure(strategy, server_round: int) -> list[Message]:  # noqa: ANN001
 
 
 def _google_epsilon(releases: int, delta: float = 1e-5) -> float:
-    accountant = dp_accounting.rdp.RdpAccountant()
-    event = dp_accounting.GaussianDpEvent(SIGMA)
-    accountant.compose(dp_accounting.SelfComposedDpEvent(event, releases))
-    return float(accountant.get_epsilon(delta))
+    """``releases`` Gaussian mechanisms of σ = SIGMA on every site's update."""
+    return dp_accounting_epsilon([SampledGaussian(SIGMA, 1.0, releases)], delta)
 
 
 def test_flowers_clipping_alone_crashes_on_an_unchanged_model() -> None:

@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+from fakes import FakeGrid
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -26,21 +27,6 @@ from fedretrain.training import EvalResult
 from fedretrain.validation import Quorum, Rejection, UpdateRules
 
 GLOBAL = {"w": np.zeros((10,), np.float32), "b": np.zeros((3, 2), np.float32)}
-
-
-class FakeGrid:
-    """Only what a strategy's configure_* uses: the connected node ids."""
-
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.nodes)
-
-
-@pytest.fixture(autouse=True)
-def task_identity() -> None:
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
