@@ -8,6 +8,9 @@ window (``fedretrain.site.ScenarioFederation``). A deployed site (``data-dir`` i
 config, set by ``fedretrain agent``) reads the window from its folder instead
 (:class:`fedretrain.deploy.stream.FolderStream`) and reports the files it quarantined and the
 rows it dropped with its statistics.
+
+The handlers carry no attack code: simulation's attack harness is a Flower mod around them
+(:mod:`clients.attack`), a no-op unless the run config sets ``attack``.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from hydra.utils import instantiate
 
-from fedretrain.attacks import AttackKind, attackers, corrupt_stats, drops_out, poison
+from clients.attack import LABEL_MAP_KEY, REVERSED_LABELS, attack_mod
 from fedretrain.config import RunConfig, from_yaml
 from fedretrain.flower.records import (
     CANARY_KEY,
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
     from fedretrain.deploy.stream import FolderStream
     from fedretrain.privacy.dp_sgd import DPTrainResult
 
-app = ClientApp()
+app = ClientApp(mods=[attack_mod])  # simulation's attack harness; a no-op unless attack is set
 
 
 @lru_cache(maxsize=2)
@@ -140,26 +143,16 @@ def _site_for(
     return cfg, site, None
 
 
-class SiteDropout(RuntimeError):
-    """The attack harness made this site skip the round."""
-
-
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
     cfg, site, instruction = _load(msg, context)
-    attack, attacking = cfg.attack, _is_attacker(cfg, site.partition_id, context)
-    attacking = attacking and (instruction.period or 0) >= attack.from_period
-    if drops_out(cfg.runtime.seed, site.partition_id, instruction.server_round, attack.dropout):
-        raise SiteDropout(f"site {site.partition_id} dropped out (attack.dropout={attack.dropout})")
     if not len(site.train_data):
         period = instruction.period
         return declined_reply(msg, f"no training data in period {period}", phase=NO_DATA_PHASE)
     lr = lr_at(cfg.train, instruction.server_round, instruction.num_rounds)
     seed = np.random.SeedSequence([cfg.runtime.seed, site.partition_id, instruction.server_round])
     generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
-    data = site.train_data
-    if attacking and attack.kind is AttackKind.label_flip:
-        data = ArrayDataset(data.x, data.num_classes - 1 - data.y, data.num_classes)
+    data = _train_data(site, context)
     if cfg.privacy.enabled:
         outcome = _dp_train(cfg, site, data, instruction, lr, generator, context)
         if isinstance(outcome, str):
@@ -173,20 +166,6 @@ def train_handler(msg: Message, context: Context) -> Message:
         )
         metrics = train_metrics(result)
     arrays = ArrayRecord(site.model.state_dict())
-    if attacking:
-        reference = {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}
-        honest = {k: v.numpy() for k, v in arrays.items()}
-        sent = poison(
-            reference,
-            honest,
-            attack.kind,
-            np.random.default_rng(seed),
-            attack.scale,
-            attack.noise_std,
-        )
-        arrays = ArrayRecord({k: Array(v) for k, v in sent.items()})
-        if attack.kind is AttackKind.num_examples_lie:
-            metrics["num-examples"] = attack.claimed_examples
     return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
@@ -238,11 +217,19 @@ def _dp_train(
     )
 
 
-def _is_attacker(cfg: RunConfig, partition_id: int, context: Context) -> bool:
-    if cfg.attack.kind is AttackKind.none:
-        return False
-    num_partitions = int(cast(int, context.node_config["num-partitions"]))
-    return partition_id in attackers(num_partitions, cfg.attack.fraction, cfg.runtime.seed)
+def _train_data(site: Site, context: Context) -> ArrayDataset:
+    """The site's training data, its labels read through the node config's ``label-map`` when
+    that names one: ``reversed`` maps y -> K-1-y (the attack harness sets it on label-flipping
+    sites)."""
+    label_map = context.node_config.get(LABEL_MAP_KEY)
+    data = site.train_data
+    if label_map is None:
+        return data
+    if label_map != REVERSED_LABELS:
+        raise ValueError(
+            f"node config {LABEL_MAP_KEY}={label_map!r}: the only label map is {REVERSED_LABELS!r}"
+        )
+    return ArrayDataset(data.x, data.num_classes - 1 - data.y, data.num_classes)
 
 
 @app.evaluate()
@@ -280,9 +267,6 @@ def monitor_handler(msg: Message, context: Context) -> Message:
     else:
         rng = np.random.default_rng(secrets.randbits(128))
     record = stats_record(mechanism.privatize(parts[0] + parts[1], rng))
-    if cfg.attack.kind is AttackKind.bad_stats and _is_attacker(cfg, site.partition_id, context):
-        bad = corrupt_stats({k: v.numpy() for k, v in record.items()})
-        record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in bad.items()})
     whom = MetricRecord({SITE_ID_KEY: site.partition_id})
     content = RecordDict({"stats": record, "site": whom})
     if folder_report is not None:
