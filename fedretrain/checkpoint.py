@@ -32,10 +32,11 @@ from safetensors.numpy import load_file, save_file
 
 from fedretrain.atomic import atomic_replace
 from fedretrain.monitor.stats import PeriodStats, WindowStats
+from fedretrain.retraining.lifecycle import ReleaseState
 
 STATE_FILE = "state.json"
 FORMAT = "fedretrain.checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the lifecycle's state as a typed ReleaseState; 1: canary/watch dicts
 
 Arrays = dict[str, np.ndarray]
 T = TypeVar("T")
@@ -47,7 +48,7 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class Plateau:
-    """A retrain's plateau search between two rounds (see ``Controller._plateau``)."""
+    """A retrain's plateau search between two rounds (:mod:`fedretrain.retraining.controller`)."""
 
     period: int
     action: str  # initial, warm, reinit
@@ -68,8 +69,7 @@ class RunState:
     server_round: int = 0
     random_state: list[Any] = field(default_factory=list)
     edges: list[list[float]] | None = None
-    canary: dict[str, Any] | None = None  # candidate served at some sites (Controller)
-    watch: dict[str, Any] | None = None  # a fresh champion on probation (Controller)
+    release: ReleaseState = field(default_factory=ReleaseState)  # canary, watch
     plateau: Plateau | None = None  # a retrain under way
     period_started: list[float] | None = None  # [period, Unix time] of the latest period's start
 
@@ -102,7 +102,8 @@ class CheckpointStore:
             contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
             _save_arrays(self.folder / file, contiguous)
             names[name] = file
-        record = {"format": FORMAT, "version": VERSION, "state": asdict(state), "arrays": names}
+        values = {**asdict(state), "release": state.release.to_dict()}
+        record = {"format": FORMAT, "version": VERSION, "state": values, "arrays": names}
         text = json.dumps(record, indent=1, default=_json_default, allow_nan=True)
         atomic_replace(self.folder / STATE_FILE, lambda tmp: tmp.write_text(text))
         keep = set(names.values()) | {STATE_FILE, "stats"}
@@ -127,7 +128,15 @@ class CheckpointStore:
             )
         raw = record["state"]
         plateau = raw.pop("plateau")
-        state = RunState(**raw, plateau=None if plateau is None else Plateau(**plateau))
+        if "release" in raw:
+            release = ReleaseState.from_dict(raw.pop("release"))
+        else:  # format 1
+            release = ReleaseState.from_dict(
+                {"canary": raw.pop("canary"), "watch": raw.pop("watch")}
+            )
+        state = RunState(
+            **raw, release=release, plateau=None if plateau is None else Plateau(**plateau)
+        )
         arrays = {}
         for name, file in record["arrays"].items():
             try:

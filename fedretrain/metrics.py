@@ -20,6 +20,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+@dataclass(frozen=True)
+class EvalResult:
+    """Summable evaluation statistics: add them across sites, then compute scores."""
+
+    num_examples: int
+    loss_sum: float
+    confusion: np.ndarray
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts ``cm[i, j]`` of samples of true class ``i`` predicted as ``j``."""
     index = np.asarray(y_true, dtype=np.int64) * num_classes + np.asarray(y_pred, dtype=np.int64)

@@ -8,7 +8,9 @@ a :class:`Site` per worker process and hands it the arrays it receives.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from torch import nn
 
 from fedretrain.config import Device, RunConfig
 from fedretrain.drift.streams import sample_window
+from fedretrain.model_io import save_state_dict
 from fedretrain.tasks.dataset import ArrayDataset
 
 
@@ -109,6 +112,25 @@ def model_for(
 
         model = make_compatible(model, fix=cfg.privacy.fix_model)
     return model
+
+
+class TaskModels:
+    """The task's model as the server handles it: numpy weights in, a model file out
+    (:class:`fedretrain.retraining.port.ModelFactory`)."""
+
+    def __init__(self, cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
+        self.cfg = cfg
+        self.input_shape = input_shape
+        self.num_classes = num_classes
+
+    def fresh(self, seed: int) -> dict[str, np.ndarray]:
+        model = model_for(self.cfg, self.input_shape, self.num_classes, seed=seed)
+        return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+    def save(self, weights: Mapping[str, np.ndarray], path: Path) -> None:
+        model = model_for(self.cfg, self.input_shape, self.num_classes)
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+        save_state_dict(model.state_dict(), path, {"task": self.cfg.task.name})
 
 
 class ScenarioFederation:

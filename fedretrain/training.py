@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fedretrain.config import LrSchedule, Optimizer, TrainConfig
-from fedretrain.metrics import confusion_matrix
+from fedretrain.metrics import EvalResult, confusion_matrix
 from fedretrain.tasks.dataset import ArrayDataset
 
 
@@ -90,15 +90,6 @@ def train(
             total_loss += float(loss.detach())
             steps += 1
     return TrainResult(len(data), total_loss / max(steps, 1), steps)
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Summable evaluation statistics: add them across sites, then compute scores."""
-
-    num_examples: int
-    loss_sum: float
-    confusion: np.ndarray
 
 
 @torch.no_grad()

@@ -59,6 +59,7 @@ from fedretrain.drift.streams import SeaStream
 from fedretrain.monitor.monitor import Monitor, build_detectors
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats, WindowStats, window_stats
 from fedretrain.monitor.trigger import TriggerConfig, TriggerPolicy
+from fedretrain.retraining.drift_watch import DriftWatch
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITOR_YAML = ROOT / "conf" / "monitor" / "default.yaml"
@@ -136,30 +137,23 @@ def period_stats(
 
 def first_period(
     stream: SeaStream, setting: Setting, rng: np.random.Generator, model_error: float
-) -> tuple[HistogramEdges, Monitor, TriggerPolicy]:
-    """Period 0 as the controller plays it: edges from the pooled moments, then a reset."""
+) -> tuple[HistogramEdges, DriftWatch]:
+    """Period 0 as the controller plays it: edges from the pooled moments, then a training."""
     no_edges = HistogramEdges(np.zeros((stream.input_shape[0], 0)))
     total = period_stats(stream, [BASE] * NUM_SITES, 0, rng, no_edges, model_error).total
     edges = HistogramEdges.from_moments(total.n, total.x_sum, total.x_sq_sum, setting.bins)
     monitor = Monitor(build_detectors(setting.nodes, setting.arl, setting.reference_periods))
-    policy = TriggerPolicy(TriggerConfig())
-    policy.trained(0, initial=True)
-    monitor.reset()
-    return edges, monitor, policy
+    drift = DriftWatch(monitor, TriggerPolicy(TriggerConfig()))
+    drift.trained(0, initial=True)
+    return edges, drift
 
 
-def step(
-    monitor: Monitor, policy: TriggerPolicy, stats: PeriodStats, period: int
-) -> list[str] | None:
+def step(drift: DriftWatch, stats: PeriodStats) -> list[str] | None:
     """Feed one period; on a retrain return the detectors that fired (and reset, as trained)."""
-    total = stats.total
-    detections = monitor.update(stats)
-    decision = policy.decide(period, total.accuracy, total.labelled, detections)
-    if not decision.retrain:
+    if not drift.observe(stats).retrain:
         return None
-    fired = [type(d).__name__ for d in monitor.detectors if d.drift_detected]
-    policy.trained(period)
-    monitor.reset()
+    fired = [type(d).__name__ for d in drift.monitor.detectors if d.drift_detected]
+    drift.trained(stats.period)
     return fired
 
 
@@ -172,11 +166,11 @@ def stationary_run(
     stream: SeaStream, setting: Setting, seed: int, periods: int, model_error: float
 ) -> dict[str, Any]:
     rng = np.random.default_rng([seed, 0])
-    edges, monitor, policy = first_period(stream, setting, rng, model_error)
+    edges, drift = first_period(stream, setting, rng, model_error)
     alarms = []
     for t in range(1, periods + 1):
         stats = period_stats(stream, [BASE] * NUM_SITES, t, rng, edges, model_error)
-        fired = step(monitor, policy, stats, t)
+        fired = step(drift, stats)
         if fired is not None:
             alarms.append({"period": t, "fired": fired_label(fired)})
     return {"seed": seed, "periods": periods, "false_triggers": len(alarms), "alarms": alarms}
@@ -194,7 +188,7 @@ def drift_trial(
     rng = np.random.default_rng([seed, SCENARIO_SEED[scenario]])
     drifted = {"abrupt": ABRUPT, "local": LOCAL, "covariate": COVARIATE}[scenario]
     changed = range(NUM_SITES) if scenario == "abrupt" else AFFECTED
-    edges, monitor, policy = first_period(stream, setting, rng, model_error)
+    edges, drift = first_period(stream, setting, rng, model_error)
     false_alarms = 0
     for t in range(1, CHANGE_AT + MAX_WAIT + 1):
         after = t >= CHANGE_AT
@@ -205,7 +199,7 @@ def drift_trial(
             tally.add(phase, stats.total)
             for s in AFFECTED:
                 tally.add(f"{phase}_affected", stats.sites[s])
-        fired = step(monitor, policy, stats, t)
+        fired = step(drift, stats)
         if fired is None:
             continue
         if not after:

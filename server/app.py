@@ -12,23 +12,38 @@ drift run in ``run-dir`` from its last checkpoint.
 from __future__ import annotations
 
 import shlex
+import sys
 import time
 from logging import WARNING
 from pathlib import Path
+from typing import TextIO
 
+import numpy as np
 from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
+from hydra.utils import instantiate
 
 from fedretrain.config import (
     ConfigError,
+    RunConfig,
     check_override_keys,
     compose,
     from_yaml,
     to_typed,
     to_yaml,
 )
-from server.controller import run_retraining
+from fedretrain.deploy.stream import FolderStream
+from fedretrain.flower.federation import FlowerFederation, privacy_accounting, seed_sampling
+from fedretrain.flower.strategies import build_strategy
+from fedretrain.monitor.monitor import Monitor, build_detectors
+from fedretrain.monitor.private import noise_std_for
+from fedretrain.monitor.trigger import TriggerPolicy
+from fedretrain.registry import config_hash
+from fedretrain.report import RunReport
+from fedretrain.retraining.controller import Controller
+from fedretrain.retraining.drift_watch import DriftWatch
+from fedretrain.site import TaskModels
 from server.loop import run_federation
 
 app = ServerApp()
@@ -93,8 +108,67 @@ def run(grid: Grid, config_yaml: str, run_dir: Path, resume: bool = False) -> di
 
     ``resume`` continues a drift run from its folder's last checkpoint.
     """
-    if from_yaml(config_yaml).scenario.enabled:
-        return run_retraining(grid, config_yaml, run_dir, resume=resume)
+    cfg = from_yaml(config_yaml)  # parsed once here; config_yaml is what travels to the sites
+    if cfg.scenario.enabled:
+        return run_retraining(grid, cfg, config_yaml, run_dir, resume=resume)
     if resume:
         raise ConfigError(["resume: only drift scenario runs checkpoint (scenario=...)"])
     return run_federation(grid, config_yaml, run_dir)
+
+
+def run_retraining(
+    grid: Grid,
+    cfg: RunConfig,
+    config_yaml: str,
+    run_dir: Path,
+    out: TextIO = sys.stdout,
+    resume: bool = False,
+) -> dict[str, object]:
+    """Build the retraining controller for ``cfg`` on ``grid`` and run it."""
+    seed_sampling(cfg.runtime.seed)
+    report = RunReport(run_dir, 0, out)  # per-round rows and rejections
+    if not resume:
+        (run_dir / "config.yaml").write_text(config_yaml)
+    stream = instantiate(cfg.scenario.stream)
+    schedule = instantiate(cfg.scenario.schedule)(
+        num_sites=cfg.runtime.num_clients,
+        num_periods=cfg.scenario.num_periods,
+        seed=cfg.runtime.seed,
+    )
+    change_points = schedule.change_points()
+    m = cfg.monitor
+    detectors = build_detectors(
+        m.detectors, m.arl, m.reference_periods, stats_noise_std=noise_std_for(cfg.privacy)
+    )
+    drift = DriftWatch(Monitor(detectors), TriggerPolicy(cfg.policy, change_points))
+    ledger_dir, epsilon = privacy_accounting(cfg, run_dir)
+    num_features = int(np.prod(stream.input_shape))
+    strategy = build_strategy(cfg, report.reject)
+    federation = FlowerFederation(
+        grid,
+        strategy,
+        cfg,
+        config_yaml,
+        report,
+        num_features=num_features,
+        num_classes=stream.num_classes,
+        epsilon=epsilon,
+        ledger_dir=ledger_dir,
+    )
+    controller = Controller(
+        cfg,
+        federation,
+        drift,
+        TaskModels(cfg, stream.input_shape, stream.num_classes),
+        run_dir,
+        report,
+        num_features=num_features,
+        change_points=change_points,
+        config_hash=config_hash(config_yaml),
+        epsilon=epsilon,
+        deployed=isinstance(stream, FolderStream),
+        summary_extras=federation.summary,
+        out=out,
+        resume=resume,
+    )
+    return controller.run()

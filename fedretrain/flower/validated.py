@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Strategy
 
+from fedretrain.errors import FederationError
 from fedretrain.flower.records import error_summary
 from fedretrain.validation import (
     Quorum,
@@ -37,10 +38,6 @@ from fedretrain.validation import (
     structure_problem,
     update_norm,
 )
-
-
-class FederationError(RuntimeError):
-    """The federation cannot go on: sites never connected, or every site failed a round."""
 
 
 @dataclass

@@ -1,0 +1,310 @@
+"""The Flower side of the retraining port: :class:`FlowerFederation` on a Flower grid.
+
+This is where the controller's numpy weights become ArrayRecords and Flower's replies become
+plain values. The configured Flower strategy (wrapped in the validation of
+:mod:`fedretrain.flower.validated`) samples the sites and aggregates; every reply that cannot be
+used is recorded in the run's ``rejections.csv`` and left out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedretrain.config import RunConfig
+from fedretrain.errors import FederationError
+from fedretrain.flower.records import (
+    CANARY_KEY,
+    MONITOR_QUERY,
+    SITE_ID_KEY,
+    data_report,
+    decline_reason,
+    edges_record,
+    epsilon_from_reply,
+    error_summary,
+    eval_result,
+    instruction_config,
+    site_scores,
+    stats_from_record,
+)
+from fedretrain.flower.strategies import user_level_epsilon
+from fedretrain.flower.validated import wait_for_nodes
+from fedretrain.monitor.private import check_stats
+from fedretrain.monitor.stats import HistogramEdges, PeriodStats, WindowStats
+from fedretrain.privacy.tracking import EpsilonTracker
+from fedretrain.report import RunReport
+from fedretrain.retraining.port import (
+    CanaryRequest,
+    CollectedStats,
+    Evaluation,
+    TrainedRound,
+    Weights,
+)
+from fedretrain.validation import Rejection
+
+log = logging.getLogger(__name__)
+
+
+class FlowerFederation:
+    """The :class:`~fedretrain.retraining.port.Federation` of the sites on ``grid``.
+
+    Parameters
+    ----------
+    grid : Grid
+        The simulation's or the deployment's grid.
+    strategy : Strategy
+        Samples and aggregates (built by :func:`fedretrain.flower.strategies.build_strategy`).
+    cfg : RunConfig
+        The run's config; ``config_yaml`` is the same config as it travels to the sites.
+    report : RunReport
+        Where rejected and failed replies are recorded.
+    num_features, num_classes : int
+        What a site's statistics must describe to be accepted.
+    epsilon : EpsilonTracker or None
+        Fed with what each DP-SGD training cost the site.
+    ledger_dir : str or None
+        Simulation under DP-SGD: the folder of the sites' privacy ledgers.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        strategy: Strategy,
+        cfg: RunConfig,
+        config_yaml: str,
+        report: RunReport,
+        *,
+        num_features: int,
+        num_classes: int,
+        epsilon: EpsilonTracker | None = None,
+        ledger_dir: str | None = None,
+    ) -> None:
+        self.grid = grid
+        self.strategy = strategy
+        self.cfg = cfg
+        self.config_yaml = config_yaml
+        self.report = report
+        self.num_features = num_features
+        self.num_classes = num_classes
+        self.epsilon = epsilon
+        self.ledger_dir = ledger_dir
+
+    def train_round(self, server_round: int, weights: Weights, period: int) -> TrainedRound:
+        config = instruction_config(
+            self.config_yaml, self.cfg.retrain.max_rounds, period, self.ledger_dir
+        )
+        arrays = to_record(weights)
+        messages = self.strategy.configure_train(server_round, arrays, config, self.grid)
+        replies = trained_replies(
+            self.grid.send_and_receive(messages, timeout=self.cfg.validation.reply_timeout_s),
+            self.report,
+            server_round,
+            self.epsilon,
+            period,
+        )
+        new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        trained = accepted_count(replies, self.report, server_round, "train")
+        loss = float(metrics["train-loss"]) if metrics else math.nan  # type: ignore[arg-type]
+        result = weights if new_arrays is None else to_numpy(new_arrays)
+        return TrainedRound(result, loss, trained)
+
+    def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:
+        config = instruction_config(self.config_yaml, self.cfg.retrain.max_rounds, period)
+        messages = self.strategy.configure_evaluate(
+            server_round, to_record(weights), config, self.grid
+        )
+        replies = checked_replies(
+            self.grid.send_and_receive(messages, timeout=self.cfg.validation.reply_timeout_s),
+            "evaluate",
+        )
+        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        evaluated = accepted_count(replies, self.report, server_round, "evaluate")
+        result = eval_result(metrics) if metrics is not None else None
+        return Evaluation(result, evaluated, site_scores(replies))
+
+    def collect_stats(
+        self,
+        server_round: int,
+        weights: Weights,
+        period: int,
+        edges: HistogramEdges,
+        canary: CanaryRequest | None = None,
+    ) -> CollectedStats:
+        """Every site's statistics for ``period``; malformed ones are rejected and recorded."""
+        cfg = self.cfg
+        nodes = wait_for_nodes(
+            self.grid, cfg.runtime.num_clients, cfg.validation.node_wait_timeout_s
+        )
+        config = instruction_config(self.config_yaml, cfg.retrain.max_rounds, period)
+        content = RecordDict(
+            {"arrays": to_record(weights), "config": config, "edges": edges_record(edges)}
+        )
+        if canary is not None:
+            content["candidate"] = to_record(canary.weights)
+            config[CANARY_KEY] = list(canary.sites)
+        messages = [
+            Message(content=content, message_type=MONITOR_QUERY, dst_node_id=n) for n in nodes
+        ]
+        replies = self.grid.send_and_receive(messages, timeout=cfg.validation.reply_timeout_s)
+        sites: dict[int, WindowStats] = {}
+        rejected = 0
+        for reply in replies:
+            node = int(reply.metadata.src_node_id)
+            reason = None
+            if reply.has_error():
+                reason = f"site failed: {error_summary(reply.error.reason)}"
+            else:
+                try:
+                    stats = stats_from_record(reply.content.array_records["stats"])
+                    site = int(reply.content.metric_records["site"][SITE_ID_KEY])  # type: ignore[arg-type]
+                    reason = check_stats(
+                        stats, self.num_features, edges.bins, self.num_classes, cfg.privacy
+                    )
+                except (KeyError, ValueError, TypeError) as err:
+                    reason = f"unreadable statistics: {err}"
+            if reason is not None:
+                self.report.reject(Rejection(server_round, f"monitor p{period}", node, reason))
+                rejected += 1
+                continue
+            sites[site] = stats
+            self._record_data_report(server_round, period, node, site, data_report(reply))
+        if not sites:
+            raise FederationError(f"no site sent valid statistics for period {period}")
+        # A deployed site with no new files this period has nothing to report; a period with
+        # no data anywhere keeps the empty reports (the controller skips it).
+        with_data = {s: w for s, w in sites.items() if w.n > 0}
+        return CollectedStats(
+            PeriodStats(period, dict(sorted((with_data or sites).items()))), rejected
+        )
+
+    def summary(self) -> dict[str, object]:
+        """What the strategy adds to the run's summary: the user-level ε of a DP strategy."""
+        user = user_level_epsilon(self.strategy)
+        return {} if user is None else {"user_level_epsilon": user}
+
+    def _record_data_report(
+        self, server_round: int, period: int, node: int, site: int, report: dict[str, Any] | None
+    ) -> None:
+        """A deployed site's files quarantined and rows dropped this period, in
+        rejections.csv (phase ``data pN``): the site goes on with the rest of its data."""
+        if not report:
+            return
+        problems = [f"site {site}: quarantined {entry}" for entry in report.get("quarantined", [])]
+        if report.get("dropped_rows"):
+            counts = ", ".join(
+                f"{k.removeprefix('dropped.')}={v}"
+                for k, v in sorted(report.items())
+                if k.startswith("dropped.")
+            )
+            problems.append(f"site {site}: dropped {report['dropped_rows']} rows ({counts})")
+        for problem in problems:
+            log.warning("period %d: %s", period, problem)
+            self.report.reject(Rejection(server_round, f"data p{period}", node, problem))
+
+
+def seed_sampling(seed: int) -> None:
+    """Flower's strategies sample nodes with the global :mod:`random` module: seed it."""
+    random.seed(seed)
+
+
+def to_record(weights: Weights) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+
+
+def to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def privacy_accounting(cfg: RunConfig, run_dir: Path) -> tuple[str | None, EpsilonTracker | None]:
+    """Under DP-SGD: the simulated sites' ledger folder and a tracker writing privacy.csv."""
+    if not cfg.privacy.enabled:
+        return None, None
+    ledger_dir = str(Path(cfg.privacy.ledger_dir or run_dir / "privacy").resolve())
+    return ledger_dir, EpsilonTracker(run_dir / "privacy.csv", cfg.privacy.delta)
+
+
+def privacy_summary(epsilon: EpsilonTracker | None, strategy: Strategy) -> dict[str, object]:
+    """The summary's privacy entries: each site's DP-SGD ε and the user-level ε, if any."""
+    summary: dict[str, object] = {}
+    if epsilon is not None:
+        summary["privacy"] = epsilon.summary()
+    user = user_level_epsilon(strategy)
+    if user is not None:
+        summary["user_level_epsilon"] = user
+    return summary
+
+
+def trained_replies(
+    replies: Iterable[Message],
+    report: RunReport,
+    server_round: int,
+    epsilon: EpsilonTracker | None,
+    period: int | None = None,
+) -> list[Message]:
+    """A train round's replies, ready to aggregate.
+
+    Sites that declined (their privacy budget would not allow the round) are recorded and
+    left out; what DP-SGD cost each site that trained is tracked, whether or not its update
+    is accepted later (the privacy is spent either way); then as :func:`checked_replies` and
+    :func:`canonical_order`.
+    """
+    kept = []
+    for reply in replies:
+        declined = decline_reason(reply)
+        if declined is None:
+            kept.append(reply)
+            continue
+        phase, reason = declined
+        node = int(reply.metadata.src_node_id)
+        log.info("round %d: node %d declined: %s", server_round, node, reason)
+        report.reject(Rejection(server_round, phase, node, reason))
+    if epsilon is not None:
+        reports = [e for r in kept if (e := epsilon_from_reply(r)) is not None]
+        epsilon.observe(server_round, period, reports)
+    return canonical_order(checked_replies(kept, "train"))
+
+
+def checked_replies(replies: Iterable[Message], what: str) -> list[Message]:
+    """Log failed replies; stop the run when every site failed, with their reasons."""
+    replies = list(replies)
+    errors = [r for r in replies if r.has_error()]
+    for reply in errors:
+        log.warning(
+            "%s failed at node %s: %s", what, reply.metadata.src_node_id, reply.error.reason
+        )
+    if replies and len(errors) == len(replies):
+        # A site's reason is often a whole traceback: its last line names the exception.
+        reasons = sorted({error_summary(r.error.reason) for r in errors})
+        raise FederationError(f"every site failed to {what}: " + "; ".join(reasons))
+    return replies
+
+
+def canonical_order(replies: list[Message]) -> list[Message]:
+    """Replies sorted by the hash of their arrays rather than by arrival.
+
+    Aggregation adds floats in reply order, and arrival order varies with scheduling; sorting by
+    content makes a run repeat itself bit for bit under the same seed.
+    """
+
+    def key(reply: Message) -> tuple[bool, str]:
+        if reply.has_error() or "arrays" not in reply.content.array_records:
+            return (True, "")
+        return (False, reply.content.array_records["arrays"].object_id)
+
+    return sorted(replies, key=key)
+
+
+def accepted_count(replies: list[Message], report: RunReport, server_round: int, phase: str) -> int:
+    """Replies that reached aggregation: the validation wrapper records every failed or
+    rejected one; without it, only error replies are left out."""
+    recorded = report.rejected(server_round, phase)
+    return len(replies) - recorded if recorded else sum(not r.has_error() for r in replies)

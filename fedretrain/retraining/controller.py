@@ -1,0 +1,508 @@
+"""The retraining controller: monitoring periods, the trigger, retrains and their release.
+
+Each period the sites score the serving model on their new window and send only summable
+statistics (prequential scoring: the model meets the data before anything trains on it). The
+:class:`~fedretrain.retraining.drift_watch.DriftWatch` reads them and decides, with a logged
+reason; a retrain either reuses a stored model that wins on current data or fine-tunes the
+champion until federated validation stops improving, re-initialising when warm starting stalls.
+Every retrained model is a candidate in the run's registry and goes through the release
+lifecycle (:mod:`fedretrain.retraining.lifecycle`).
+
+The controller reaches the sites only through a :class:`~fedretrain.retraining.port.Federation`.
+It checkpoints after every completed round and period (:mod:`fedretrain.checkpoint`);
+``resume=True`` continues a killed run from its folder (:mod:`fedretrain.retraining.resume`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from fedretrain.checkpoint import CheckpointStore, Plateau, RunState
+from fedretrain.config import RunConfig
+from fedretrain.errors import FederationError
+from fedretrain.monitor.private import stats_epsilon
+from fedretrain.monitor.stats import HistogramEdges, PeriodStats
+from fedretrain.privacy.tracking import EpsilonTracker
+from fedretrain.registry import Registry, Status
+from fedretrain.report import RoundRow, RunReport
+from fedretrain.retraining import resume
+from fedretrain.retraining.drift_watch import DriftWatch, Observation
+from fedretrain.retraining.lifecycle import Lifecycle
+from fedretrain.retraining.port import (
+    CollectedStats,
+    Evaluation,
+    Federation,
+    ModelFactory,
+    Weights,
+    digest,
+)
+from fedretrain.timeline import PeriodRow, Timeline
+from fedretrain.validation import DECLINE_PHASES
+
+log = logging.getLogger(__name__)
+
+NO_DATA = "no new data at any site"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a retrain produced: the weights to serve and how they were obtained."""
+
+    weights: Weights
+    action: str  # initial, warm, reinit, reuse vN, with ", rejected" when the gate refused it
+    rounds: int
+    validation_accuracy: float
+    reused_version: int | None = None
+    epsilon_by_site: dict[int, float] | None = None  # DP-SGD: what it cost each site
+
+
+class Controller:
+    """Runs one drift scenario through a federation; writes the run folder; resumes a killed one.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        The run's typed config (parsed once, at the entry point).
+    federation : Federation
+        The sites.
+    drift : DriftWatch
+        The monitor and the trigger policy.
+    models : ModelFactory
+        Fresh weights for the initial model and re-initialisations; the final model's file.
+    run_dir : Path
+        The run folder.
+    report : RunReport
+        ``metrics.csv`` and ``rejections.csv``; the federation records rejections in it too.
+    num_features : int
+        Input features a site's statistics describe (histograms are per feature).
+    change_points : list of int
+        The scenario's true change points (scoring; empty in deployment).
+    config_hash : str
+        Recorded with every registered version.
+    epsilon : EpsilonTracker or None
+        DP-SGD's per-site ε, which the federation feeds.
+    deployed : bool
+        Real sites: no known change points to score, site data problems counted.
+    summary_extras : callable
+        More entries for ``summary.json`` at the end (e.g. the user-level ε of a DP strategy).
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        federation: Federation,
+        drift: DriftWatch,
+        models: ModelFactory,
+        run_dir: Path,
+        report: RunReport,
+        *,
+        num_features: int,
+        change_points: list[int],
+        config_hash: str,
+        epsilon: EpsilonTracker | None = None,
+        deployed: bool = False,
+        summary_extras: Callable[[], Mapping[str, object]] = dict,
+        out: TextIO = sys.stdout,
+        resume: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.federation = federation
+        self.drift = drift
+        self.models = models
+        self.run_dir = run_dir
+        self.report = report
+        self.num_features = num_features
+        self.change_points = change_points
+        self.config_hash = config_hash
+        self.epsilon = epsilon
+        self.deployed = deployed
+        self.summary_extras = summary_extras
+        self.resume = resume
+        self.timeline = Timeline(run_dir, cfg.scenario.num_periods, out)
+        self.registry = Registry(run_dir, create=True)
+        self.lifecycle = Lifecycle(self.registry, cfg.release, cfg.runtime.seed)
+        self.checkpoints = CheckpointStore(run_dir / "checkpoint")
+        self.state = RunState()
+        self._restored: dict[str, Weights] = {}
+        self._last_validation = math.nan
+        self._evaluations: dict[tuple[int, str], Evaluation] = {}
+
+    @property
+    def server_round(self) -> int:
+        """Training rounds of the run so far, across retrains."""
+        return self.state.server_round
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> dict[str, object]:
+        """Every period of the scenario (the rest of them after a resume); the summary."""
+        replayed = self._restore() if self.resume else None
+        if self.state.completed_period < 0:
+            self._pace(0)
+            self._initial_period(replayed)
+            replayed = None
+        for period in range(self.state.completed_period + 1, self.cfg.scenario.num_periods):
+            self._pace(period)
+            self._period(period, replayed)
+            replayed = None
+        return self._finish()
+
+    def _finish(self) -> dict[str, object]:
+        cfg = self.cfg
+        if self.epsilon is not None:
+            self.epsilon.plot(self.run_dir / "privacy.png")
+        self.models.save(self._champion(), self.run_dir / "model.safetensors")
+        versions = self.registry.versions()
+        rejections = self.report.rejections
+        data_problems = sum(r.phase.startswith("data p") for r in rejections)
+        stats_eps = stats_epsilon(cfg.privacy, cfg.scenario.num_periods)
+        summary = self.timeline.finish(
+            None if self.deployed else self.change_points,
+            {
+                "scenario": cfg.scenario.name,
+                "policy": cfg.policy.name,
+                "task": cfg.task.name,
+                "strategy": str(cfg.strategy._target_),
+                "clients": cfg.runtime.num_clients,
+                "serving_version": self.lifecycle.champion_version(),
+                "versions": len(versions),
+                "promotions": len(self.registry.events(kind="promote")),
+                "rollbacks": len(self.registry.events(kind="rollback")),
+                "rejected_candidates": sum(v.status is Status.rejected for v in versions),
+                "rejected_replies": sum(
+                    r.phase not in DECLINE_PHASES and not r.phase.startswith("data p")
+                    for r in rejections
+                ),
+                "declined_trainings": sum(r.phase in DECLINE_PHASES for r in rejections),
+                **({"site_data_problems": data_problems} if self.deployed else {}),
+                "run_dir": str(self.run_dir),
+                **({"privacy": self.epsilon.summary()} if self.epsilon is not None else {}),
+                **self.summary_extras(),
+                **({} if stats_eps is None else {"stats_epsilon": stats_eps}),
+            },
+        )
+        self.registry.close()
+        return summary
+
+    def _initial_period(self, replayed: CollectedStats | None) -> None:
+        """Period 0: statistics fix the histogram edges; the first model trains to a plateau."""
+        cfg = self.cfg
+        start = time.perf_counter()
+        initial = self.models.fresh(cfg.runtime.seed)
+        no_edges = HistogramEdges(np.zeros((self.num_features, 0)))
+        collected = replayed or self._collect(0, initial, no_edges)
+        stats = collected.stats
+        if _no_data(stats):
+            raise FederationError(
+                "no site has data for the first period, so there is nothing to train on: put "
+                "files in the sites' folders (or wait for them) and start again"
+            )
+        total = stats.total
+        edges = HistogramEdges.from_moments(
+            total.n, total.x_sum, total.x_sq_sum, cfg.monitor.histogram_bins
+        )
+        self.state.edges = edges.interior.tolist()
+        plateau = self.state.plateau or Plateau(period=0, action="initial")
+        outcome = self._train_to_plateau(plateau, initial, None)
+        version = self._register(outcome, 0, "initial", "initial training", parent=None)
+        self.registry.promote(version, reason="initial model", period=0, key="p0-promote")
+        self.drift.trained(0, initial=True)
+        self._add_row(_row(collected, None, True, "initial training", outcome, version, start))
+        self._complete(0)
+
+    def _period(self, period: int, replayed: CollectedStats | None) -> None:
+        start = time.perf_counter()
+        edges = HistogramEdges(np.asarray(self.state.edges, dtype=np.float64))
+        collected = replayed or self._collect(period, self._champion(), edges)
+        stats = collected.stats
+        if _no_data(stats):
+            log.warning("period %d: no site has new data; nothing to monitor", period)
+            self.timeline.decision({"period": period, "retrain": False, "reason": NO_DATA})
+            serving = self.lifecycle.champion_version()
+            self._add_row(_row(collected, None, False, NO_DATA, None, serving, start))
+            self._complete(period)
+            return
+        plateau = self.state.plateau
+        if plateau is None or plateau.period != period:  # a resumed retrain did these already
+            self.lifecycle.watch(period, lambda v: self._validate(period, self.registry.load(v)))
+            self.lifecycle.score_canary(period, stats, self.checkpoints.load_stats)
+        observation = self.drift.observe(stats)
+        self.timeline.decision(observation.to_dict())
+        decision = observation.decision
+        retrained: Outcome | None = None
+        if decision.retrain:
+            retrained = self._retrain(period, decision.reason)
+            self.drift.trained(period)
+        serving = self.lifecycle.champion_version()
+        row = _row(
+            collected, observation, decision.retrain, decision.reason, retrained, serving, start
+        )
+        self._add_row(replace(row, change_point=period in self.change_points))
+        self._complete(period)
+
+    def _pace(self, period: int) -> None:
+        """With ``scenario.period_seconds``, wait until that long after the previous period
+        started (at once if that is past, or if ``period`` already started before a resume)."""
+        seconds = self.cfg.scenario.period_seconds
+        started = self.state.period_started
+        if started is not None and int(started[0]) == period:
+            return
+        if seconds > 0 and started is not None:
+            wait = started[1] + seconds - time.time()
+            if wait > 0:
+                log.info("period %d starts in %.0f s", period, wait)
+                time.sleep(wait)
+        self.state.period_started = [period, time.time()]
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _restore(self) -> CollectedStats | None:
+        """Load the checkpoint, cut the logs back to it and replay the monitor and the policy.
+
+        Returns the in-progress period's statistics if they were kept (the sites are not asked
+        again), else None.
+        """
+        state, arrays = self.checkpoints.load()
+        self.state = state
+        state.restore_random()
+        self.lifecycle.state = state.release
+        self._restored = dict(arrays)
+        kept = resume.cut_logs(self.checkpoints, state, self.report, self.timeline, self.epsilon)
+        resume.replay(self.drift, self.checkpoints, self.timeline.rows, state.completed_period)
+        log.info("resumed after period %d, round %d", state.completed_period, state.server_round)
+        return kept
+
+    def _complete(self, period: int) -> None:
+        """Checkpoint the end of ``period``."""
+        self.state.completed_period = period
+        self.state.plateau = None
+        self._checkpoint({})
+
+    def _checkpoint(self, arrays: Mapping[str, Weights]) -> None:
+        self.state.release = self.lifecycle.state
+        self.state.capture_random()
+        self.checkpoints.save(self.state, {k: dict(v) for k, v in arrays.items()})
+
+    # ------------------------------------------------------------------ retraining
+
+    def _retrain(self, period: int, reason: str) -> Outcome:
+        """Reuse a stored model that wins on current data, else train to a plateau; then the
+        gate, and a promotion, a canary or a rejection."""
+        champion_version = self.lifecycle.champion_version()
+        plateau = self.state.plateau
+        if plateau is None or plateau.period != period:
+            self.lifecycle.cancel_canary(period, "superseded by a new retrain")
+            serving = self._champion()
+            serving_acc = self._validate(period, serving)
+            reused = self._reuse(period, serving_acc) if self.cfg.retrain.reuse_stored else None
+            if reused is not None and reused.reused_version is not None:
+                if not self._release(reused.reused_version, period, reused):
+                    return replace(reused, action=f"{reused.action}, rejected")
+                return reused
+            target = self.registry.get(champion_version).metrics.get("validation_accuracy")
+            plateau = Plateau(period=period, action="warm", baseline=serving_acc, target=target)
+            start = serving
+        else:
+            start = self._restored["start"]
+        outcome = self._train_to_plateau(plateau, start, plateau.target)
+        version = self._register(outcome, period, outcome.action, reason, champion_version)
+        if not self._release(version, period, outcome):
+            return replace(outcome, action=f"{outcome.action}, rejected")
+        return outcome
+
+    def _reuse(self, period: int, serving_acc: float) -> Outcome | None:
+        """The stored version that does best on current data, if it is back (scores within
+        ``reuse_tolerance`` of its stored accuracy) and beats the champion by the margin."""
+        r = self.cfg.retrain
+        champion = self.lifecycle.champion_version()
+        candidates = [v for v in self.registry.versions() if v.version != champion]
+        best: tuple[float, int, Weights] | None = None
+        for stored in candidates[-r.max_stored :] if r.max_stored else []:
+            stored_acc = stored.metrics.get("validation_accuracy", math.nan)
+            stored_weights = self.registry.load(stored.version)
+            acc = self._validate(period, stored_weights)
+            if acc >= stored_acc - r.reuse_tolerance and (best is None or acc > best[0]):
+                best = (acc, stored.version, stored_weights)
+        if best is None or best[0] < serving_acc + r.reuse_margin:
+            return None
+        acc, version, weights = best
+        log.info("period %d: reuse v%d: %.4f vs %.4f", period, version, acc, serving_acc)
+        return Outcome(weights, f"reuse v{version}", 0, acc, version)
+
+    def _train_to_plateau(self, plateau: Plateau, start: Weights, target: float | None) -> Outcome:
+        """Federated rounds on the period's windows until validation accuracy stops improving.
+
+        ``plateau.baseline`` is the starting model's validation accuracy on this period.
+        ``target`` is the accuracy the champion reached when it was trained: a warm start still
+        more than ``retrain.stall_gap`` below it after ``retrain.reinit_after`` rounds is
+        abandoned for a fresh initialisation (a flipped concept is unlearnt faster from
+        scratch). The best model seen, by validation accuracy, is kept. The search is
+        checkpointed after every round and continues from there on resume.
+        """
+        r, p = self.cfg.retrain, plateau
+        if self.epsilon is not None and p.epsilon_mark is None:
+            p.epsilon_mark = {str(k): v for k, v in self.epsilon.mark().items()}
+        restored = self.resume and self.state.plateau is p
+        arrays = self._restored if restored else {}
+        current = arrays.get("current", start)
+        best = arrays.get("best", start)
+        if not p.best_action:
+            p.best_action = p.action
+        check = r.reinit_after if target is not None else None
+        while p.rounds < r.max_rounds and p.since_best < r.patience:
+            current = self._train_round(p.period, current)
+            p.rounds += 1
+            if self._last_validation > p.best_acc + r.min_delta:
+                p.best_acc, best, p.best_action = self._last_validation, current, p.action
+                p.since_best = 0
+            else:
+                p.since_best += 1
+            stalled = target is not None and p.best_acc < target - r.stall_gap
+            if p.action == "warm" and p.rounds == check and stalled:
+                current = self.models.fresh(self._reinit_seed(p.period))
+                p.action, p.since_best = "reinit", 0
+            self.state.plateau = p
+            self._checkpoint({"start": start, "current": current, "best": best})
+        spent = None
+        if self.epsilon is not None and p.epsilon_mark is not None:
+            mark = {int(k): v for k, v in p.epsilon_mark.items()}
+            spent = self.epsilon.spent_since(mark)
+        return Outcome(best, p.best_action, p.rounds, p.best_acc, epsilon_by_site=spent)
+
+    def _reinit_seed(self, period: int) -> int:
+        return int(np.random.SeedSequence([self.cfg.runtime.seed, 9, period]).generate_state(1)[0])
+
+    def _train_round(self, period: int, weights: Weights) -> Weights:
+        """One federated training round on ``period``'s windows, logged in metrics.csv."""
+        self.state.server_round += 1
+        server_round = self.state.server_round
+        started = time.perf_counter()
+        trained = self.federation.train_round(server_round, weights, period)
+        evaluation = self._evaluate(period, trained.weights)
+        seconds = time.perf_counter() - started
+        self.report.add(
+            RoundRow.from_eval(
+                server_round,
+                evaluation.result,
+                trained.loss,
+                trained.sites,
+                evaluation.sites,
+                seconds,
+            )
+        )
+        self._last_validation = evaluation.accuracy
+        return trained.weights
+
+    def _validate(self, period: int, weights: Weights) -> float:
+        """Federated accuracy of ``weights`` on the sites' holdouts for ``period``."""
+        return self._evaluate(period, weights).accuracy
+
+    def _evaluate(self, period: int, weights: Weights) -> Evaluation:
+        """The federated evaluation of ``weights`` on ``period``'s holdouts.
+
+        A period's holdouts do not change, so the same weights are evaluated once per period:
+        the gate reuses the scores of the round that produced the candidate and of the
+        champion's validation (a message wave fewer each, which a deployment pays in seconds).
+        """
+        key = (period, digest(weights))
+        if key not in self._evaluations:
+            if self._evaluations and next(iter(self._evaluations))[0] != period:
+                self._evaluations.clear()
+            self._evaluations[key] = self.federation.evaluate(self.server_round, weights, period)
+        return self._evaluations[key]
+
+    # ------------------------------------------------------------------ registry
+
+    def _register(
+        self, outcome: Outcome, period: int, trigger: str, reason: str, parent: int | None
+    ) -> int:
+        """The outcome as a candidate in the registry (once, even across a resume)."""
+        scores = self._evaluate(period, outcome.weights).scores
+        entry = self.registry.register(
+            {k: np.asarray(v) for k, v in outcome.weights.items()},
+            key=f"p{period}",
+            trigger=trigger,
+            reason=reason,
+            period=period,
+            parent=parent,
+            rounds=outcome.rounds,
+            samples={str(s): n for s, (_, n) in scores.items()},
+            config_hash=self.config_hash,
+            metrics={"validation_accuracy": outcome.validation_accuracy},
+            site_metrics={str(s): {"accuracy": c / n} for s, (c, n) in scores.items() if n},
+            epsilon={str(s): e for s, e in (outcome.epsilon_by_site or {}).items()},
+        )
+        return entry.version
+
+    def _release(self, version: int, period: int, outcome: Outcome) -> bool:
+        """The gate on this period's holdouts, then a promotion or a canary."""
+        candidate = self._evaluate(period, self.registry.load(version)).scores
+        champion = self._evaluate(period, self._champion()).scores
+        return self.lifecycle.release(version, period, candidate, champion)
+
+    def _champion(self) -> Weights:
+        return self.registry.load(self.lifecycle.champion_version())
+
+    # ------------------------------------------------------------------ monitoring
+
+    def _collect(self, period: int, weights: Weights, edges: HistogramEdges) -> CollectedStats:
+        """Every site's statistics for ``period``, kept in the checkpoint for replay.
+
+        During a canary the candidate travels too, and the canary sites serve it.
+        """
+        canary = self.lifecycle.canary_request(period, self.registry.load)
+        collected = self.federation.collect_stats(self.server_round, weights, period, edges, canary)
+        self.checkpoints.save_stats(collected.stats)
+        return collected
+
+    def _add_row(self, row: PeriodRow) -> None:
+        if self.epsilon is not None:
+            row = replace(row, max_epsilon=max(self.epsilon.latest.values(), default=0.0))
+        self.timeline.add(row)
+
+
+def _no_data(stats: PeriodStats) -> bool:
+    """Whether no site had data in the period (deployed sites with no new files)."""
+    return stats.total.n == 0
+
+
+def _row(
+    collected: CollectedStats,
+    observation: Observation | None,
+    retrain: bool,
+    reason: str,
+    outcome: Outcome | None,
+    version: int,
+    started: float,
+) -> PeriodRow:
+    stats = collected.stats
+    total = stats.total
+    alarms = [d for d in observation.detections if d.drifted] if observation else []
+    return PeriodRow(
+        period=stats.period,
+        accuracy=total.accuracy,
+        mean_loss=total.mean_loss,
+        mean_confidence=total.mean_confidence,
+        samples=total.n,
+        sites=len(stats.sites),
+        rejected=collected.rejected,
+        change_point=False,
+        alarms=";".join(d.test for d in alarms),
+        alarm_sites=";".join(str(s) for s in sorted({s for d in alarms for s in d.sites})),
+        retrain=retrain,
+        reason=reason,
+        action=outcome.action if outcome else "serve",
+        rounds=outcome.rounds if outcome else 0,
+        serving_version=version,
+        validation_accuracy=outcome.validation_accuracy if outcome else math.nan,
+        seconds=round(time.perf_counter() - started, 3),
+    )

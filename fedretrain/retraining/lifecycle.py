@@ -1,0 +1,302 @@
+"""The release lifecycle: how a candidate becomes the champion, and how a champion is undone.
+
+A retrained model meets the validation gate (:func:`fedretrain.registry.gate`): evaluated with
+the champion on every site's holdout of the period. One that passes is promoted, or first served
+by a share of sites for ``release.canary_periods`` periods (a canary) and promoted or rolled back
+on their prequential scores against the other sites' (:func:`fedretrain.registry.canary_verdict`).
+A fresh champion is watched for ``release.watch_periods`` periods and rolled back to its parent
+if the parent does better on current data.
+
+Every step is an event in the registry, keyed by period, so a resumed run that repeats a step
+records it once. What the lifecycle remembers between periods is a frozen
+:class:`ReleaseState`; the checkpoint keeps its :meth:`~ReleaseState.to_dict`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from fedretrain.config import ReleaseConfig
+from fedretrain.errors import FederationError
+from fedretrain.monitor.stats import PeriodStats
+from fedretrain.registry import Registry, Status, canary_verdict, choose_canary_sites, gate
+from fedretrain.registry.scores import ScoreLike, Site
+from fedretrain.retraining.port import CanaryRequest, SiteScores
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1  # of ReleaseState.to_dict; 0 is the untyped dicts of checkpoint format 1
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A candidate served by ``sites`` from period ``start`` on.
+
+    ``before`` holds each site's prequential (correct, labelled) in the period the gate passed,
+    when the champion served everywhere; ``during`` sums them over the canary's periods.
+    """
+
+    version: int
+    sites: tuple[int, ...]
+    start: int
+    before: Mapping[int, tuple[int, int]] | None = None
+    during: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A fresh champion on probation until period ``until``, with the parent it replaced."""
+
+    version: int
+    parent: int
+    until: int
+
+
+@dataclass(frozen=True)
+class ReleaseState:
+    """Everything the lifecycle carries from one period to the next."""
+
+    canary: Canary | None = None
+    watch: Watch | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types, with the schema version."""
+        canary = None
+        if self.canary is not None:
+            c = self.canary
+            canary = {
+                "version": c.version,
+                "sites": list(c.sites),
+                "start": c.start,
+                "before": None if c.before is None else _scores_out(c.before),
+                "during": _scores_out(c.during),
+            }
+        watch = None if self.watch is None else vars(self.watch).copy()
+        return {"schema": SCHEMA, "canary": canary, "watch": watch}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> ReleaseState:
+        """Read :meth:`to_dict`'s output (schema 0: checkpoint format 1's canary/watch dicts)."""
+        schema = int(record.get("schema", 0))
+        if schema > SCHEMA:
+            raise ValueError(
+                f"release state schema {schema} is newer than this fedretrain's ({SCHEMA}); "
+                "upgrade fedretrain to resume this run"
+            )
+        c, w = record.get("canary"), record.get("watch")
+        canary = None
+        if c is not None:
+            canary = Canary(
+                version=int(c["version"]),
+                sites=tuple(int(s) for s in c["sites"]),
+                start=int(c["start"]),
+                before=None if c.get("before") is None else _scores_in(c["before"]),
+                during=_scores_in(c.get("during") or {}),
+            )
+        watch = None
+        if w is not None:
+            watch = Watch(int(w["version"]), int(w["parent"]), int(w["until"]))
+        return cls(canary, watch)
+
+
+def _scores_out(scores: Mapping[int, tuple[int, int]]) -> dict[str, list[int]]:
+    return {str(s): [int(c), int(n)] for s, (c, n) in sorted(scores.items())}
+
+
+def _scores_in(scores: Mapping[str, Any]) -> dict[int, tuple[int, int]]:
+    return {int(s): (int(v[0]), int(v[1])) for s, v in scores.items()}
+
+
+def _as_site_scores(scores: Mapping[int, tuple[int, int]]) -> dict[Site, ScoreLike]:
+    return {site: (c, n) for site, (c, n) in scores.items()}
+
+
+def prequential_scores(stats: PeriodStats | None) -> SiteScores:
+    """Each site's (correct, labelled) under the model it served in a period.
+
+    Private statistics are noisy: they are rounded back to counts, clipped to be consistent.
+    """
+    if stats is None:
+        return {}
+    scores = {}
+    for site, window in stats.sites.items():
+        total = max(int(round(float(window.confusion.sum()))), 0)
+        correct = min(max(int(round(float(np.trace(window.confusion)))), 0), total)
+        scores[site] = (correct, total)
+    return scores
+
+
+class Lifecycle:
+    """Gate, canary, promotion, watch and rollback over a run's registry.
+
+    Parameters
+    ----------
+    registry : Registry
+        Where versions, aliases and every decision are recorded.
+    config : ReleaseConfig
+        The margins and periods of the rules above.
+    seed : int
+        Seeds the draw of canary sites (with the period), so a resumed run draws the same.
+    state : ReleaseState
+        Where a resumed run's lifecycle was.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        config: ReleaseConfig,
+        seed: int,
+        state: ReleaseState | None = None,
+    ) -> None:
+        self.registry = registry
+        self.config = config
+        self.seed = seed
+        self.state = state or ReleaseState()
+
+    def champion_version(self) -> int:
+        champion = self.registry.champion()
+        if champion is None:
+            raise FederationError("the registry has no champion")
+        return champion.version
+
+    def release(
+        self, version: int, period: int, candidate: SiteScores, champion: SiteScores
+    ) -> bool:
+        """The gate on the sites' holdout scores, then a promotion or a canary.
+
+        Returns False (and rejects the version) if the gate refused it.
+        """
+        c = self.config
+        decision = gate(
+            candidate, champion, c.global_margin, c.site_margin, min_site_total=c.min_site_examples
+        )
+        self.registry.record(
+            "gate",
+            period=period,
+            version=version,
+            payload=decision.to_dict(),
+            key=f"p{period}-gate",
+        )
+        if not decision.promote:
+            self.registry.reject(
+                version, reason=decision.reason, period=period, key=f"p{period}-reject"
+            )
+            return False
+        if c.canary_fraction > 0:
+            sites = choose_canary_sites(sorted(candidate), c.canary_fraction, [self.seed, period])
+            self.registry.set_alias("candidate", version, reason="canary", period=period)
+            canary = Canary(version, tuple(int(s) for s in sites), start=period + 1)
+            self.state = replace(self.state, canary=canary)
+            return True
+        self.promote(version, period, decision.reason)
+        return True
+
+    def promote(self, version: int, period: int, reason: str) -> None:
+        """Make ``version`` the champion and, with ``watch_periods``, put it on probation."""
+        previous = self.champion_version()
+        self.registry.promote(version, reason=reason, period=period, key=f"p{period}-promote")
+        if self.config.watch_periods > 0 and previous != version:
+            until = period + self.config.watch_periods
+            self.state = replace(self.state, watch=Watch(version, previous, until))
+
+    def watch(self, period: int, validate: Callable[[int], float]) -> None:
+        """Roll a fresh champion back to its parent if the parent does better on ``period``.
+
+        ``validate(version)`` is that version's federated validation accuracy on the period.
+        """
+        w = self.state.watch
+        if w is None:
+            return
+        if self.champion_version() != w.version or period > w.until:
+            self.state = replace(self.state, watch=None)
+            return
+        champion_acc, parent_acc = validate(w.version), validate(w.parent)
+        self.registry.record(
+            "watch",
+            period=period,
+            version=w.version,
+            payload={"champion": champion_acc, "parent": parent_acc},
+            key=f"p{period}-watch",
+        )
+        margin = self.config.rollback_margin
+        if parent_acc > champion_acc + margin:
+            reason = (
+                f"fresh champion v{w.version} scores {champion_acc:.4f} on period {period}, "
+                f"its parent v{w.parent} {parent_acc:.4f} (rollback_margin {margin})"
+            )
+            self.registry.rollback(
+                to=w.parent, reason=reason, period=period, key=f"p{period}-rollback"
+            )
+            self.state = replace(self.state, watch=None)
+        elif period >= w.until:
+            self.state = replace(self.state, watch=None)
+
+    def canary_request(self, period: int, load: Callable[[int], Any]) -> CanaryRequest | None:
+        """What the statistics query of ``period`` carries for a running canary, if any."""
+        c = self.state.canary
+        if c is None or period < c.start:
+            return None
+        return CanaryRequest(load(c.version), c.sites)
+
+    def score_canary(
+        self,
+        period: int,
+        stats: PeriodStats,
+        stats_of: Callable[[int], PeriodStats | None],
+    ) -> None:
+        """Add ``period``'s prequential scores to the canary; decide at its last period.
+
+        ``stats_of(p)`` gives a kept period's statistics: the baseline is the period the gate
+        passed, when the champion served every site.
+        """
+        c = self.state.canary
+        if c is None or period < c.start:
+            return
+        before = c.before
+        if before is None:
+            before = prequential_scores(stats_of(c.start - 1))
+        during = dict(c.during)
+        for site, (correct, total) in prequential_scores(stats).items():
+            had_correct, had_total = during.get(site, (0, 0))
+            during[site] = (had_correct + correct, had_total + total)
+        c = replace(c, before=before, during=during)
+        if period < c.start + self.config.canary_periods - 1:
+            self.state = replace(self.state, canary=c)
+            return
+        verdict = canary_verdict(
+            c.sites,
+            _as_site_scores(before),
+            _as_site_scores(during),
+            margin=self.config.canary_margin,
+            min_samples=1,
+        )
+        self.registry.record(
+            "canary",
+            period=period,
+            version=c.version,
+            payload=verdict.to_dict(),
+            key=f"p{period}-canary",
+        )
+        self.state = replace(self.state, canary=None)
+        if verdict.action.value == "promote":
+            self.promote(c.version, period, f"canary: {verdict.reason}")
+        else:
+            self.registry.reject(
+                c.version,
+                reason=f"canary: {verdict.reason}",
+                period=period,
+                status=Status.rolled_back,
+                key=f"p{period}-canary-reject",
+            )
+
+    def cancel_canary(self, period: int, reason: str) -> None:
+        """A new retrain supersedes a running canary: its candidate is rejected."""
+        c = self.state.canary
+        if c is not None:
+            self.registry.reject(c.version, reason=reason, period=period, key=f"p{period}-cancel")
+            self.state = replace(self.state, canary=None)

@@ -1,0 +1,126 @@
+"""The port between the retraining core and the sites: what the controller may ask of them.
+
+The controller decides; a :class:`Federation` carries its requests to the sites and brings back
+plain values. :class:`fedretrain.flower.federation.FlowerFederation` implements it on a Flower
+grid; the unit tests implement it with numpy. Whatever a federation cannot use from a site (a
+failed or malformed reply) it records itself and leaves out of what it returns: the core only
+ever sees results it may rely on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from fedretrain.metrics import EvalResult
+from fedretrain.monitor.stats import HistogramEdges, PeriodStats
+
+Weights = Mapping[str, np.ndarray]  # a model's state dict as numpy arrays, by parameter name
+SiteScores = dict[int, tuple[int, int]]  # site id -> (correct, examples)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A federated evaluation: the sites' statistics summed, and each site's score.
+
+    ``result`` is None when no site's evaluation could be used; ``sites`` counts those that
+    could.
+    """
+
+    result: EvalResult | None
+    sites: int
+    scores: SiteScores = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        """Accuracy on the union of the holdouts; NaN without any."""
+        if self.result is None or not self.result.num_examples:
+            return math.nan
+        return float(np.trace(self.result.confusion) / self.result.num_examples)
+
+
+@dataclass(frozen=True)
+class TrainedRound:
+    """One federated training round: the aggregated weights (the ones sent, when the round was
+    skipped), the mean training loss and how many sites' updates were aggregated."""
+
+    weights: Weights
+    loss: float
+    sites: int
+
+
+@dataclass(frozen=True)
+class CanaryRequest:
+    """During a canary, the candidate travels with the statistics query and ``sites`` serve it."""
+
+    weights: Weights
+    sites: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CollectedStats:
+    """Every site's statistics for a period, and how many sites' were rejected."""
+
+    stats: PeriodStats
+    rejected: int
+
+
+class Federation(Protocol):
+    """What the retraining core asks of the sites. ``server_round`` numbers the request (the
+    run's training rounds so far); ``period`` names the monitoring period whose windows the
+    sites use."""
+
+    def train_round(self, server_round: int, weights: Weights, period: int) -> TrainedRound:
+        """Sample sites, train ``weights`` on their windows of ``period``, aggregate."""
+        ...
+
+    def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:
+        """Evaluate ``weights`` on the sites' holdouts of ``period``."""
+        ...
+
+    def collect_stats(
+        self,
+        server_round: int,
+        weights: Weights,
+        period: int,
+        edges: HistogramEdges,
+        canary: CanaryRequest | None = None,
+    ) -> CollectedStats:
+        """Every site scores the model it serves on its new window of ``period`` and sends
+        summable statistics on ``edges`` (no edges: period 0, before they are fixed)."""
+        ...
+
+
+class ModelFactory(Protocol):
+    """The task's model as the server needs it: fresh weights, and the final model's file."""
+
+    def fresh(self, seed: int) -> Weights:
+        """A newly initialised model's weights, the same for the same seed in every process."""
+        ...
+
+    def save(self, weights: Weights, path: Path) -> None:
+        """Write ``weights`` as the task's model file (safetensors, atomically)."""
+        ...
+
+
+def digest(weights: Weights) -> str:
+    """A fingerprint of the weights: names, dtypes, shapes and bytes.
+
+    >>> a = {"w": np.zeros(3, dtype=np.float32)}
+    >>> digest(a) == digest({"w": np.zeros(3, dtype=np.float32)})
+    True
+    >>> digest(a) == digest({"w": np.ones(3, dtype=np.float32)})
+    False
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for name, value in weights.items():
+        array = np.ascontiguousarray(value)
+        h.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()

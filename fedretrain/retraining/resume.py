@@ -1,0 +1,84 @@
+"""Resuming a killed run: its logs cut back to the checkpoint, its drift watch replayed.
+
+A checkpoint holds the controller's position (:class:`fedretrain.checkpoint.RunState`) but no
+pickled monitor: the monitor and the trigger policy are rebuilt by feeding them the kept
+statistics of every completed period again, through the same
+:meth:`~fedretrain.retraining.drift_watch.DriftWatch.observe` the run used. A replay that
+decides otherwise than the run did means the folder is inconsistent, and resume stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedretrain.checkpoint import CheckpointStore, RunState
+from fedretrain.errors import FederationError
+from fedretrain.privacy.tracking import EpsilonTracker
+from fedretrain.report import RunReport
+from fedretrain.retraining.drift_watch import DriftWatch
+from fedretrain.retraining.port import CollectedStats
+from fedretrain.timeline import PeriodRow, Timeline
+from fedretrain.validation import Rejection
+
+
+def cut_logs(
+    checkpoints: CheckpointStore,
+    state: RunState,
+    report: RunReport,
+    timeline: Timeline,
+    epsilon: EpsilonTracker | None,
+) -> CollectedStats | None:
+    """Cut the run's logs back to ``state``; the in-progress period's statistics, if kept.
+
+    Rows written after the checkpoint go (they are written again as the run goes on), except
+    the monitoring rejections of a period whose statistics were kept: the sites are not asked
+    again, so those rejections stand.
+    """
+    done, next_period = state.completed_period, state.completed_period + 1
+    kept = checkpoints.load_stats(next_period)
+
+    def keep(r: Rejection) -> bool:
+        if r.server_round > state.server_round:
+            return False
+        if r.phase.startswith(("monitor p", "data p")):
+            period = int(r.phase.rsplit(" p", 1)[1])
+            return period <= done or (period == next_period and kept is not None)
+        return True
+
+    report.restore(state.server_round, keep)
+    timeline.restore(done)
+    if epsilon is not None:
+        epsilon.restore(state.server_round)
+    if kept is None:
+        return None
+    rejected = sum(
+        r.phase == f"monitor p{next_period}" and r.node_id != 0 for r in report.rejections
+    )
+    return CollectedStats(kept, rejected)
+
+
+def replay(
+    drift: DriftWatch, checkpoints: CheckpointStore, rows: Sequence[PeriodRow], done: int
+) -> None:
+    """Feed ``drift`` the kept statistics of periods 1..``done`` as the run did.
+
+    ``rows`` are the run's timeline rows: each replayed decision must match its row's.
+    """
+    if done < 0:
+        return
+    drift.trained(0, initial=True)
+    retrained = {row.period: row.retrain for row in rows}
+    for period in range(1, done + 1):
+        stats = checkpoints.load_stats(period)
+        if stats is None:
+            raise FederationError(f"checkpoint: statistics of period {period} are missing")
+        if stats.total.n == 0:  # a period without data: nothing was monitored
+            continue
+        observation = drift.observe(stats)
+        if observation.retrain != retrained[period]:
+            raise FederationError(
+                f"resume: replaying period {period} decided retrain={observation.retrain} but "
+                f"the run decided {retrained[period]}; the run folder is inconsistent"
+            )
+        if observation.retrain:
+            drift.trained(period)

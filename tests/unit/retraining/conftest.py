@@ -1,0 +1,221 @@
+"""A numpy federation behind the retraining port, and a controller built on it.
+
+Each site's concept in a period is a number θ (a sites × periods matrix); a model is a number
+``w``. A site scores a model with accuracy ``max(0, 1 - |w - θ|)`` on its ``n`` examples, so
+who wins where follows from the matrix by hand. A training round moves ``w`` towards the mean θ
+of the sites: a fresh model (``age`` 0) jumps there at once, a trained one by at most
+``step`` per round, so unlearning a far concept from warm weights is slow, as it is for a
+flipped label, and a re-initialisation pays off.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from safetensors.numpy import save_file
+
+from fedretrain.config import ReleaseConfig, RetrainConfig, RunConfig, ScenarioConfig
+from fedretrain.metrics import EvalResult
+from fedretrain.monitor.monitor import Monitor
+from fedretrain.monitor.stats import HistogramEdges, PeriodStats, WindowStats
+from fedretrain.monitor.trigger import TriggerConfig, TriggerPolicy
+from fedretrain.registry import Event, ModelVersion, Registry
+from fedretrain.report import RunReport
+from fedretrain.retraining.controller import Controller
+from fedretrain.retraining.drift_watch import DriftWatch
+from fedretrain.retraining.port import (
+    CanaryRequest,
+    CollectedStats,
+    Evaluation,
+    TrainedRound,
+    Weights,
+)
+
+
+class Crash(Exception):
+    """The server dies (SIGKILL, in spirit) in the middle of a request."""
+
+
+def accuracy(w: float, theta: float) -> float:
+    return max(0.0, 1.0 - abs(w - theta))
+
+
+@dataclass
+class FakeFederation:
+    """Sites with a concept θ per period; see the module docstring."""
+
+    concepts: np.ndarray  # (sites, periods)
+    n: int = 100
+    step: float = 0.1
+    skip_rounds: bool = False  # every training round fails its quorum: weights come back unsent
+    crash_after: int | None = None  # raise Crash at this request (counted over all requests)
+    calls: list[tuple[str, int]] = field(default_factory=list)  # (request, period)
+    canaries: dict[int, tuple[int, ...]] = field(default_factory=dict)  # period -> canary sites
+
+    @property
+    def num_sites(self) -> int:
+        return int(self.concepts.shape[0])
+
+    def _called(self, what: str, period: int) -> None:
+        if self.crash_after is not None and len(self.calls) >= self.crash_after:
+            raise Crash(f"killed at request {len(self.calls)} ({what}, period {period})")
+        self.calls.append((what, period))
+
+    def train_round(self, server_round: int, weights: Weights, period: int) -> TrainedRound:
+        self._called("train", period)
+        if self.skip_rounds:
+            return TrainedRound(weights, float("nan"), 0)
+        w, age = float(weights["w"][0]), int(weights["age"][0])
+        target = float(self.concepts[:, period].mean())
+        move = target - w if age == 0 else float(np.clip(target - w, -self.step, self.step))
+        new = {"w": np.array([w + move]), "age": np.array([age + 1])}
+        return TrainedRound(new, abs(target - w), self.num_sites)
+
+    def scores(self, w: float, period: int) -> dict[int, tuple[int, int]]:
+        return {
+            s: (round(self.n * accuracy(w, float(self.concepts[s, period]))), self.n)
+            for s in range(self.num_sites)
+        }
+
+    def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:
+        self._called("evaluate", period)
+        scores = self.scores(float(weights["w"][0]), period)
+        correct = sum(c for c, _ in scores.values())
+        total = sum(n for _, n in scores.values())
+        confusion = np.array([[correct, total - correct], [0, 0]])
+        return Evaluation(EvalResult(total, float(total - correct), confusion), len(scores), scores)
+
+    def collect_stats(
+        self,
+        server_round: int,
+        weights: Weights,
+        period: int,
+        edges: HistogramEdges,
+        canary: CanaryRequest | None = None,
+    ) -> CollectedStats:
+        self._called("stats", period)
+        if canary is not None:
+            self.canaries[period] = canary.sites
+        sites = {}
+        for s in range(self.num_sites):
+            served = canary.weights if canary is not None and s in canary.sites else weights
+            theta = float(self.concepts[s, period])
+            correct = round(self.n * accuracy(float(served["w"][0]), theta))
+            sites[s] = WindowStats(
+                n=self.n,
+                x_sum=np.array([self.n * theta]),
+                x_sq_sum=np.array([self.n * (theta**2 + 1.0)]),
+                hist=np.zeros((1, edges.bins)),
+                label_counts=np.array([self.n, 0]),
+                pred_counts=np.array([correct, self.n - correct]),
+                confusion=np.array([[correct, self.n - correct], [0, 0]]),
+                loss_sum=float(self.n - correct),
+                maxprob_sum=0.9 * self.n,
+            )
+        return CollectedStats(PeriodStats(period, sites), 0)
+
+
+class FakeModels:
+    """Fresh models start at w = 0 with age 0; the final model is a safetensors file."""
+
+    def fresh(self, seed: int) -> dict[str, np.ndarray]:
+        return {"w": np.array([0.0]), "age": np.array([0])}
+
+    def save(self, weights: Weights, path: Path) -> None:
+        save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(path))
+
+
+def config(
+    num_periods: int,
+    num_sites: int,
+    retrain: dict[str, Any] | None = None,
+    release: dict[str, Any] | None = None,
+) -> RunConfig:
+    """A run config for the fake: the oracle policy (retrain at the true change points)."""
+    cfg = RunConfig(
+        scenario=ScenarioConfig(name="fake", num_periods=num_periods),
+        policy=TriggerConfig(name="oracle", on_drift=False, on_change_points=True),
+        retrain=RetrainConfig(**{"max_rounds": 10, "patience": 2, **(retrain or {})}),
+        release=ReleaseConfig(**{"site_margin": 1.0, **(release or {})}),
+        strategy=OmegaConf.create({"_target_": "fake.FedAvg"}),
+    )
+    cfg.runtime.num_clients = num_sites
+    return cfg
+
+
+def change_points(concepts: np.ndarray) -> list[int]:
+    """Periods where any site's concept differs from the period before."""
+    return [t for t in range(1, concepts.shape[1]) if (concepts[:, t] != concepts[:, t - 1]).any()]
+
+
+MakeController = Callable[..., tuple[Controller, FakeFederation]]
+
+
+def build_controller(
+    base: Path,
+    concepts: np.ndarray,
+    *,
+    retrain: dict[str, Any] | None = None,
+    release: dict[str, Any] | None = None,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    federation: FakeFederation | None = None,
+    points: list[int] | None = None,
+) -> tuple[Controller, FakeFederation]:
+    concepts = np.asarray(concepts, dtype=np.float64)
+    cfg = config(concepts.shape[1], concepts.shape[0], retrain, release)
+    run_dir = run_dir or base / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    federation = federation or FakeFederation(concepts)
+    points = change_points(concepts) if points is None else points
+    out = io.StringIO()
+    controller = Controller(
+        cfg,
+        federation,
+        DriftWatch(Monitor([]), TriggerPolicy(cfg.policy, points)),
+        FakeModels(),
+        run_dir,
+        RunReport(run_dir, 0, out),
+        num_features=1,
+        change_points=points,
+        config_hash="fake",
+        out=out,
+        resume=resume,
+    )
+    return controller, federation
+
+
+@pytest.fixture
+def make_controller(tmp_path: Path) -> MakeController:
+    """``make_controller(concepts, retrain=..., release=..., run_dir=..., resume=...,
+    federation=..., points=...)``: a controller on a fake federation writing to
+    ``tmp_path/run``; the oracle policy retrains at ``points``, by default the concepts'
+    change points."""
+    return functools.partial(build_controller, tmp_path)
+
+
+def versions(run_dir: Path) -> list[ModelVersion]:
+    """The run's registry after it closed it."""
+    with Registry(run_dir) as registry:
+        return registry.versions()
+
+
+def events(run_dir: Path, kind: str | None = None) -> list[Event]:
+    with Registry(run_dir) as registry:
+        return registry.events(kind=kind)
+
+
+def champion(run_dir: Path) -> tuple[int, dict[str, np.ndarray]]:
+    """The serving version and its weights."""
+    with Registry(run_dir) as registry:
+        version = registry.champion()
+        assert version is not None
+        return version.version, registry.load(version.version)

@@ -1,0 +1,89 @@
+"""A run killed at any request and resumed ends as the uninterrupted run would.
+
+The fake federation raises :class:`Crash` at a chosen request (as SIGKILL would stop the server
+between two messages); a new controller then resumes from the folder, with no state but the
+files. Every life is cut short again until the run completes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import Crash, FakeFederation, MakeController, champion, events, versions
+
+SITES = 10
+# A shift, a return and a split: reinit, warm, canary, promotion, watch, rollback and a gate
+# rejection all happen (test_the_scenario_exercises_every_rule).
+CONCEPTS = np.array([[0, 0, 0.3, 0.3, 0, 0, 2.0, 2.0]] * 5 + [[0, 0, 0.3, 0.3, 0, 0, 0, 0]] * 5)
+RETRAIN = {"reinit_after": 2, "patience": 2, "max_rounds": 6}
+RELEASE = {"canary_fraction": 0.3, "canary_periods": 1, "watch_periods": 1}
+
+
+def fingerprint(run_dir: Path) -> dict[str, object]:
+    """What a run decided and produced, without wall-clock times."""
+    # As text, so that NaN equals NaN.
+    timeline = pd.read_csv(run_dir / "timeline.csv").drop(columns="seconds").astype(str)
+    metrics = pd.read_csv(run_dir / "metrics.csv").drop(columns="seconds").astype(str)
+    serving, weights = champion(run_dir)
+    return {
+        "timeline": timeline.to_dict("records"),
+        "metrics": metrics.to_dict("records"),
+        "decisions": (run_dir / "decisions.jsonl").read_text(),
+        "versions": [
+            (v.version, v.status, v.parent, v.trigger, v.period, v.rounds, v.metrics)
+            for v in versions(run_dir)
+        ],
+        "events": [(e.kind, e.version, e.period, e.key) for e in events(run_dir)],
+        "serving": (serving, {k: v.tolist() for k, v in weights.items()}),
+    }
+
+
+def test_the_scenario_exercises_every_rule(make_controller: MakeController) -> None:
+    controller, _ = make_controller(
+        CONCEPTS, retrain=RETRAIN, release=RELEASE, federation=FakeFederation(CONCEPTS, step=0.1)
+    )
+    controller.run()
+    run = fingerprint(controller.run_dir)
+    kinds = {kind for kind, *_ in run["events"]}  # type: ignore[attr-defined]
+    assert {"gate", "canary", "promote", "watch", "rollback", "reject"} <= kinds
+    actions = {row["action"] for row in run["timeline"]}  # type: ignore[attr-defined]
+    assert {"initial", "reinit", "warm", "warm, rejected", "serve"} <= actions
+
+
+@pytest.mark.parametrize("lives", [(3, 5, 4), (7, 2, 9, 6)])
+def test_killed_again_and_again_the_run_ends_as_an_uninterrupted_one(
+    make_controller: MakeController, tmp_path: Path, lives: tuple[int, ...]
+) -> None:
+    whole, _ = make_controller(
+        CONCEPTS,
+        retrain=RETRAIN,
+        release=RELEASE,
+        run_dir=tmp_path / "whole",
+        federation=FakeFederation(CONCEPTS, step=0.1),
+    )
+    whole.run()
+
+    killed = tmp_path / "killed"
+    crashes = 0
+    for life, crash_after in enumerate(itertools.cycle(lives)):
+        assert life < 200, "the resumed run makes no progress"
+        controller, _ = make_controller(
+            CONCEPTS,
+            retrain=RETRAIN,
+            release=RELEASE,
+            run_dir=killed,
+            resume=life > 0,
+            federation=FakeFederation(CONCEPTS, step=0.1, crash_after=crash_after),
+        )
+        try:
+            controller.run()
+            break
+        except Crash:
+            crashes += 1
+            controller.registry.close()
+    assert crashes >= 10
+    assert fingerprint(killed) == fingerprint(tmp_path / "whole")
