@@ -14,9 +14,12 @@ global model, their honest update and a generator, so an attack is repeatable.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
+
+from fedretrain.errors import raise_failed
 
 
 class AttackKind(str, Enum):
@@ -91,3 +94,24 @@ def poison(
             sent = honest
         out[name] = np.asarray(sent, dtype=honest.dtype)
     return out
+
+
+@dataclass
+class AttackConfig:
+    """The ``attack`` config group. Simulation only: a share of sites misbehave."""
+
+    kind: AttackKind = AttackKind.none
+    fraction: float = 0.0  # share of sites that attack
+    scale: float = 100.0  # for scale and sign_flip
+    noise_std: float = 10.0  # for gaussian
+    claimed_examples: int = 1_000_000_000  # for num_examples_lie
+    dropout: float = 0.0  # every site skips each round with this probability
+    from_period: int = 0  # drift scenarios: attackers behave until this monitoring period
+
+    def __post_init__(self) -> None:
+        raise_failed(
+            (0 <= self.fraction <= 1, f"attack.fraction={self.fraction}: must lie in [0, 1]"),
+            (self.from_period >= 0, f"attack.from_period={self.from_period}: must be >= 0"),
+            (0 <= self.dropout < 1, f"attack.dropout={self.dropout}: must lie in [0, 1)"),
+            (self.noise_std >= 0, f"attack.noise_std={self.noise_std}: must be >= 0"),
+        )

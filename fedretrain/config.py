@@ -1,17 +1,21 @@
-"""The configuration schema: one dataclass per Hydra config group, validated before any run.
+"""The configuration schema: the root of the composed config, one dataclass per config group.
 
 Hydra merges the YAML files under ``conf/`` into :class:`RunConfig`, so a misspelt key or a
-value of the wrong type fails at compose time. :func:`validate` then checks what types cannot
-(ranges, the arguments of every ``_target_``), builds each target once, and reports every
-problem at once, each naming the key, the bad value and what would be valid.
+value of the wrong type fails at compose time. Each group's ``__post_init__`` checks what types
+cannot (ranges) and :func:`typed_groups` collects every group's problems at once, each naming
+the key, the bad value and what would be valid.
+
+Groups whose code lives elsewhere keep their schema beside it (``train`` in
+:mod:`fedretrain.train_config`, ``validation`` in :mod:`fedretrain.validation`, ``attack`` in
+:mod:`fedretrain.attacks`, ``policy`` in :mod:`fedretrain.monitor.trigger`, ``privacy`` in
+:mod:`fedretrain.privacy.config`); they are re-exported here. This module imports no target:
+:func:`fedretrain.preflight.to_typed` checks the ``_target_`` nodes and builds each once.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -21,37 +25,45 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fedretrain.attacks import AttackKind
+from fedretrain.attacks import AttackConfig
+from fedretrain.errors import ConfigError, raise_failed
 from fedretrain.monitor.trigger import TriggerConfig
 from fedretrain.privacy.config import PrivacyConfig
-from fedretrain.validation import NormPolicy, UpdateRules
+from fedretrain.train_config import LrSchedule, Optimizer, TrainConfig
+from fedretrain.validation import ValidationConfig
+
+__all__ = [  # the schema classes defined beside their code are importable from here too
+    "AttackConfig",
+    "ConfigError",
+    "DataConfig",
+    "Device",
+    "LrSchedule",
+    "MonitorConfig",
+    "Optimizer",
+    "PrivacyConfig",
+    "ReleaseConfig",
+    "RetrainConfig",
+    "RunConfig",
+    "RuntimeConfig",
+    "ScenarioConfig",
+    "TaskConfig",
+    "TrainConfig",
+    "TriggerConfig",
+    "ValidationConfig",
+    "assemble",
+    "check_override_keys",
+    "compose",
+    "cross_checks",
+    "from_yaml",
+    "register_schema",
+    "strategy_kwargs",
+    "to_yaml",
+    "typed_groups",
+]
 
 CONFIG_MODULE = "fedretrain.conf"  # conf/ at the repository root, installed under this name
-
-
-class ConfigError(ValueError):
-    """One or more configuration problems, each on its own line."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    adam = "adam"
-    adamw = "adamw"
-
-
-class LrSchedule(str, Enum):
-    """How the client learning rate changes over server rounds (local runs are too short)."""
-
-    constant = "constant"
-    exponential = "exponential"  # lr * gamma ** (round - 1)
-    cosine = "cosine"  # from lr down to lr_min at the last round
 
 
 class Device(str, Enum):
@@ -82,42 +94,6 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Local training at each site."""
-
-    optimizer: Optimizer = Optimizer.sgd
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    local_epochs: int = 3
-    batch_size: int = 16
-    lr_schedule: LrSchedule = LrSchedule.constant
-    lr_gamma: float = 0.95
-    lr_min: float = 0.0
-    max_grad_norm: float | None = None  # clip each step's gradient norm; null disables
-    proximal_mu: float = 0.0  # FedProx's mu; used by strategy=fedprox
-
-    def __post_init__(self) -> None:
-        _problems(
-            (self.lr > 0, f"train.lr={self.lr}: must be positive, e.g. 0.05"),
-            (0 <= self.momentum < 1, f"train.momentum={self.momentum}: must lie in [0, 1)"),
-            (self.weight_decay >= 0, f"train.weight_decay={self.weight_decay}: must be >= 0"),
-            (self.local_epochs >= 1, f"train.local_epochs={self.local_epochs}: must be >= 1"),
-            (self.batch_size >= 1, f"train.batch_size={self.batch_size}: must be >= 1"),
-            (0 < self.lr_gamma <= 1, f"train.lr_gamma={self.lr_gamma}: must lie in (0, 1]"),
-            (
-                0 <= self.lr_min <= max(self.lr, 0),
-                f"train.lr_min={self.lr_min}: must lie in [0, train.lr]",
-            ),
-            (
-                self.max_grad_norm is None or self.max_grad_norm > 0,
-                f"train.max_grad_norm={self.max_grad_norm}: must be positive, or null to disable",
-            ),
-            (self.proximal_mu >= 0, f"train.proximal_mu={self.proximal_mu}: must be >= 0"),
-        )
-
-
-@dataclass
 class RuntimeConfig:
     """Where and how the federation runs."""
 
@@ -133,7 +109,7 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         gpus = self.gpus_per_client
-        _problems(
+        raise_failed(
             (self.num_clients >= 1, f"runtime.num_clients={self.num_clients}: must be at least 1"),
             (self.num_rounds >= 1, f"runtime.num_rounds={self.num_rounds}: must be at least 1"),
             (
@@ -160,75 +136,6 @@ class RuntimeConfig:
 
 
 @dataclass
-class ValidationConfig:
-    """Checks on every reply before aggregation, quorum and deadlines (fedretrain.validation)."""
-
-    enabled: bool = True  # false: Flower's strategy sees replies unchecked (for comparisons)
-    max_num_examples: int = 1_000_000
-    max_update_norm: float | None = None
-    max_norm_ratio: float | None = 5.0  # x the median update norm of the round
-    norm_policy: NormPolicy = NormPolicy.reject
-    quorum_fraction: float = 0.5  # of the sampled sites must reply validly, else skip the round
-    quorum_min_replies: int = 1
-    reply_timeout_s: float = 600.0  # a round's deadline for replies
-    node_wait_timeout_s: float = 120.0  # how long to wait for sites to connect
-
-    def __post_init__(self) -> None:
-        v = "validation."
-        _problems(
-            (self.max_num_examples >= 1, f"{v}max_num_examples={self.max_num_examples}: >= 1"),
-            (
-                self.max_update_norm is None or self.max_update_norm > 0,
-                f"{v}max_update_norm={self.max_update_norm}: must be positive, or null",
-            ),
-            (
-                self.max_norm_ratio is None or self.max_norm_ratio >= 1,
-                f"{v}max_norm_ratio={self.max_norm_ratio}: must be >= 1, or null",
-            ),
-            (
-                0 <= self.quorum_fraction <= 1,
-                f"{v}quorum_fraction={self.quorum_fraction}: must lie in [0, 1]",
-            ),
-            (
-                self.quorum_min_replies >= 1,
-                f"{v}quorum_min_replies={self.quorum_min_replies}: must be >= 1",
-            ),
-            (self.reply_timeout_s > 0, f"{v}reply_timeout_s={self.reply_timeout_s}: must be > 0"),
-            (
-                self.node_wait_timeout_s > 0,
-                f"{v}node_wait_timeout_s={self.node_wait_timeout_s}: must be > 0",
-            ),
-        )
-
-    @property
-    def rules(self) -> UpdateRules:
-        return UpdateRules(
-            self.max_num_examples, self.max_update_norm, self.max_norm_ratio, self.norm_policy
-        )
-
-
-@dataclass
-class AttackConfig:
-    """Simulation only: a share of sites misbehave (fedretrain.attacks)."""
-
-    kind: AttackKind = AttackKind.none
-    fraction: float = 0.0  # share of sites that attack
-    scale: float = 100.0  # for scale and sign_flip
-    noise_std: float = 10.0  # for gaussian
-    claimed_examples: int = 1_000_000_000  # for num_examples_lie
-    dropout: float = 0.0  # every site skips each round with this probability
-    from_period: int = 0  # drift scenarios: attackers behave until this monitoring period
-
-    def __post_init__(self) -> None:
-        _problems(
-            (0 <= self.fraction <= 1, f"attack.fraction={self.fraction}: must lie in [0, 1]"),
-            (self.from_period >= 0, f"attack.from_period={self.from_period}: must be >= 0"),
-            (0 <= self.dropout < 1, f"attack.dropout={self.dropout}: must lie in [0, 1)"),
-            (self.noise_std >= 0, f"attack.noise_std={self.noise_std}: must be >= 0"),
-        )
-
-
-@dataclass
 class ScenarioConfig:
     """A drifting world in monitoring periods (fedretrain.drift); ``stream: null`` for none.
 
@@ -249,7 +156,7 @@ class ScenarioConfig:
     period_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        _problems(
+        raise_failed(
             (self.num_periods >= 2, f"scenario.num_periods={self.num_periods}: must be >= 2"),
             (
                 self.period_seconds >= 0,
@@ -280,7 +187,7 @@ class MonitorConfig:
     detectors: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _problems(
+        raise_failed(
             (self.arl >= 1, f"monitor.arl={self.arl}: a run length in periods, >= 1"),
             (
                 self.reference_periods >= 1,
@@ -309,7 +216,7 @@ class RetrainConfig:
 
     def __post_init__(self) -> None:
         r = "retrain."
-        _problems(
+        raise_failed(
             (self.max_rounds >= 1, f"{r}max_rounds={self.max_rounds}: must be >= 1"),
             (self.patience >= 1, f"{r}patience={self.patience}: must be >= 1"),
             (self.min_delta >= 0, f"{r}min_delta={self.min_delta}: must be >= 0"),
@@ -351,7 +258,7 @@ class ReleaseConfig:
 
     def __post_init__(self) -> None:
         r = "release."
-        _problems(
+        raise_failed(
             (self.global_margin >= 0, f"{r}global_margin={self.global_margin}: must be >= 0"),
             (self.site_margin >= 0, f"{r}site_margin={self.site_margin}: must be >= 0"),
             (
@@ -395,75 +302,6 @@ class RunConfig:
 def register_schema() -> None:
     """Make the schema known to Hydra as ``fedretrain_schema`` (``conf/config.yaml`` uses it)."""
     ConfigStore.instance().store(name="fedretrain_schema", node=RunConfig)
-
-
-def _problems(*checks: tuple[bool, str]) -> None:
-    failed = [message for ok, message in checks if not ok]
-    if failed:
-        raise ConfigError(failed)
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _locate(target: str) -> Callable[..., Any]:
-    module_name, _, attr = target.rpartition(".")
-    if not module_name:
-        raise ImportError(f"{target!r} is not a dotted path such as 'package.module.name'")
-    module = importlib.import_module(module_name)
-    try:
-        return getattr(module, attr)  # type: ignore[no-any-return]
-    except AttributeError:
-        raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
-
-
-def check_target(node: Any, key: str, runtime_args: tuple[str, ...] = ()) -> list[str]:
-    """Check that ``node`` names an importable ``_target_`` that accepts its keys.
-
-    ``runtime_args`` are supplied by fedretrain when it builds the object and must not be set in
-    the config. Returns the problems found (empty when the node is fine).
-    """
-    if not isinstance(node, DictConfig) or "_target_" not in node:
-        return [f"{key}: needs a '_target_' naming a class or function, got {node!r}"]
-    try:
-        target = _locate(str(node._target_))
-    except ImportError as err:
-        return [f"{key}._target_={node._target_}: cannot be imported ({err})"]
-    try:
-        params = inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        return []  # builtins without signatures: let instantiate() judge
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return []
-    valid = [n for n in params if n not in runtime_args and n != "self"]
-    problems = []
-    for name in map(str, node):
-        if name.startswith("_"):
-            continue
-        if name in runtime_args:
-            problems.append(f"{key}.{name}: is set by fedretrain at run time; remove it")
-        elif name not in params:
-            close = difflib.get_close_matches(name, valid, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            problems.append(
-                f"{key}.{name}: not an argument of {node._target_}; {hint}valid keys: {valid}"
-            )
-    return problems
-
-
-# Arguments fedretrain passes when it builds these targets: they are not config keys.
-MODEL_RUNTIME_ARGS = ("input_shape", "num_classes")
-SCHEDULE_RUNTIME_ARGS = ("num_sites", "num_periods", "seed")
-DETECTOR_RUNTIME_ARGS = ("arl", "reference_periods", "stats_noise_std")
-STRATEGY_RUNTIME_ARGS = (
-    "fraction_train",
-    "fraction_evaluate",
-    "min_train_nodes",
-    "min_evaluate_nodes",
-    "min_available_nodes",
-    "train_metrics_aggr_fn",
-    "evaluate_metrics_aggr_fn",
-)
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
@@ -523,39 +361,58 @@ def to_yaml(cfg: DictConfig) -> str:
 def from_yaml(text: str) -> RunConfig:
     """Parse a config written by :func:`to_yaml`, re-checking it against the schema.
 
-    Targets are not built again: the launcher did that before the run started.
+    Targets are not checked or built again: the launcher did that before the run started.
     """
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(text))
     assert isinstance(merged, DictConfig)
-    return to_typed(merged, build_targets=False)
+    typed, problems = typed_groups(merged)
+    problems += cross_checks(merged, typed)
+    if problems:
+        raise ConfigError(problems)
+    return assemble(merged, typed)
 
 
-def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
-    """Validate a composed config and return it as typed objects; raise :class:`ConfigError`.
+GROUPS = (
+    "train",
+    "runtime",
+    "data",
+    "task",
+    "validation",
+    "attack",
+    "scenario",
+    "monitor",
+    "policy",
+    "retrain",
+    "privacy",
+    "release",
+)
+
+
+def typed_groups(cfg: DictConfig) -> tuple[dict[str, Any], list[str]]:
+    """Each group of ``cfg`` as its typed dataclass, and the problems of those that fail.
 
     Every group is checked even when an earlier one fails, so the user sees all problems at
-    once. Targets are built once (dataset, partition, model, strategy) so that a bad argument
-    surfaces here and not in a worker process minutes later.
+    once; a group that fails is missing from the dict.
     """
     problems: list[str] = []
     typed: dict[str, Any] = {}
-    groups = ("train", "runtime", "data", "task", "validation", "attack", "scenario", "monitor")
-    for group in (*groups, "policy", "retrain", "privacy", "release"):
+    for group in GROUPS:
         try:
             typed[group] = OmegaConf.to_object(cfg[group])
         except ConfigError as err:
             problems += err.problems
         except Exception as err:  # OmegaConf's own type errors
             problems.append(f"{group}: {err}")
-    problems += check_target(cfg.task.dataset, "task.dataset")
-    problems += check_target(cfg.task.model, "task.model", MODEL_RUNTIME_ARGS)
-    problems += check_target(cfg.data.partitioner, "data.partitioner", ("num_partitions",))
-    problems += check_target(cfg.strategy, "strategy", STRATEGY_RUNTIME_ARGS)
-    if cfg.scenario.stream is not None:
-        problems += check_target(cfg.scenario.stream, "scenario.stream")
-        problems += check_target(cfg.scenario.schedule, "scenario.schedule", SCHEDULE_RUNTIME_ARGS)
-    for i, detector in enumerate(cfg.monitor.detectors):
-        problems += check_target(detector, f"monitor.detectors[{i}]", DETECTOR_RUNTIME_ARGS)
+    return typed, problems
+
+
+def cross_checks(cfg: DictConfig, typed: dict[str, Any]) -> list[str]:
+    """What no group's schema sees alone: the holdout share, the device here, user-level DP.
+
+    ``typed`` is what :func:`typed_groups` returned. ``_target_`` nodes are not looked at here
+    (:func:`fedretrain.preflight.to_typed` imports and builds them).
+    """
+    problems = []
     if not 0 <= cfg.data.holdout_fraction < 1:
         problems.append(f"data.holdout_fraction={cfg.data.holdout_fraction}: must lie in [0, 1)")
     runtime = typed.get("runtime")
@@ -563,33 +420,18 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
         problems += _check_device(runtime)
     if cfg.privacy.user_level:
         problems += _check_user_level_dp(cfg)
-    if problems:
-        raise ConfigError(problems)
-    if build_targets:
-        problems += _build_targets(cfg, typed["runtime"])
-    if problems:
-        raise ConfigError(problems)
+    return problems
+
+
+def assemble(cfg: DictConfig, typed: dict[str, Any]) -> RunConfig:
+    """The :class:`RunConfig` of ``cfg`` from its groups, typed by :func:`typed_groups`."""
     # Target nodes stay DictConfigs: instantiate() and error messages want them as written.
     typed["task"].dataset, typed["task"].model = cfg.task.dataset, cfg.task.model
     typed["data"].partitioner = cfg.data.partitioner
     typed["scenario"].stream = cfg.scenario.stream
     typed["scenario"].schedule = cfg.scenario.schedule
     typed["monitor"].detectors = list(cfg.monitor.detectors)
-    return RunConfig(
-        task=typed["task"],
-        data=typed["data"],
-        strategy=cfg.strategy,
-        train=typed["train"],
-        runtime=typed["runtime"],
-        validation=typed["validation"],
-        attack=typed["attack"],
-        scenario=typed["scenario"],
-        monitor=typed["monitor"],
-        policy=typed["policy"],
-        retrain=typed["retrain"],
-        privacy=typed["privacy"],
-        release=typed["release"],
-    )
+    return RunConfig(strategy=cfg.strategy, **{group: typed[group] for group in GROUPS})
 
 
 def strategy_kwargs(runtime: RuntimeConfig) -> dict[str, Any]:
@@ -637,64 +479,4 @@ def _check_device(runtime: RuntimeConfig) -> list[str]:
             f"runtime.gpus_per_client={runtime.gpus_per_client}: torch sees no CUDA device "
             "here; set it to 0"
         )
-    return problems
-
-
-def _build_targets(cfg: DictConfig, runtime: RuntimeConfig) -> list[str]:
-    from fedretrain.monitor.monitor import build_detector  # hydra/scipy heavy, so late
-    from fedretrain.site import build_pool, partition_pool  # torch/sklearn heavy, so late
-
-    problems = []
-    try:
-        pool = build_pool(cfg.task.dataset)
-    except Exception as err:
-        return [f"task.dataset ({cfg.task.dataset._target_}): {err}"]
-    try:
-        partition_pool(cfg.data.partitioner, pool, runtime.num_clients, runtime.seed)
-    except Exception as err:
-        problems.append(f"data.partitioner with runtime.num_clients={runtime.num_clients}: {err}")
-    if cfg.scenario.stream is not None:
-        try:
-            stream = instantiate(cfg.scenario.stream)
-        except Exception as err:
-            return [f"scenario.stream ({cfg.scenario.stream._target_}): {err}"]
-        try:
-            schedule = instantiate(cfg.scenario.schedule)(
-                num_sites=runtime.num_clients,
-                num_periods=cfg.scenario.num_periods,
-                seed=runtime.seed,
-            )
-            if max(schedule.used_concepts) >= stream.num_concepts:
-                top, count = max(schedule.used_concepts), stream.num_concepts
-                problems.append(
-                    f"scenario.schedule uses concept {top} but scenario.stream defines "
-                    f"{count} concepts (ids 0..{count - 1}): add concepts or change the schedule"
-                )
-        except Exception as err:
-            problems.append(f"scenario.schedule ({cfg.scenario.schedule._target_}): {err}")
-        shape, num_classes = stream.input_shape, stream.num_classes
-    else:
-        shape, num_classes = pool.input_shape, pool.num_classes
-    try:
-        model = instantiate(cfg.task.model)(input_shape=shape, num_classes=num_classes)
-    except Exception as err:
-        problems.append(f"task.model ({cfg.task.model._target_}): {err}")
-    else:
-        if cfg.privacy.enabled:
-            from fedretrain.privacy.opacus_adapter import make_compatible  # opacus: late
-
-            try:
-                make_compatible(model, fix=cfg.privacy.fix_model)
-            except ValueError as err:
-                problems.append(f"task.model ({cfg.task.model._target_}) with privacy: {err}")
-    for i, node in enumerate(cfg.monitor.detectors):
-        try:
-            noise = cfg.privacy.stats_noise_multiplier or 0.0  # what noise_std_for gives
-            build_detector(node, arl=cfg.monitor.arl, reference_periods=1, stats_noise_std=noise)
-        except Exception as err:
-            problems.append(f"monitor.detectors[{i}] ({node._target_}): {err}")
-    try:
-        instantiate(cfg.strategy, _partial_=True)(**strategy_kwargs(runtime))
-    except Exception as err:
-        problems.append(f"strategy ({cfg.strategy._target_}): {err}")
     return problems

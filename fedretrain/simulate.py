@@ -17,7 +17,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedretrain.config import ConfigError, check_override_keys, register_schema, to_typed, to_yaml
+from fedretrain.config import check_override_keys, register_schema, to_yaml
+from fedretrain.errors import ConfigError
+from fedretrain.preflight import to_typed
 
 FOLDER_STREAM = "fedretrain.deploy.stream.FolderStream"
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedretrain.config import LrSchedule, Optimizer, TrainConfig
 from fedretrain.metrics import EvalResult, confusion_matrix
 from fedretrain.tasks.dataset import ArrayDataset
+from fedretrain.train_config import LrSchedule, Optimizer, TrainConfig
 
 
 def lr_at(cfg: TrainConfig, server_round: int, num_rounds: int) -> float:

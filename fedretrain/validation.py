@@ -3,6 +3,7 @@
 One bad site must not break the federation: a NaN turns a mean into NaN, a wrongly shaped
 array is silently broadcast, and a site claiming a billion samples takes over a weighted mean
 (FACTS.md). Every check returns a reason naming the problem, so a rejection can be recorded.
+:class:`ValidationConfig`, the ``validation`` config group, sets the bounds.
 
 >>> import numpy as np
 >>> rules = UpdateRules(max_num_examples=1000)
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
+
+from fedretrain.errors import raise_failed
 
 
 class NormPolicy(str, Enum):
@@ -195,3 +198,52 @@ class Rejection:
     phase: str  # "train" or "evaluate"
     node_id: int  # 0 for a decision about the whole round
     reason: str
+
+
+@dataclass
+class ValidationConfig:
+    """The ``validation`` config group: checks on every reply before aggregation, quorum and
+    deadlines."""
+
+    enabled: bool = True  # false: Flower's strategy sees replies unchecked (for comparisons)
+    max_num_examples: int = 1_000_000
+    max_update_norm: float | None = None
+    max_norm_ratio: float | None = 5.0  # x the median update norm of the round
+    norm_policy: NormPolicy = NormPolicy.reject
+    quorum_fraction: float = 0.5  # of the sampled sites must reply validly, else skip the round
+    quorum_min_replies: int = 1
+    reply_timeout_s: float = 600.0  # a round's deadline for replies
+    node_wait_timeout_s: float = 120.0  # how long to wait for sites to connect
+
+    def __post_init__(self) -> None:
+        v = "validation."
+        raise_failed(
+            (self.max_num_examples >= 1, f"{v}max_num_examples={self.max_num_examples}: >= 1"),
+            (
+                self.max_update_norm is None or self.max_update_norm > 0,
+                f"{v}max_update_norm={self.max_update_norm}: must be positive, or null",
+            ),
+            (
+                self.max_norm_ratio is None or self.max_norm_ratio >= 1,
+                f"{v}max_norm_ratio={self.max_norm_ratio}: must be >= 1, or null",
+            ),
+            (
+                0 <= self.quorum_fraction <= 1,
+                f"{v}quorum_fraction={self.quorum_fraction}: must lie in [0, 1]",
+            ),
+            (
+                self.quorum_min_replies >= 1,
+                f"{v}quorum_min_replies={self.quorum_min_replies}: must be >= 1",
+            ),
+            (self.reply_timeout_s > 0, f"{v}reply_timeout_s={self.reply_timeout_s}: must be > 0"),
+            (
+                self.node_wait_timeout_s > 0,
+                f"{v}node_wait_timeout_s={self.node_wait_timeout_s}: must be > 0",
+            ),
+        )
+
+    @property
+    def rules(self) -> UpdateRules:
+        return UpdateRules(
+            self.max_num_examples, self.max_update_norm, self.max_norm_ratio, self.norm_policy
+        )

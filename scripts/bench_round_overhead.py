@@ -80,7 +80,8 @@ def compose_run(num_clients: int, num_rounds: int) -> tuple[Any, Any]:
     (DictConfig, RunConfig)
         The composed config and its validated, typed form.
     """
-    from fedretrain.config import compose, to_typed
+    from fedretrain.config import compose
+    from fedretrain.preflight import to_typed
 
     cfg = compose([f"runtime.num_clients={num_clients}", f"runtime.num_rounds={num_rounds}"])
     return cfg, to_typed(cfg)

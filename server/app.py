@@ -30,7 +30,6 @@ from fedretrain.config import (
     check_override_keys,
     compose,
     from_yaml,
-    to_typed,
     to_yaml,
 )
 from fedretrain.deploy.stream import FolderStream
@@ -39,6 +38,7 @@ from fedretrain.flower.strategies import build_strategy
 from fedretrain.monitor.monitor import Monitor, build_detectors
 from fedretrain.monitor.private import noise_std_for
 from fedretrain.monitor.trigger import TriggerPolicy
+from fedretrain.preflight import to_typed
 from fedretrain.registry import config_hash
 from fedretrain.report import RunReport
 from fedretrain.retraining.controller import Controller

@@ -29,9 +29,11 @@ from typing import TextIO
 
 from fedretrain.atomic import atomic_replace
 from fedretrain.checkpoint import STATE_FILE
-from fedretrain.config import ConfigError, check_override_keys, compose, to_typed
+from fedretrain.config import check_override_keys, compose
 from fedretrain.deploy.certs import SiteKeys, register_sites, write_superlink_connection
 from fedretrain.deploy.launch import Launched, flower_bin, flower_env, wait_for_port
+from fedretrain.errors import ConfigError
+from fedretrain.preflight import to_typed
 from fedretrain.simulate import FOLDER_STREAM
 
 CONNECTION = "fedretrain"

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fedretrain.errors import ConfigError
+
 
 class Alarm(Protocol):
     """What the policy reads from a detector's latest decision."""
@@ -82,8 +84,6 @@ class TriggerConfig:
         if self.max_retrains is not None and self.max_retrains < 0:
             problems.append(f"policy.max_retrains={self.max_retrains}: must be >= 0, or null")
         if problems:
-            from fedretrain.config import ConfigError  # config imports this module
-
             raise ConfigError(problems)
 
 

@@ -3,7 +3,7 @@ the Gaussian noise on the monitoring statistics a site sends (independent of DP-
 
 >>> PrivacyConfig(enabled=True, target_epsilon=2.0).noise_multiplier is None
 True
->>> from fedretrain.config import ConfigError
+>>> from fedretrain.errors import ConfigError
 >>> try:
 ...     PrivacyConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=-1)
 ... except ConfigError as err:
@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+
+from fedretrain.errors import ConfigError
 
 
 class ClippingMode(str, Enum):
@@ -172,8 +174,6 @@ class PrivacyConfig:
                     valid = [m.value for m in enum]
                     problems.append(f"{p}{name}={value!r}: must be one of {valid}")
         if problems:
-            from fedretrain.config import ConfigError  # config imports this module
-
             raise ConfigError(problems)
 
     def _stats_problems(self) -> list[str]:

@@ -40,7 +40,6 @@ from enum import Enum
 import torch
 from torch import nn
 
-from fedretrain.config import TrainConfig
 from fedretrain.privacy.config import PrivacyConfig
 from fedretrain.privacy.ledger import Decision, LedgerEntry, PrivacyLedger
 from fedretrain.privacy.opacus_adapter import (
@@ -54,6 +53,7 @@ from fedretrain.privacy.plan import TrainingPlan, plan_training
 from fedretrain.privacy.rdp import SampledGaussian
 from fedretrain.privacy.sampling import poisson_batches
 from fedretrain.tasks.dataset import ArrayDataset
+from fedretrain.train_config import TrainConfig
 from fedretrain.training import TrainResult, make_optimizer
 
 

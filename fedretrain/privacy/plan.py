@@ -24,13 +24,10 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fedretrain.privacy.config import PrivacyConfig
 from fedretrain.privacy.rdp import SampledGaussian, noise_multiplier_for
-
-if TYPE_CHECKING:  # fedretrain.config imports this package: no import at run time
-    from fedretrain.config import TrainConfig
+from fedretrain.train_config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fedretrain.config import compose, to_typed
+from fedretrain.config import compose
+from fedretrain.preflight import to_typed
 from fedretrain.site import Site
 from fedretrain.training import evaluate, train
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from oracles import dp_accounting_epsilon
 
-from fedretrain.config import compose, to_typed
+from fedretrain.config import compose
+from fedretrain.preflight import to_typed
 from fedretrain.privacy import PrivacyLedger, SampledGaussian
 from fedretrain.registry import Registry
 from fedretrain.site import Site

@@ -7,10 +7,11 @@ from flwr.supercore.task_identity import TaskIdentity
 from scipy.stats import trim_mean
 from sklearn.metrics import precision_recall_fscore_support
 
-from fedretrain.config import compose, to_typed
+from fedretrain.config import compose
 from fedretrain.flower.records import eval_metrics, eval_result, sum_eval_metrics
 from fedretrain.flower.strategies import build_strategy
 from fedretrain.metrics import confusion_matrix, scores
+from fedretrain.preflight import to_typed
 from fedretrain.training import EvalResult
 
 

@@ -15,9 +15,9 @@ from fedretrain.config import (
     check_override_keys,
     compose,
     from_yaml,
-    to_typed,
     to_yaml,
 )
+from fedretrain.preflight import to_typed
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUP_FILES = sorted(p for p in CONF.rglob("*.yaml") if p.parent != CONF)

@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from fedretrain.config import compose, to_typed
+from fedretrain.config import compose
+from fedretrain.preflight import to_typed
 from fedretrain.site import Site
 
 

@@ -17,8 +17,9 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 from flwr.supercore.task_identity import TaskIdentity
 from oracles import dp_accounting_epsilon
 
-from fedretrain.config import ConfigError, compose, to_typed
+from fedretrain.config import ConfigError, compose
 from fedretrain.flower.strategies import build_strategy, user_level_epsilon
+from fedretrain.preflight import to_typed
 from fedretrain.privacy.rdp import SampledGaussian
 from fedretrain.validation import Rejection
 
