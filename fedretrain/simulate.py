@@ -59,7 +59,7 @@ def _run(cfg: DictConfig) -> float:
 
 
 def resume(run_dir: Path) -> int:
-    """Continue the drift run in ``run_dir`` from its last checkpoint; the exit status."""
+    """Continue the run in ``run_dir`` from its last checkpoint; the exit status."""
     from fedretrain.checkpoint import STATE_FILE
     from fedretrain.config import from_yaml
 
@@ -68,7 +68,7 @@ def resume(run_dir: Path) -> int:
         if not needed.exists():
             print(
                 f"fedretrain resume: {run_dir} is not a resumable run folder ({needed.name} "
-                "missing); a drift run writes both from its first period",
+                "missing); a run writes both once its first round is done",
                 file=sys.stderr,
             )
             return 2
@@ -90,7 +90,8 @@ def resume(run_dir: Path) -> int:
 
 def _quiet_libraries() -> None:
     # Flower logs every sampling step at INFO and its own deprecation of run_simulation at
-    # WARNING; our progress line reports rounds, and failed sites are logged by server.loop.
+    # WARNING; our progress line reports rounds, and fedretrain.flower.federation logs failed
+    # sites.
     logging.getLogger("flwr").setLevel(logging.ERROR)
     for chatty in ("matplotlib", "alembic"):  # font cache, Flower's in-memory state migrations
         logging.getLogger(chatty).setLevel(logging.WARNING)

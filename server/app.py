@@ -26,7 +26,6 @@ from hydra.utils import instantiate
 
 from fedretrain.config import (
     ConfigError,
-    RunConfig,
     check_override_keys,
     compose,
     from_yaml,
@@ -43,8 +42,7 @@ from fedretrain.registry import config_hash
 from fedretrain.report import RunReport
 from fedretrain.retraining.controller import Controller
 from fedretrain.retraining.drift_watch import DriftWatch
-from fedretrain.site import TaskModels
-from server.loop import run_federation
+from fedretrain.site import TaskModels, build_pool
 
 app = ServerApp()
 
@@ -103,55 +101,54 @@ def build_server_app(config_yaml: str, run_dir: Path, resume: bool = False) -> S
     return server_app
 
 
-def run(grid: Grid, config_yaml: str, run_dir: Path, resume: bool = False) -> dict[str, object]:
-    """A drift scenario runs in monitoring periods; without one, a single training run.
+def run(
+    grid: Grid, config_yaml: str, run_dir: Path, resume: bool = False, out: TextIO = sys.stdout
+) -> dict[str, object]:
+    """Build the retraining controller for the config and run it; the run's summary.
 
-    ``resume`` continues a drift run from its folder's last checkpoint.
+    A drift scenario runs in monitoring periods; without one, a static run is one period of
+    exactly ``runtime.num_rounds`` rounds. ``resume`` continues either from its folder's last
+    checkpoint.
     """
     cfg = from_yaml(config_yaml)  # parsed once here; config_yaml is what travels to the sites
-    if cfg.scenario.enabled:
-        return run_retraining(grid, cfg, config_yaml, run_dir, resume=resume)
-    if resume:
-        raise ConfigError(["resume: only drift scenario runs checkpoint (scenario=...)"])
-    return run_federation(grid, config_yaml, run_dir)
-
-
-def run_retraining(
-    grid: Grid,
-    cfg: RunConfig,
-    config_yaml: str,
-    run_dir: Path,
-    out: TextIO = sys.stdout,
-    resume: bool = False,
-) -> dict[str, object]:
-    """Build the retraining controller for ``cfg`` on ``grid`` and run it."""
+    static = not cfg.scenario.enabled
     seed_sampling(cfg.runtime.seed)
-    report = RunReport(run_dir, 0, out)  # per-round rows and rejections
+    report = RunReport(run_dir, cfg.runtime.num_rounds if static else 0, out)
     if not resume:
         (run_dir / "config.yaml").write_text(config_yaml)
-    stream = instantiate(cfg.scenario.stream)
-    schedule = instantiate(cfg.scenario.schedule)(
-        num_sites=cfg.runtime.num_clients,
-        num_periods=cfg.scenario.num_periods,
-        seed=cfg.runtime.seed,
-    )
-    change_points = schedule.change_points()
+    if static:
+        pool = build_pool(cfg.task.dataset)
+        input_shape, num_classes, change_points = pool.input_shape, pool.num_classes, []
+    else:
+        stream = instantiate(cfg.scenario.stream)
+        input_shape, num_classes = stream.input_shape, stream.num_classes
+        schedule = instantiate(cfg.scenario.schedule)(
+            num_sites=cfg.runtime.num_clients,
+            num_periods=cfg.scenario.num_periods,
+            seed=cfg.runtime.seed,
+        )
+        change_points = schedule.change_points()
     m = cfg.monitor
-    detectors = build_detectors(
-        m.detectors, m.arl, m.reference_periods, stats_noise_std=noise_std_for(cfg.privacy)
+    detectors = (
+        []
+        if static
+        else build_detectors(
+            m.detectors, m.arl, m.reference_periods, stats_noise_std=noise_std_for(cfg.privacy)
+        )
     )
     drift = DriftWatch(Monitor(detectors), TriggerPolicy(cfg.policy, change_points))
     ledger_dir, epsilon = privacy_accounting(cfg, run_dir)
-    num_features = int(np.prod(stream.input_shape))
-    strategy = build_strategy(cfg, report.reject)
+    num_features = int(np.prod(input_shape))
     federation = FlowerFederation(
         grid,
-        strategy,
+        build_strategy(cfg, report.reject),
         cfg,
         config_yaml,
         report,
         num_features=num_features,
-        num_classes=stream.num_classes,
+        num_classes=num_classes,
+        num_rounds=cfg.runtime.num_rounds if static else cfg.retrain.max_rounds,
+        periods=not static,
         epsilon=epsilon,
         ledger_dir=ledger_dir,
     )
@@ -159,15 +156,16 @@ def run_retraining(
         cfg,
         federation,
         drift,
-        TaskModels(cfg, stream.input_shape, stream.num_classes),
+        TaskModels(cfg, input_shape, num_classes),
         run_dir,
         report,
         num_features=num_features,
         change_points=change_points,
         config_hash=config_hash(config_yaml),
         epsilon=epsilon,
-        deployed=isinstance(stream, FolderStream),
+        deployed=not static and isinstance(stream, FolderStream),
         summary_extras=federation.summary,
+        fixed_rounds=cfg.runtime.num_rounds if static else None,
         out=out,
         resume=resume,
     )

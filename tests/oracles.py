@@ -20,8 +20,11 @@ def dp_accounting_epsilon(composition: Iterable[SampledGaussian], delta: float) 
     is the plain Gaussian mechanism on every record (``GaussianDpEvent``). Only the three
     numbers are read from each entry: the accounting is dp-accounting's own.
 
+    Opacus's known value for σ=1.5, q=0.04, 2,250 steps at δ=1e-5 is 7.32911; dp-accounting's
+    grid of orders lands a little above it:
+
     >>> round(dp_accounting_epsilon([SampledGaussian(1.5, 0.04, 2250)], 1e-5), 4)
-    7.3291
+    7.3293
     """
     accountant = dp_accounting.rdp.RdpAccountant()
     for m in composition:

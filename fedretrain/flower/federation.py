@@ -69,6 +69,11 @@ class FlowerFederation:
         Where rejected and failed replies are recorded.
     num_features, num_classes : int
         What a site's statistics must describe to be accepted.
+    num_rounds : int
+        The rounds a site is told a run has (its learning-rate schedule spans them).
+    periods : bool
+        False for a static run: instructions name no period and sites train and evaluate on
+        their fixed partition.
     epsilon : EpsilonTracker or None
         Fed with what each DP-SGD training cost the site.
     ledger_dir : str or None
@@ -85,6 +90,8 @@ class FlowerFederation:
         *,
         num_features: int,
         num_classes: int,
+        num_rounds: int,
+        periods: bool = True,
         epsilon: EpsilonTracker | None = None,
         ledger_dir: str | None = None,
     ) -> None:
@@ -95,12 +102,14 @@ class FlowerFederation:
         self.report = report
         self.num_features = num_features
         self.num_classes = num_classes
+        self.num_rounds = num_rounds
+        self.periods = periods
         self.epsilon = epsilon
         self.ledger_dir = ledger_dir
 
     def train_round(self, server_round: int, weights: Weights, period: int) -> TrainedRound:
         config = instruction_config(
-            self.config_yaml, self.cfg.retrain.max_rounds, period, self.ledger_dir
+            self.config_yaml, self.num_rounds, self._period(period), self.ledger_dir
         )
         arrays = to_record(weights)
         messages = self.strategy.configure_train(server_round, arrays, config, self.grid)
@@ -109,7 +118,7 @@ class FlowerFederation:
             self.report,
             server_round,
             self.epsilon,
-            period,
+            self._period(period),
         )
         new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         trained = accepted_count(replies, self.report, server_round, "train")
@@ -118,7 +127,7 @@ class FlowerFederation:
         return TrainedRound(result, loss, trained)
 
     def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:
-        config = instruction_config(self.config_yaml, self.cfg.retrain.max_rounds, period)
+        config = instruction_config(self.config_yaml, self.num_rounds, self._period(period))
         messages = self.strategy.configure_evaluate(
             server_round, to_record(weights), config, self.grid
         )
@@ -144,7 +153,7 @@ class FlowerFederation:
         nodes = wait_for_nodes(
             self.grid, cfg.runtime.num_clients, cfg.validation.node_wait_timeout_s
         )
-        config = instruction_config(self.config_yaml, cfg.retrain.max_rounds, period)
+        config = instruction_config(self.config_yaml, self.num_rounds, period)
         content = RecordDict(
             {"arrays": to_record(weights), "config": config, "edges": edges_record(edges)}
         )
@@ -185,6 +194,9 @@ class FlowerFederation:
         return CollectedStats(
             PeriodStats(period, dict(sorted((with_data or sites).items()))), rejected
         )
+
+    def _period(self, period: int) -> int | None:
+        return period if self.periods else None
 
     def summary(self) -> dict[str, object]:
         """What the strategy adds to the run's summary: the user-level ε of a DP strategy."""
@@ -230,17 +242,6 @@ def privacy_accounting(cfg: RunConfig, run_dir: Path) -> tuple[str | None, Epsil
         return None, None
     ledger_dir = str(Path(cfg.privacy.ledger_dir or run_dir / "privacy").resolve())
     return ledger_dir, EpsilonTracker(run_dir / "privacy.csv", cfg.privacy.delta)
-
-
-def privacy_summary(epsilon: EpsilonTracker | None, strategy: Strategy) -> dict[str, object]:
-    """The summary's privacy entries: each site's DP-SGD ε and the user-level ε, if any."""
-    summary: dict[str, object] = {}
-    if epsilon is not None:
-        summary["privacy"] = epsilon.summary()
-    user = user_level_epsilon(strategy)
-    if user is not None:
-        summary["user_level_epsilon"] = user
-    return summary
 
 
 def trained_replies(

@@ -20,7 +20,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -32,11 +32,12 @@ from fedretrain.errors import FederationError
 from fedretrain.monitor.private import stats_epsilon
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats
 from fedretrain.privacy.tracking import EpsilonTracker
-from fedretrain.registry import Registry, Status
+from fedretrain.registry import Registry
 from fedretrain.report import RoundRow, RunReport
 from fedretrain.retraining import resume
-from fedretrain.retraining.drift_watch import DriftWatch, Observation
+from fedretrain.retraining.drift_watch import DriftWatch
 from fedretrain.retraining.lifecycle import Lifecycle
+from fedretrain.retraining.outcome import Outcome
 from fedretrain.retraining.port import (
     CollectedStats,
     Evaluation,
@@ -45,24 +46,12 @@ from fedretrain.retraining.port import (
     Weights,
     digest,
 )
+from fedretrain.retraining.summary import period_row, run_facts
 from fedretrain.timeline import PeriodRow, Timeline
-from fedretrain.validation import DECLINE_PHASES
 
 log = logging.getLogger(__name__)
 
 NO_DATA = "no new data at any site"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a retrain produced: the weights to serve and how they were obtained."""
-
-    weights: Weights
-    action: str  # initial, warm, reinit, reuse vN, with ", rejected" when the gate refused it
-    rounds: int
-    validation_accuracy: float
-    reused_version: int | None = None
-    epsilon_by_site: dict[int, float] | None = None  # DP-SGD: what it cost each site
 
 
 class Controller:
@@ -94,6 +83,9 @@ class Controller:
         Real sites: no known change points to score, site data problems counted.
     summary_extras : callable
         More entries for ``summary.json`` at the end (e.g. the user-level ε of a DP strategy).
+    fixed_rounds : int or None
+        A static run: one period without monitoring statistics and exactly this many rounds,
+        the last model kept; ``metrics.csv`` starts with the fresh model's round 0.
     """
 
     def __init__(
@@ -111,6 +103,7 @@ class Controller:
         epsilon: EpsilonTracker | None = None,
         deployed: bool = False,
         summary_extras: Callable[[], Mapping[str, object]] = dict,
+        fixed_rounds: int | None = None,
         out: TextIO = sys.stdout,
         resume: bool = False,
     ) -> None:
@@ -126,8 +119,10 @@ class Controller:
         self.epsilon = epsilon
         self.deployed = deployed
         self.summary_extras = summary_extras
+        self.fixed_rounds = fixed_rounds
         self.resume = resume
-        self.timeline = Timeline(run_dir, cfg.scenario.num_periods, out)
+        self.num_periods = 1 if fixed_rounds is not None else cfg.scenario.num_periods
+        self.timeline = Timeline(run_dir, self.num_periods, out)
         self.registry = Registry(run_dir, create=True)
         self.lifecycle = Lifecycle(self.registry, cfg.release, cfg.runtime.seed)
         self.checkpoints = CheckpointStore(run_dir / "checkpoint")
@@ -148,50 +143,62 @@ class Controller:
         replayed = self._restore() if self.resume else None
         if self.state.completed_period < 0:
             self._pace(0)
-            self._initial_period(replayed)
+            if self.fixed_rounds is None:
+                self._initial_period(replayed)
+            else:
+                self._static_training()
             replayed = None
-        for period in range(self.state.completed_period + 1, self.cfg.scenario.num_periods):
+        for period in range(self.state.completed_period + 1, self.num_periods):
             self._pace(period)
             self._period(period, replayed)
             replayed = None
         return self._finish()
 
     def _finish(self) -> dict[str, object]:
-        cfg = self.cfg
         if self.epsilon is not None:
             self.epsilon.plot(self.run_dir / "privacy.png")
         self.models.save(self._champion(), self.run_dir / "model.safetensors")
-        versions = self.registry.versions()
-        rejections = self.report.rejections
-        data_problems = sum(r.phase.startswith("data p") for r in rejections)
-        stats_eps = stats_epsilon(cfg.privacy, cfg.scenario.num_periods)
-        summary = self.timeline.finish(
-            None if self.deployed else self.change_points,
-            {
-                "scenario": cfg.scenario.name,
-                "policy": cfg.policy.name,
-                "task": cfg.task.name,
-                "strategy": str(cfg.strategy._target_),
-                "clients": cfg.runtime.num_clients,
-                "serving_version": self.lifecycle.champion_version(),
-                "versions": len(versions),
-                "promotions": len(self.registry.events(kind="promote")),
-                "rollbacks": len(self.registry.events(kind="rollback")),
-                "rejected_candidates": sum(v.status is Status.rejected for v in versions),
-                "rejected_replies": sum(
-                    r.phase not in DECLINE_PHASES and not r.phase.startswith("data p")
-                    for r in rejections
-                ),
-                "declined_trainings": sum(r.phase in DECLINE_PHASES for r in rejections),
-                **({"site_data_problems": data_problems} if self.deployed else {}),
-                "run_dir": str(self.run_dir),
-                **({"privacy": self.epsilon.summary()} if self.epsilon is not None else {}),
-                **self.summary_extras(),
-                **({} if stats_eps is None else {"stats_epsilon": stats_eps}),
-            },
+        facts = run_facts(
+            self.cfg,
+            self.registry,
+            self.report.rejections,
+            self.run_dir,
+            deployed=self.deployed,
+            monitored=self.fixed_rounds is None,
         )
+        privacy = {"privacy": self.epsilon.summary()} if self.epsilon is not None else {}
+        extra = {**facts, **privacy, **self.summary_extras()}
+        if self.fixed_rounds is None:
+            stats_eps = stats_epsilon(self.cfg.privacy, self.cfg.scenario.num_periods)
+            if stats_eps is not None:
+                extra["stats_epsilon"] = stats_eps
+            points = None if self.deployed else self.change_points
+            summary = self.timeline.finish(points, extra)
+        else:
+            summary = self.report.finish(extra)
         self.registry.close()
         return summary
+
+    def _static_training(self) -> None:
+        """A run without monitoring periods: round 0 scores the fresh model, then exactly
+        ``fixed_rounds`` rounds; the last model is the run's (its only version)."""
+        initial = self.models.fresh(self.cfg.runtime.seed)
+        plateau = self.state.plateau
+        if plateau is None:  # not a resume after the initial evaluation
+            started = time.perf_counter()
+            evaluation = self._evaluate(0, initial)
+            seconds = time.perf_counter() - started
+            self.report.add(
+                RoundRow.from_eval(0, evaluation.result, math.nan, 0, evaluation.sites, seconds)
+            )
+            plateau = Plateau(period=0, action="initial")
+            self.state.plateau = plateau
+            self._checkpoint({"start": initial, "current": initial, "best": initial})
+        outcome = self._train_to_plateau(plateau, initial, None)
+        reason = f"static run of {outcome.rounds} rounds"
+        version = self._register(outcome, 0, "initial", reason, parent=None)
+        self.registry.promote(version, reason="the run's model", period=0, key="p0-promote")
+        self._complete(0)
 
     def _initial_period(self, replayed: CollectedStats | None) -> None:
         """Period 0: statistics fix the histogram edges; the first model trains to a plateau."""
@@ -216,7 +223,9 @@ class Controller:
         version = self._register(outcome, 0, "initial", "initial training", parent=None)
         self.registry.promote(version, reason="initial model", period=0, key="p0-promote")
         self.drift.trained(0, initial=True)
-        self._add_row(_row(collected, None, True, "initial training", outcome, version, start))
+        self._add_row(
+            period_row(collected, None, True, "initial training", outcome, version, start)
+        )
         self._complete(0)
 
     def _period(self, period: int, replayed: CollectedStats | None) -> None:
@@ -228,7 +237,7 @@ class Controller:
             log.warning("period %d: no site has new data; nothing to monitor", period)
             self.timeline.decision({"period": period, "retrain": False, "reason": NO_DATA})
             serving = self.lifecycle.champion_version()
-            self._add_row(_row(collected, None, False, NO_DATA, None, serving, start))
+            self._add_row(period_row(collected, None, False, NO_DATA, None, serving, start))
             self._complete(period)
             return
         plateau = self.state.plateau
@@ -243,7 +252,7 @@ class Controller:
             retrained = self._retrain(period, decision.reason)
             self.drift.trained(period)
         serving = self.lifecycle.champion_version()
-        row = _row(
+        row = period_row(
             collected, observation, decision.retrain, decision.reason, retrained, serving, start
         )
         self._add_row(replace(row, change_point=period in self.change_points))
@@ -346,9 +355,12 @@ class Controller:
         more than ``retrain.stall_gap`` below it after ``retrain.reinit_after`` rounds is
         abandoned for a fresh initialisation (a flipped concept is unlearnt faster from
         scratch). The best model seen, by validation accuracy, is kept. The search is
-        checkpointed after every round and continues from there on resume.
+        checkpointed after every round and continues from there on resume. A static run
+        (``fixed_rounds``) trains exactly that many rounds and keeps the last model.
         """
         r, p = self.cfg.retrain, plateau
+        fixed = self.fixed_rounds is not None
+        cap = self.fixed_rounds if self.fixed_rounds is not None else r.max_rounds
         if self.epsilon is not None and p.epsilon_mark is None:
             p.epsilon_mark = {str(k): v for k, v in self.epsilon.mark().items()}
         restored = self.resume and self.state.plateau is p
@@ -358,10 +370,10 @@ class Controller:
         if not p.best_action:
             p.best_action = p.action
         check = r.reinit_after if target is not None else None
-        while p.rounds < r.max_rounds and p.since_best < r.patience:
+        while p.rounds < cap and (fixed or p.since_best < r.patience):
             current = self._train_round(p.period, current)
             p.rounds += 1
-            if self._last_validation > p.best_acc + r.min_delta:
+            if fixed or self._last_validation > p.best_acc + r.min_delta:
                 p.best_acc, best, p.best_action = self._last_validation, current, p.action
                 p.since_best = 0
             else:
@@ -473,36 +485,3 @@ class Controller:
 def _no_data(stats: PeriodStats) -> bool:
     """Whether no site had data in the period (deployed sites with no new files)."""
     return stats.total.n == 0
-
-
-def _row(
-    collected: CollectedStats,
-    observation: Observation | None,
-    retrain: bool,
-    reason: str,
-    outcome: Outcome | None,
-    version: int,
-    started: float,
-) -> PeriodRow:
-    stats = collected.stats
-    total = stats.total
-    alarms = [d for d in observation.detections if d.drifted] if observation else []
-    return PeriodRow(
-        period=stats.period,
-        accuracy=total.accuracy,
-        mean_loss=total.mean_loss,
-        mean_confidence=total.mean_confidence,
-        samples=total.n,
-        sites=len(stats.sites),
-        rejected=collected.rejected,
-        change_point=False,
-        alarms=";".join(d.test for d in alarms),
-        alarm_sites=";".join(str(s) for s in sorted({s for d in alarms for s in d.sites})),
-        retrain=retrain,
-        reason=reason,
-        action=outcome.action if outcome else "serve",
-        rounds=outcome.rounds if outcome else 0,
-        serving_version=version,
-        validation_accuracy=outcome.validation_accuracy if outcome else math.nan,
-        seconds=round(time.perf_counter() - started, 3),
-    )

@@ -104,6 +104,18 @@ def test_killed_ten_times_the_run_ends_as_an_uninterrupted_one(tmp_path: Path) -
     assert [json.loads(d)["period"] for d in decisions] == list(range(1, 7))
 
 
+def test_a_killed_static_run_resumes_to_its_last_round(tmp_path: Path) -> None:
+    run_dir = tmp_path / "static"
+    static = ["runtime.num_clients=3", "runtime.num_rounds=6", f"hydra.run.dir={run_dir}"]
+    _kill_at(_start(["-m", "fedretrain", *static]), run_dir, 2, np.random.default_rng(3))
+    assert _start(_resume(run_dir)).wait(timeout=600) == 0
+    rounds = pd.read_csv(run_dir / "metrics.csv")["round"].tolist()
+    assert rounds == list(range(7))  # round 0 is the fresh model; nothing lost, nothing twice
+    [version] = _registry(run_dir)
+    assert (version["status"], version["rounds"]) == ("champion", 6)
+    assert json.loads((run_dir / "summary.json").read_text())["serving_version"] == 1
+
+
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a run")
     result = subprocess.run(

@@ -13,6 +13,7 @@ import torch
 from fedretrain.config import from_yaml
 from fedretrain.metrics import scores, sum_confusion
 from fedretrain.model_io import load_state_dict
+from fedretrain.registry import Registry, Status
 from fedretrain.site import Site
 from fedretrain.training import evaluate
 
@@ -84,3 +85,19 @@ def test_same_seed_repeats_the_run_bit_for_bit(run_dir: Path, tmp_path: Path) ->
     columns = ["train_loss", "eval_loss", "accuracy", "f1"]
     first = pd.read_csv(run_dir / "metrics.csv")[columns]
     pd.testing.assert_frame_equal(pd.read_csv(again / "metrics.csv")[columns], first)
+
+
+def test_a_static_run_registers_its_model_and_the_cli_lists_it(run_dir: Path) -> None:
+    with Registry(run_dir) as registry:
+        [version] = registry.versions()
+        stored = registry.load(version.version)
+    assert (version.status, version.rounds, version.parent) == (Status.champion, 2, None)
+    saved = load_state_dict(run_dir / "model.safetensors")
+    assert stored.keys() == saved.keys()
+    assert all(torch.equal(torch.from_numpy(stored[k]), saved[k]) for k in saved)
+    listed = subprocess.run(
+        [sys.executable, "-m", "fedretrain.cli", "models", "list", str(run_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert "champion" in listed.stdout

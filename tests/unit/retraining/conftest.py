@@ -24,6 +24,7 @@ from safetensors.numpy import save_file
 
 from fedretrain.config import ReleaseConfig, RetrainConfig, RunConfig, ScenarioConfig
 from fedretrain.metrics import EvalResult
+from fedretrain.monitor.base import Detector
 from fedretrain.monitor.monitor import Monitor
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats, WindowStats
 from fedretrain.monitor.trigger import TriggerConfig, TriggerPolicy
@@ -141,7 +142,10 @@ def config(
 ) -> RunConfig:
     """A run config for the fake: the oracle policy (retrain at the true change points)."""
     cfg = RunConfig(
-        scenario=ScenarioConfig(name="fake", num_periods=num_periods),
+        # One period: a static run, whose config has no scenario.
+        scenario=ScenarioConfig(name="fake", num_periods=num_periods)
+        if num_periods > 1
+        else ScenarioConfig(),
         policy=TriggerConfig(name="oracle", on_drift=False, on_change_points=True),
         retrain=RetrainConfig(**{"max_rounds": 10, "patience": 2, **(retrain or {})}),
         release=ReleaseConfig(**{"site_margin": 1.0, **(release or {})}),
@@ -169,6 +173,8 @@ def build_controller(
     resume: bool = False,
     federation: FakeFederation | None = None,
     points: list[int] | None = None,
+    fixed_rounds: int | None = None,
+    detectors: list[Detector] | None = None,
 ) -> tuple[Controller, FakeFederation]:
     concepts = np.asarray(concepts, dtype=np.float64)
     cfg = config(concepts.shape[1], concepts.shape[0], retrain, release)
@@ -180,13 +186,14 @@ def build_controller(
     controller = Controller(
         cfg,
         federation,
-        DriftWatch(Monitor([]), TriggerPolicy(cfg.policy, points)),
+        DriftWatch(Monitor(detectors or []), TriggerPolicy(cfg.policy, points)),
         FakeModels(),
         run_dir,
         RunReport(run_dir, 0, out),
         num_features=1,
         change_points=points,
         config_hash="fake",
+        fixed_rounds=fixed_rounds,
         out=out,
         resume=resume,
     )
@@ -196,7 +203,7 @@ def build_controller(
 @pytest.fixture
 def make_controller(tmp_path: Path) -> MakeController:
     """``make_controller(concepts, retrain=..., release=..., run_dir=..., resume=...,
-    federation=..., points=...)``: a controller on a fake federation writing to
+    federation=..., points=..., fixed_rounds=..., detectors=...)``: a controller on a fake federation writing to
     ``tmp_path/run``; the oracle policy retrains at ``points``, by default the concepts'
     change points."""
     return functools.partial(build_controller, tmp_path)

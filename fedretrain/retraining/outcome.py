@@ -1,0 +1,19 @@
+"""What a retrain produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedretrain.retraining.port import Weights
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a retrain produced: the weights to serve and how they were obtained."""
+
+    weights: Weights
+    action: str  # initial, warm, reinit, reuse vN, with ", rejected" when the gate refused it
+    rounds: int
+    validation_accuracy: float
+    reused_version: int | None = None
+    epsilon_by_site: dict[int, float] | None = None  # DP-SGD: what it cost each site

@@ -1,0 +1,85 @@
+"""What a run's rows and summary say: a period's timeline row, the registry's facts."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from fedretrain.config import RunConfig
+from fedretrain.registry import Registry, Status
+from fedretrain.retraining.drift_watch import Observation
+from fedretrain.retraining.outcome import Outcome
+from fedretrain.retraining.port import CollectedStats
+from fedretrain.timeline import PeriodRow
+from fedretrain.validation import DECLINE_PHASES, Rejection
+
+
+def run_facts(
+    cfg: RunConfig,
+    registry: Registry,
+    rejections: list[Rejection],
+    run_dir: Path,
+    *,
+    deployed: bool,
+    monitored: bool,
+) -> dict[str, object]:
+    """The summary's entries that come from the config, the registry and the rejections."""
+    versions = registry.versions()
+    champion = registry.champion()
+    facts: dict[str, object] = {
+        **({"scenario": cfg.scenario.name, "policy": cfg.policy.name} if monitored else {}),
+        "task": cfg.task.name,
+        "strategy": str(cfg.strategy._target_),
+        "clients": cfg.runtime.num_clients,
+        "serving_version": None if champion is None else champion.version,
+        "versions": len(versions),
+    }
+    if monitored:
+        data_problems = sum(r.phase.startswith("data p") for r in rejections)
+        facts |= {
+            "promotions": len(registry.events(kind="promote")),
+            "rollbacks": len(registry.events(kind="rollback")),
+            "rejected_candidates": sum(v.status is Status.rejected for v in versions),
+            "rejected_replies": sum(
+                r.phase not in DECLINE_PHASES and not r.phase.startswith("data p")
+                for r in rejections
+            ),
+            "declined_trainings": sum(r.phase in DECLINE_PHASES for r in rejections),
+            **({"site_data_problems": data_problems} if deployed else {}),
+        }
+    facts["run_dir"] = str(run_dir)
+    return facts
+
+
+def period_row(
+    collected: CollectedStats,
+    observation: Observation | None,
+    retrain: bool,
+    reason: str,
+    outcome: Outcome | None,
+    version: int,
+    started: float,
+) -> PeriodRow:
+    stats = collected.stats
+    total = stats.total
+    alarms = [d for d in observation.detections if d.drifted] if observation else []
+    return PeriodRow(
+        period=stats.period,
+        accuracy=total.accuracy,
+        mean_loss=total.mean_loss,
+        mean_confidence=total.mean_confidence,
+        samples=total.n,
+        sites=len(stats.sites),
+        rejected=collected.rejected,
+        change_point=False,
+        alarms=";".join(d.test for d in alarms),
+        alarm_sites=";".join(str(s) for s in sorted({s for d in alarms for s in d.sites})),
+        retrain=retrain,
+        reason=reason,
+        action=outcome.action if outcome else "serve",
+        rounds=outcome.rounds if outcome else 0,
+        serving_version=version,
+        validation_accuracy=outcome.validation_accuracy if outcome else math.nan,
+        seconds=round(time.perf_counter() - started, 3),
+    )
