@@ -32,12 +32,12 @@ from fedretrain.errors import FederationError
 from fedretrain.monitor.private import stats_epsilon
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats
 from fedretrain.privacy.tracking import EpsilonTracker
-from fedretrain.registry import Registry
+from fedretrain.registry import Registry, Status
 from fedretrain.report import RoundRow, RunReport
 from fedretrain.retraining import resume
 from fedretrain.retraining.drift_watch import DriftWatch
 from fedretrain.retraining.lifecycle import Lifecycle
-from fedretrain.retraining.outcome import Outcome
+from fedretrain.retraining.outcome import REJECTED, Outcome, released
 from fedretrain.retraining.port import (
     CollectedStats,
     Evaluation,
@@ -250,7 +250,7 @@ class Controller:
         retrained: Outcome | None = None
         if decision.retrain:
             retrained = self._retrain(period, decision.reason)
-            self.drift.trained(period)
+            self.drift.trained(period, serving_changed=released(retrained.action))
         serving = self.lifecycle.champion_version()
         row = period_row(
             collected, observation, decision.retrain, decision.reason, retrained, serving, start
@@ -304,8 +304,8 @@ class Controller:
     # ------------------------------------------------------------------ retraining
 
     def _retrain(self, period: int, reason: str) -> Outcome:
-        """Reuse a stored model that wins on current data, else train to a plateau; then the
-        gate, and a promotion, a canary or a rejection."""
+        """Reuse a former champion that wins on current data and passes the gate, else train to
+        a plateau; then the gate, and a promotion, a canary or a rejection."""
         champion_version = self.lifecycle.champion_version()
         plateau = self.state.plateau
         if plateau is None or plateau.period != period:
@@ -314,9 +314,9 @@ class Controller:
             serving_acc = self._validate(period, serving)
             reused = self._reuse(period, serving_acc) if self.cfg.retrain.reuse_stored else None
             if reused is not None and reused.reused_version is not None:
-                if not self._release(reused.reused_version, period, reused):
-                    return replace(reused, action=f"{reused.action}, rejected")
-                return reused
+                if self._release(reused.reused_version, period, reused):
+                    return reused
+                log.info("period %d: %s refused at the gate; training", period, reused.action)
             target = self.registry.get(champion_version).metrics.get("validation_accuracy")
             plateau = Plateau(period=period, action="warm", baseline=serving_acc, target=target)
             start = serving
@@ -325,15 +325,16 @@ class Controller:
         outcome = self._train_to_plateau(plateau, start, plateau.target)
         version = self._register(outcome, period, outcome.action, reason, champion_version)
         if not self._release(version, period, outcome):
-            return replace(outcome, action=f"{outcome.action}, rejected")
+            return replace(outcome, action=f"{outcome.action}{REJECTED}")
         return outcome
 
     def _reuse(self, period: int, serving_acc: float) -> Outcome | None:
-        """The stored version that does best on current data, if it is back (scores within
+        """The former champion that does best on current data, if it is back (scores within
         ``reuse_tolerance`` of its stored accuracy) and beats the champion by the margin."""
         r = self.cfg.retrain
-        champion = self.lifecycle.champion_version()
-        candidates = [v for v in self.registry.versions() if v.version != champion]
+        # Only former champions may serve again: a rejected or rolled-back version was judged
+        # unfit, and the champion is what serves now.
+        candidates = [v for v in self.registry.versions() if v.status is Status.retired]
         best: tuple[float, int, Weights] | None = None
         for stored in candidates[-r.max_stored :] if r.max_stored else []:
             stored_acc = stored.metrics.get("validation_accuracy", math.nan)

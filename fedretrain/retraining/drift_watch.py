@@ -42,7 +42,7 @@ class Observation:
 class DriftWatch:
     """The monitor and the trigger policy behind one call per period.
 
-    After a model is trained (or reused) the monitor starts a new reference, since the
+    After a new model serves (trained or reused) the monitor starts a new reference, since the
     statistics it compares are the serving model's.
     """
 
@@ -57,7 +57,10 @@ class DriftWatch:
         decision = self.policy.decide(stats.period, total.accuracy, total.labelled, detections)
         return Observation(detections, decision)
 
-    def trained(self, period: int, initial: bool = False) -> None:
-        """A model was trained at ``period``: the policy counts it, the monitor starts afresh."""
+    def trained(self, period: int, initial: bool = False, serving_changed: bool = True) -> None:
+        """A retrain ran at ``period``: the policy counts it; if what serves changed, the
+        monitor starts a new reference (its statistics are the serving model's). A candidate
+        the gate refused changed nothing: the reference, and the evidence of drift, stay."""
         self.policy.trained(period, initial=initial)
-        self.monitor.reset()
+        if serving_changed:
+            self.monitor.reset()

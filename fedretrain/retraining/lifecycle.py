@@ -169,9 +169,12 @@ class Lifecycle:
     ) -> bool:
         """The gate on the sites' holdout scores, then a promotion or a canary.
 
-        Returns False (and rejects the version) if the gate refused it.
+        Returns False if the gate refused the version: a new candidate is then rejected; a
+        former champion offered for reuse keeps its status (the refusal is the gate event).
+        A former champion that passes is promoted at once: it has served before.
         """
         c = self.config
+        stored = self.registry.get(version).status is not Status.candidate
         decision = gate(
             candidate, champion, c.global_margin, c.site_margin, min_site_total=c.min_site_examples
         )
@@ -180,14 +183,15 @@ class Lifecycle:
             period=period,
             version=version,
             payload=decision.to_dict(),
-            key=f"p{period}-gate",
+            key=f"p{period}-reuse-gate" if stored else f"p{period}-gate",
         )
         if not decision.promote:
-            self.registry.reject(
-                version, reason=decision.reason, period=period, key=f"p{period}-reject"
-            )
+            if not stored:
+                self.registry.reject(
+                    version, reason=decision.reason, period=period, key=f"p{period}-reject"
+                )
             return False
-        if c.canary_fraction > 0:
+        if c.canary_fraction > 0 and not stored:
             sites = choose_canary_sites(sorted(candidate), c.canary_fraction, [self.seed, period])
             self.registry.set_alias("candidate", version, reason="canary", period=period)
             canary = Canary(version, tuple(int(s) for s in sites), start=period + 1)

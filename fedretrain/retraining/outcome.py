@@ -17,3 +17,15 @@ class Outcome:
     validation_accuracy: float
     reused_version: int | None = None
     epsilon_by_site: dict[int, float] | None = None  # DP-SGD: what it cost each site
+
+
+REJECTED = ", rejected"  # appended to an outcome's action when the gate refused its candidate
+
+
+def released(action: str) -> bool:
+    """Whether a retrain with this action changed what serves (a promotion or a canary).
+
+    >>> released("warm"), released("reuse v1"), released("warm, rejected")
+    (True, True, False)
+    """
+    return not action.endswith(REJECTED)

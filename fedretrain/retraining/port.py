@@ -117,10 +117,13 @@ def digest(weights: Weights) -> str:
     True
     >>> digest(a) == digest({"w": np.ones(3, dtype=np.float32)})
     False
+    >>> b = {"w": np.zeros(1), "b": np.ones(1)}
+    >>> digest(b) == digest({"b": np.ones(1), "w": np.zeros(1)})
+    True
     """
     h = hashlib.blake2b(digest_size=16)
-    for name, value in weights.items():
-        array = np.ascontiguousarray(value)
+    for name in sorted(weights):  # files and records need not keep the names' order
+        array = np.ascontiguousarray(weights[name])
         h.update(f"{name}:{array.dtype}:{array.shape};".encode())
         h.update(array.tobytes())
     return h.hexdigest()

@@ -16,6 +16,7 @@ from fedretrain.errors import FederationError
 from fedretrain.privacy.tracking import EpsilonTracker
 from fedretrain.report import RunReport
 from fedretrain.retraining.drift_watch import DriftWatch
+from fedretrain.retraining.outcome import released
 from fedretrain.retraining.port import CollectedStats
 from fedretrain.timeline import PeriodRow, Timeline
 from fedretrain.validation import Rejection
@@ -68,6 +69,7 @@ def replay(
         return
     drift.trained(0, initial=True)
     retrained = {row.period: row.retrain for row in rows}
+    actions = {row.period: row.action for row in rows}
     for period in range(1, done + 1):
         stats = checkpoints.load_stats(period)
         if stats is None:
@@ -81,4 +83,4 @@ def replay(
                 f"the run decided {retrained[period]}; the run folder is inconsistent"
             )
         if observation.retrain:
-            drift.trained(period)
+            drift.trained(period, serving_changed=released(actions[period]))

@@ -203,9 +203,9 @@ def build_controller(
 @pytest.fixture
 def make_controller(tmp_path: Path) -> MakeController:
     """``make_controller(concepts, retrain=..., release=..., run_dir=..., resume=...,
-    federation=..., points=..., fixed_rounds=..., detectors=...)``: a controller on a fake federation writing to
-    ``tmp_path/run``; the oracle policy retrains at ``points``, by default the concepts'
-    change points."""
+    federation=..., points=..., fixed_rounds=..., detectors=...)``: a controller on a fake
+    federation writing to ``tmp_path/run``; the oracle policy retrains at ``points``, by
+    default the concepts' change points."""
     return functools.partial(build_controller, tmp_path)
 
 

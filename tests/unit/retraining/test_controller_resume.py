@@ -54,7 +54,7 @@ def test_the_scenario_exercises_every_rule(make_controller: MakeController) -> N
     assert {"initial", "reinit", "warm", "warm, rejected", "serve"} <= actions
 
 
-@pytest.mark.parametrize("lives", [(3, 5, 4), (7, 2, 9, 6)])
+@pytest.mark.parametrize("lives", [(3, 5, 4), (6, 2, 8, 5)])
 def test_killed_again_and_again_the_run_ends_as_an_uninterrupted_one(
     make_controller: MakeController, tmp_path: Path, lives: tuple[int, ...]
 ) -> None:

@@ -1,0 +1,98 @@
+"""Defects of the single-model loop seen on staggered drift (issue 14), each pinned here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from conftest import MakeController, champion, events, versions
+
+from fedretrain.monitor.base import Detection, Detector
+from fedretrain.monitor.stats import PeriodStats
+from fedretrain.registry import Status
+
+
+class CountingDetector(Detector):
+    """Never alarms; counts how often the monitor made it forget its reference."""
+
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def update(self, stats: PeriodStats) -> None:
+        pass
+
+    @property
+    def last(self) -> Detection:
+        return Detection.quiet("counting", "never alarms")
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def test_a_stored_version_that_fails_the_gate_is_recorded_and_the_run_goes_on(
+    make_controller: MakeController,
+) -> None:
+    # v1 serves θ=0, v2 θ=0.6. At period 3 seven sites are back at 0: v1 wins overall (reuse)
+    # but loses 0.6 at the other three, more than site_margin. Before the fix the gate's
+    # refusal tried to reject the retired v1 and the run died with a RegistryError.
+    concepts = np.array([[0, 0, 0.6, 0.0]] * 7 + [[0, 0, 0.6, 0.6]] * 3)
+    controller, federation = make_controller(
+        concepts,
+        retrain={"reuse_tolerance": 0.5},
+        release={"site_margin": 0.05, "watch_periods": 0},
+    )
+    federation.step = 1.0
+    controller.run()
+    [refused] = [e for e in events(controller.run_dir, "gate") if e.version == 1]
+    assert (refused.period, refused.key, refused.payload["promote"]) == (3, "p3-reuse-gate", False)
+    v1, v2, v3 = versions(controller.run_dir)
+    assert v1.status is Status.retired  # refused, not rejected: it served before
+    assert v3.period == 3 and v3.parent == 2  # the retrain went on to train instead
+    assert ("train", 3) in federation.calls
+
+
+def test_a_rejected_candidate_is_never_offered_for_reuse(make_controller: MakeController) -> None:
+    # Period 2: half the sites move to 0.4; the candidate (w=0.2) is rejected at the gate.
+    # Period 3: every site is at 0.2, where that rejected model would score 100%.
+    concepts = np.array([[0, 0, 0.4, 0.2]] * 5 + [[0, 0, 0.0, 0.2]] * 5)
+    controller, federation = make_controller(concepts, release={"site_margin": 0.1})
+    federation.step = 1.0
+    controller.run()
+    v1, v2, v3 = versions(controller.run_dir)
+    assert v2.status is Status.rejected
+    timeline = pd.read_csv(controller.run_dir / "timeline.csv")
+    assert not str(timeline["action"].iloc[3]).startswith("reuse")
+    assert champion(controller.run_dir)[0] == 3
+
+
+def test_the_monitor_keeps_its_reference_when_the_gate_rejects_the_candidate(
+    make_controller: MakeController,
+) -> None:
+    concepts = np.array([[0, 0, 0.4, 0.4]] * 5 + [[0, 0, 0.0, 0.0]] * 5)
+    detector = CountingDetector()
+    controller, federation = make_controller(
+        concepts, release={"site_margin": 0.1}, detectors=[detector]
+    )
+    federation.step = 1.0
+    controller.run()
+    assert versions(controller.run_dir)[1].status is Status.rejected
+    assert detector.resets == 1  # after the initial training only: the champion never changed
+
+
+def test_the_monitor_starts_afresh_when_the_serving_model_changes(
+    make_controller: MakeController,
+) -> None:
+    concepts = np.array([[0, 0, 0.3, 0.3]] * 10)
+    detector = CountingDetector()
+    controller, federation = make_controller(concepts, detectors=[detector])
+    federation.step = 1.0
+    controller.run()
+    assert champion(controller.run_dir)[0] == 2
+    assert detector.resets == 2
