@@ -109,6 +109,14 @@ def test_correct_keys_pass_the_key_check() -> None:
     )
 
 
+def test_a_mandatory_key_can_be_set_by_its_name() -> None:
+    # task.dataset.path is ??? in conf/task/tabular_file.yaml: OmegaConf's `in` says it is
+    # absent, and the check used to reject the README's own command.
+    overrides = ["task=tabular_file", "task.dataset.path=data.csv", "task.dataset.label_column=y"]
+    assert check_override_keys(overrides) == []
+    assert "did you mean" in check_override_keys(["task=tabular_file", "task.dataset.pth=x"])[0]
+
+
 def test_target_arguments_are_checked_against_the_signature() -> None:
     cfg = compose([])
     OmegaConf.set_struct(cfg, False)
