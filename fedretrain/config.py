@@ -342,7 +342,8 @@ def check_override_keys(overrides: Sequence[str]) -> list[str]:
             continue
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_key, default=None)
-        if isinstance(parent, DictConfig) and leaf not in parent.keys():  # `in` skips ???
+        # keys(), not `in`: OmegaConf's `in` is False for a mandatory (???) value.
+        if isinstance(parent, DictConfig) and leaf not in list(parent.keys()):
             valid = [str(k) for k in parent if not str(k).startswith("_")]
             close = difflib.get_close_matches(leaf, valid, n=1)
             hint = f"did you mean '{parent_key}.{close[0]}'? " if close else ""

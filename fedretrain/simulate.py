@@ -78,6 +78,14 @@ def resume(run_dir: Path) -> int:
     except ConfigError as err:
         print(f"fedretrain resume: {config_file}: {err}", file=sys.stderr)
         return 2
+    from fedretrain.errors import FederationError
+    from fedretrain.retraining.resume import check_resumable
+
+    try:  # before Ray starts and any site trains (a DP site pays for every round)
+        check_resumable(run_dir)
+    except FederationError as err:
+        print(f"fedretrain resume: {err}", file=sys.stderr)
+        return 2
 
     from clients.app import app as client_app
     from fedretrain.flower.simulation import simulate

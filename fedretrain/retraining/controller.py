@@ -34,7 +34,7 @@ from fedretrain.monitor.stats import HistogramEdges, PeriodStats
 from fedretrain.privacy.tracking import EpsilonTracker
 from fedretrain.registry import Registry, Status
 from fedretrain.report import RoundRow, RunReport
-from fedretrain.retraining import resume
+from fedretrain.retraining import resume as resume_run
 from fedretrain.retraining.drift_watch import DriftWatch
 from fedretrain.retraining.lifecycle import Lifecycle
 from fedretrain.retraining.outcome import REJECTED, Outcome, released
@@ -123,7 +123,9 @@ class Controller:
         self.resume = resume
         self.num_periods = 1 if fixed_rounds is not None else cfg.scenario.num_periods
         self.timeline = Timeline(run_dir, self.num_periods, out)
-        self.registry = Registry(run_dir, create=True)
+        if resume:
+            resume_run.check_resumable(run_dir)  # before anything is written or asked
+        self.registry = Registry(run_dir, create=not resume)
         self.lifecycle = Lifecycle(self.registry, cfg.release, cfg.runtime.seed)
         self.checkpoints = CheckpointStore(run_dir / "checkpoint")
         self.state = RunState()
@@ -285,8 +287,10 @@ class Controller:
         state.restore_random()
         self.lifecycle.state = state.release
         self._restored = dict(arrays)
-        kept = resume.cut_logs(self.checkpoints, state, self.report, self.timeline, self.epsilon)
-        resume.replay(self.drift, self.checkpoints, self.timeline.rows, state.completed_period)
+        kept = resume_run.cut_logs(
+            self.checkpoints, state, self.report, self.timeline, self.epsilon
+        )
+        resume_run.replay(self.drift, self.checkpoints, self.timeline.rows, state.completed_period)
         log.info("resumed after period %d, round %d", state.completed_period, state.server_round)
         return kept
 

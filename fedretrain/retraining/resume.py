@@ -9,17 +9,47 @@ decides otherwise than the run did means the folder is inconsistent, and resume 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 from fedretrain.checkpoint import CheckpointStore, RunState
 from fedretrain.errors import FederationError
 from fedretrain.privacy.tracking import EpsilonTracker
+from fedretrain.registry import Registry, RegistryError
 from fedretrain.report import RunReport
 from fedretrain.retraining.drift_watch import DriftWatch
 from fedretrain.retraining.outcome import released
 from fedretrain.retraining.port import CollectedStats
 from fedretrain.timeline import PeriodRow, Timeline
 from fedretrain.validation import Rejection
+
+
+def damage(run_dir: Path) -> list[str]:
+    """What keeps the run in ``run_dir`` from resuming safely, in words; empty if nothing.
+
+    Checked before any site is asked to do anything (a DP site pays for every round): the
+    registry opens as it is, without being created or repaired, and every version's model file
+    matches its sha256. A damaged registry is left exactly as found, for a recovery tool.
+    """
+    try:
+        with Registry(run_dir) as registry:
+            problems = registry.check_invariants()
+    except (RegistryError, sqlite3.DatabaseError) as err:
+        return [f"the registry cannot be read: {err}"]
+    return [f"registry: {p}" for p in problems]
+
+
+def check_resumable(run_dir: Path) -> None:
+    """Raise :class:`FederationError` naming every problem :func:`damage` finds."""
+    problems = damage(run_dir)
+    if problems:
+        raise FederationError(
+            f"{run_dir} cannot be resumed, and nothing was changed: "
+            + "; ".join(problems)
+            + f". `fedretrain models check {run_dir}` lists the registry's problems; restore "
+            "the damaged files from a backup, or start a new run"
+        )
 
 
 def cut_logs(

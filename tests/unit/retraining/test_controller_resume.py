@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 from conftest import Crash, FakeFederation, MakeController, champion, events, versions
 
+from fedretrain.errors import FederationError
+
 SITES = 10
 # A shift, a return and a split: reinit, warm, canary, promotion, watch, rollback and a gate
 # rejection all happen (test_the_scenario_exercises_every_rule).
@@ -87,3 +89,46 @@ def test_killed_again_and_again_the_run_ends_as_an_uninterrupted_one(
             controller.registry.close()
     assert crashes >= 10
     assert fingerprint(killed) == fingerprint(tmp_path / "whole")
+
+
+def _crashed_run(make_controller: MakeController, run_dir: Path) -> None:
+    controller, _ = make_controller(
+        CONCEPTS,
+        retrain=RETRAIN,
+        release=RELEASE,
+        run_dir=run_dir,
+        federation=FakeFederation(CONCEPTS, step=0.1, crash_after=40),
+    )
+    with pytest.raises(Crash):
+        controller.run()
+    controller.registry.close()
+
+
+def test_a_corrupt_model_file_stops_the_resume_before_any_site_is_asked(
+    make_controller: MakeController, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    _crashed_run(make_controller, run_dir)
+    model = run_dir / versions(run_dir)[0].file
+    damaged = bytearray(model.read_bytes())
+    damaged[-1] ^= 0xFF
+    model.write_bytes(bytes(damaged))
+    federation = FakeFederation(CONCEPTS, step=0.1)
+    with pytest.raises(FederationError, match=r"cannot be resumed, and nothing was changed.*v1"):
+        make_controller(CONCEPTS, run_dir=run_dir, resume=True, federation=federation)
+    assert federation.calls == []
+
+
+def test_a_registry_cut_short_is_left_as_it_was(
+    make_controller: MakeController, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    _crashed_run(make_controller, run_dir)
+    registry = run_dir / "registry.sqlite"
+    for side in ("registry.sqlite-wal", "registry.sqlite-shm"):
+        (run_dir / side).unlink(missing_ok=True)  # the write-ahead log was lost
+    registry.write_bytes(registry.read_bytes()[:100])  # less than one page survived
+    before = registry.read_bytes()
+    with pytest.raises(FederationError, match="the registry cannot be read"):
+        make_controller(CONCEPTS, run_dir=run_dir, resume=True)
+    assert registry.read_bytes() == before
