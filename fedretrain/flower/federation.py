@@ -187,7 +187,11 @@ class FlowerFederation:
             sites[site] = stats
             self._record_data_report(server_round, period, node, site, data_report(reply))
         if not sites:
-            raise FederationError(f"no site sent valid statistics for period {period}")
+            reasons = sorted({r.reason for r in self.report.rejections[-rejected:]} if rejected else ())
+            raise FederationError(
+                f"no site sent valid statistics for period {period} ({'; '.join(reasons)}); "
+                "a drift scenario needs fedretrain's ClientApp (clients.app) at every site"
+            )
         # A deployed site with no new files this period has nothing to report; a period with
         # no data anywhere keeps the empty reports (the controller skips it).
         with_data = {s: w for s, w in sites.items() if w.n > 0}

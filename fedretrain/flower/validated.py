@@ -236,8 +236,12 @@ def _metric_problem(metrics: MetricRecord, expected_keys: set[str]) -> str | Non
 
 
 def _eval_problem(metrics: MetricRecord) -> str | None:
-    if "confusion" not in metrics:
-        return None  # not our evaluation protocol: only the generic checks apply
+    missing = [k for k in ("confusion", "num-classes", "loss-sum") if k not in metrics]
+    if missing:  # e.g. a stock Flower ClientApp's {"eval_loss", "eval_acc"}: nothing to sum
+        return (
+            f"the reply lacks {', '.join(missing)}: fedretrain sums confusion matrices across "
+            "sites, so a site must run fedretrain's ClientApp (clients.app)"
+        )
     return confusion_problem(
         metrics["confusion"],
         metrics.get("num-classes"),

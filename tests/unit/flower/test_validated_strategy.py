@@ -196,6 +196,26 @@ def test_malformed_evaluation_statistics_are_not_summed() -> None:
     assert sorted(r.node_id for r in log) == [2, 3]
 
 
+def test_a_stock_flower_evaluate_reply_is_rejected_not_a_crash() -> None:
+    # What Flower's quickstart ClientApp sends back: no confusion matrix to sum. It used to
+    # pass validation and crash the server with KeyError: 'num-classes' (issue 18).
+    from fedretrain.flower.records import eval_result, sum_eval_metrics
+
+    inner = FedAvg(min_available_nodes=1, evaluate_metrics_aggr_fn=sum_eval_metrics)
+    strategy, log = _wrapped(inner, UpdateRules())
+    good = eval_metrics(EvalResult(3, 1.5, confusion_matrix(np.array([0, 1, 1]), np.ones(3), 2)))
+    stock = MetricRecord({"eval_loss": 0.4, "eval_acc": 0.9, "num-examples": 30})
+    replies = []
+    for node, metrics in ((1, good), (2, stock)):
+        _as_site(node)
+        content = RecordDict({"metrics": metrics})
+        replies.append(Message(content, dst_node_id=node, message_type=MessageType.EVALUATE))
+    assert eval_result(strategy.aggregate_evaluate(1, replies)).num_examples == 3
+    [rejected] = log
+    assert rejected.node_id == 2 and "clients.app" in rejected.reason
+    assert strategy.aggregate_evaluate(1, replies[1:]) is None  # only stock sites: no score
+
+
 def test_norm_bounded_fedavg_clips_then_averages() -> None:
     updates = _honest(5, seed=3)
     updates[0] = {k: 1000 * v for k, v in updates[0].items()}
