@@ -187,7 +187,8 @@ class FlowerFederation:
             sites[site] = stats
             self._record_data_report(server_round, period, node, site, data_report(reply))
         if not sites:
-            reasons = sorted({r.reason for r in self.report.rejections[-rejected:]} if rejected else ())
+            latest = self.report.rejections[-rejected:] if rejected else []
+            reasons = sorted({r.reason for r in latest})
             raise FederationError(
                 f"no site sent valid statistics for period {period} ({'; '.join(reasons)}); "
                 "a drift scenario needs fedretrain's ClientApp (clients.app) at every site"
