@@ -15,29 +15,24 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from fedretrain.config import check_override_keys, register_schema, to_yaml
+from fedretrain.config import RunConfig, check_override_keys, compose, register_schema, to_yaml
 from fedretrain.errors import ConfigError
 from fedretrain.preflight import to_typed
 
 FOLDER_STREAM = "fedretrain.deploy.stream.FolderStream"
 
 
-@hydra.main(config_path="pkg://fedretrain.conf", config_name="config", version_base="1.3")
-def _run(cfg: DictConfig) -> float:
+def _run(cfg: DictConfig, checked: bool = False) -> float:
+    """One simulation in Hydra's run folder; ``checked``: :func:`main` validated the config
+    and built its targets already, before Hydra made the folder."""
     try:
-        run = to_typed(cfg)
+        run = to_typed(cfg, build_targets=not checked)
+        _check_simulable(cfg, run)
     except ConfigError as err:
         print(f"fedretrain-simulate: {err}", file=sys.stderr)
-        sys.exit(2)
-    if run.scenario.enabled and str(cfg.scenario.stream.get("_target_")) == FOLDER_STREAM:
-        print(
-            "fedretrain-simulate: scenario.stream reads the sites' data folders, which only "
-            "deployed sites have: run it with `fedretrain server` and `fedretrain agent`, or "
-            "simulate a synthetic scenario (e.g. scenario=sea_thresholds)",
-            file=sys.stderr,
-        )
         sys.exit(2)
 
     # Flower and Ray are imported only once the config is known to be good.
@@ -115,7 +110,39 @@ def main() -> None:
     if problems:
         print(f"fedretrain-simulate: {ConfigError(problems)}", file=sys.stderr)
         sys.exit(2)
-    _run()
+    # A single run (no -m, --cfg, --help...) is validated before Hydra creates its run folder,
+    # so a bad value leaves nothing behind; a sweep's jobs are each checked in their folder.
+    checked = not any(a.startswith("-") for a in sys.argv[1:])
+    if checked:
+        try:
+            cfg = compose([o for o in overrides if not o.lstrip("+~").startswith("hydra.")])
+            _check_simulable(cfg, to_typed(cfg))
+        except HydraException as err:  # a value the schema refuses, an unknown group option
+            text = str(err).split("\nConfig search path")[0]  # options, not Hydra's internals
+            cause = f": {err.__cause__}".split("\n")[0] if err.__cause__ else ""
+            print(f"fedretrain-simulate: {ConfigError([f'{text}{cause}'])}", file=sys.stderr)
+            sys.exit(2)
+        except ConfigError as err:
+            print(f"fedretrain-simulate: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    @hydra.main(config_path="pkg://fedretrain.conf", config_name="config", version_base="1.3")
+    def simulate(cfg: DictConfig) -> float:  # Hydra names the job (simulate.log) after it
+        return _run(cfg, checked)
+
+    simulate()
+
+
+def _check_simulable(cfg: DictConfig, run: RunConfig) -> None:
+    """A scenario that reads deployed sites' folders cannot be simulated."""
+    if run.scenario.enabled and str(cfg.scenario.stream.get("_target_")) == FOLDER_STREAM:
+        raise ConfigError(
+            [
+                "scenario.stream reads the sites' data folders, which only deployed sites "
+                "have: run it with `fedretrain server` and `fedretrain agent`, or simulate a "
+                "synthetic scenario (e.g. scenario=sea_thresholds)"
+            ]
+        )
 
 
 if __name__ == "__main__":

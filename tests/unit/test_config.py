@@ -152,13 +152,14 @@ def test_unimportable_target_is_reported() -> None:
 def test_cli_exits_nonzero_before_any_simulation(
     args: list[str], message: str, tmp_path: Path
 ) -> None:
+    run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "fedretrain", *args, f"hydra.run.dir={tmp_path}"],
+        [sys.executable, "-m", "fedretrain", *args, f"hydra.run.dir={run_dir}"],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert message in result.stderr + result.stdout
     assert "[fedretrain]" not in result.stdout  # no round ran
-    assert not (tmp_path / "metrics.csv").exists()
+    assert not run_dir.exists()  # not even Hydra's .hydra/ and an empty log (issue 16)
