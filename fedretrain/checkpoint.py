@@ -32,7 +32,7 @@ from safetensors.numpy import load_file, save_file
 
 from fedretrain.atomic import atomic_replace
 from fedretrain.monitor.stats import PeriodStats, WindowStats
-from fedretrain.retraining.lifecycle import ReleaseState
+from fedretrain.retraining.release_state import ReleaseState
 
 STATE_FILE = "state.json"
 FORMAT = "fedretrain.checkpoint"
@@ -51,7 +51,7 @@ class Plateau:
     """A retrain's plateau search between two rounds (:mod:`fedretrain.retraining.controller`)."""
 
     period: int
-    action: str  # initial, warm, reinit
+    action: str  # initial, warm, reinit, or "reuse vN" while a reuse is being released
     rounds: int = 0
     since_best: int = 0
     best_acc: float = -1.0
@@ -59,6 +59,7 @@ class Plateau:
     baseline: float = -1.0
     target: float | None = None
     epsilon_mark: dict[str, float] | None = None
+    reused: int | None = None  # the former champion chosen for reuse, released before training
 
 
 @dataclass
@@ -72,6 +73,9 @@ class RunState:
     release: ReleaseState = field(default_factory=ReleaseState)  # canary, watch
     plateau: Plateau | None = None  # a retrain under way
     period_started: list[float] | None = None  # [period, Unix time] of the latest period's start
+    # False for a run begun under checkpoint format 1, whose monitor started afresh after every
+    # retrain, even one the gate rejected: its replay, and its later periods, keep that rule.
+    keep_reference_on_reject: bool = True
 
     def capture_random(self) -> None:
         version, internal, gauss = random.getstate()
@@ -134,6 +138,7 @@ class CheckpointStore:
             release = ReleaseState.from_dict(
                 {"canary": raw.pop("canary"), "watch": raw.pop("watch")}
             )
+            raw["keep_reference_on_reject"] = False
         state = RunState(
             **raw, release=release, plateau=None if plateau is None else Plateau(**plateau)
         )

@@ -64,8 +64,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, prog: str = "fedretrain-compare") -> None:
+    """The command; ``prog`` names it in usage and errors (``fedretrain compare`` too)."""
     parser = argparse.ArgumentParser(
+        prog=prog,
         description="Run a drift scenario under several retraining policies and compare them.",
         epilog="Other arguments are Hydra overrides for every run, e.g. scenario=sine_flip.",
     )

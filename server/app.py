@@ -42,6 +42,7 @@ from fedretrain.registry import config_hash
 from fedretrain.report import RunReport
 from fedretrain.retraining.controller import Controller
 from fedretrain.retraining.drift_watch import DriftWatch
+from fedretrain.retraining.resume import check_resumable
 from fedretrain.site import TaskModels, build_pool
 
 app = ServerApp()
@@ -110,6 +111,8 @@ def run(
     exactly ``runtime.num_rounds`` rounds. ``resume`` continues either from its folder's last
     checkpoint.
     """
+    if resume:
+        check_resumable(run_dir)  # a damaged folder: stop before anything is written or asked
     cfg = from_yaml(config_yaml)  # parsed once here; config_yaml is what travels to the sites
     static = not cfg.scenario.enabled
     seed_sampling(cfg.runtime.seed)
@@ -119,9 +122,11 @@ def run(
     if static:
         pool = build_pool(cfg.task.dataset)
         input_shape, num_classes, change_points = pool.input_shape, pool.num_classes, []
+        deployed = False
     else:
         stream = instantiate(cfg.scenario.stream)
         input_shape, num_classes = stream.input_shape, stream.num_classes
+        deployed = isinstance(stream, FolderStream)
         schedule = instantiate(cfg.scenario.schedule)(
             num_sites=cfg.runtime.num_clients,
             num_periods=cfg.scenario.num_periods,
@@ -163,7 +168,7 @@ def run(
         change_points=change_points,
         config_hash=config_hash(config_yaml),
         epsilon=epsilon,
-        deployed=not static and isinstance(stream, FolderStream),
+        deployed=deployed,
         summary_extras=federation.summary,
         fixed_rounds=cfg.runtime.num_rounds if static else None,
         out=out,

@@ -38,8 +38,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     resume = commands.add_parser(
         "resume",
-        help="continue a killed drift run from its last checkpoint",
-        description="Continue the drift run in RUN_DIR from the checkpoint it wrote after its "
+        help="continue a killed run from its last checkpoint",
+        description="Continue the run in RUN_DIR from the checkpoint it wrote after its "
         "last completed round or period, with the config it was started with.",
     )
     resume.add_argument("run_dir", metavar="RUN_DIR")
@@ -154,5 +154,5 @@ def _compare(args: argparse.Namespace) -> int:
     """``fedretrain-compare`` itself: its errors exit as its parser makes them (status 2)."""
     from fedretrain import compare
 
-    compare.main(args.args)
+    compare.main(args.args, prog="fedretrain compare")
     return 0

@@ -3,33 +3,7 @@
 Nothing here imports Flower. The controller (:mod:`fedretrain.retraining.controller`) reaches
 the sites only through the :class:`~fedretrain.retraining.port.Federation` port, which
 :mod:`fedretrain.flower.federation` implements on a Flower grid and the unit tests implement
-with numpy. See ``docs/architecture.md``.
+with numpy. See ``docs/architecture.md``. Import from the modules themselves: this package
+face imports nothing, so that :mod:`fedretrain.checkpoint` can use the leaf
+:mod:`~fedretrain.retraining.release_state` without loading the controller.
 """
-
-from fedretrain.retraining.drift_watch import DriftWatch, Observation
-from fedretrain.retraining.lifecycle import Canary, Lifecycle, ReleaseState, Watch
-from fedretrain.retraining.port import (
-    CanaryRequest,
-    CollectedStats,
-    Evaluation,
-    Federation,
-    SiteScores,
-    TrainedRound,
-    Weights,
-)
-
-__all__ = [
-    "Canary",
-    "CanaryRequest",
-    "CollectedStats",
-    "DriftWatch",
-    "Evaluation",
-    "Federation",
-    "Lifecycle",
-    "Observation",
-    "ReleaseState",
-    "SiteScores",
-    "TrainedRound",
-    "Watch",
-    "Weights",
-]

@@ -15,6 +15,7 @@ It checkpoints after every completed round and period (:mod:`fedretrain.checkpoi
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -32,7 +33,7 @@ from fedretrain.errors import FederationError
 from fedretrain.monitor.private import stats_epsilon
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats
 from fedretrain.privacy.tracking import EpsilonTracker
-from fedretrain.registry import Registry, Status
+from fedretrain.registry import Registry
 from fedretrain.report import RoundRow, RunReport
 from fedretrain.retraining import resume as resume_run
 from fedretrain.retraining.drift_watch import DriftWatch
@@ -46,6 +47,7 @@ from fedretrain.retraining.port import (
     Weights,
     digest,
 )
+from fedretrain.retraining.reuse import former_champion
 from fedretrain.retraining.summary import period_row, run_facts
 from fedretrain.timeline import PeriodRow, Timeline
 
@@ -252,7 +254,8 @@ class Controller:
         retrained: Outcome | None = None
         if decision.retrain:
             retrained = self._retrain(period, decision.reason)
-            self.drift.trained(period, serving_changed=released(retrained.action))
+            changed = released(retrained.action) or not self.state.keep_reference_on_reject
+            self.drift.trained(period, serving_changed=changed)
         serving = self.lifecycle.champion_version()
         row = period_row(
             collected, observation, decision.retrain, decision.reason, retrained, serving, start
@@ -290,7 +293,13 @@ class Controller:
         kept = resume_run.cut_logs(
             self.checkpoints, state, self.report, self.timeline, self.epsilon
         )
-        resume_run.replay(self.drift, self.checkpoints, self.timeline.rows, state.completed_period)
+        resume_run.replay(
+            self.drift,
+            self.checkpoints,
+            self.timeline.rows,
+            state.completed_period,
+            keep_reference_on_reject=state.keep_reference_on_reject,
+        )
         log.info("resumed after period %d, round %d", state.completed_period, state.server_round)
         return kept
 
@@ -309,48 +318,47 @@ class Controller:
 
     def _retrain(self, period: int, reason: str) -> Outcome:
         """Reuse a former champion that wins on current data and passes the gate, else train to
-        a plateau; then the gate, and a promotion, a canary or a rejection."""
+        a plateau; then the gate, and a promotion, a canary or a rejection.
+
+        A chosen reuse is checkpointed before its release, so a resumed run releases the same
+        version instead of choosing again against a champion that may have changed.
+        """
         champion_version = self.lifecycle.champion_version()
         plateau = self.state.plateau
-        if plateau is None or plateau.period != period:
+        resumed = plateau is not None and plateau.period == period
+        if plateau is None or not resumed:
             self.lifecycle.cancel_canary(period, "superseded by a new retrain")
-            serving = self._champion()
-            serving_acc = self._validate(period, serving)
-            reused = self._reuse(period, serving_acc) if self.cfg.retrain.reuse_stored else None
-            if reused is not None and reused.reused_version is not None:
-                if self._release(reused.reused_version, period, reused):
-                    return reused
-                log.info("period %d: %s refused at the gate; training", period, reused.action)
+            serving_acc = self._validate(period, self._champion())
             target = self.registry.get(champion_version).metrics.get("validation_accuracy")
             plateau = Plateau(period=period, action="warm", baseline=serving_acc, target=target)
-            start = serving
-        else:
-            start = self._restored["start"]
+            reused = None
+            if self.cfg.retrain.reuse_stored:
+                validate = functools.partial(self._validate, period)
+                reused = former_champion(self.registry, self.cfg.retrain, validate, serving_acc)
+            if reused is not None:
+                plateau = replace(
+                    plateau,
+                    action=reused.action,
+                    best_acc=reused.validation_accuracy,
+                    reused=reused.reused_version,
+                )
+                self.state.plateau = plateau
+                self._checkpoint({})
+        if plateau.reused is not None:
+            if self._release(plateau.reused, period, reuse=True):
+                weights = self.registry.load(plateau.reused)
+                return Outcome(weights, plateau.action, 0, plateau.best_acc, plateau.reused)
+            log.info("period %d: %s refused at the gate; training", period, plateau.action)
+            plateau = Plateau(
+                period=period, action="warm", baseline=plateau.baseline, target=plateau.target
+            )
+            resumed = False
+        start = self._restored["start"] if resumed else self._champion()
         outcome = self._train_to_plateau(plateau, start, plateau.target)
         version = self._register(outcome, period, outcome.action, reason, champion_version)
-        if not self._release(version, period, outcome):
+        if not self._release(version, period):
             return replace(outcome, action=f"{outcome.action}{REJECTED}")
         return outcome
-
-    def _reuse(self, period: int, serving_acc: float) -> Outcome | None:
-        """The former champion that does best on current data, if it is back (scores within
-        ``reuse_tolerance`` of its stored accuracy) and beats the champion by the margin."""
-        r = self.cfg.retrain
-        # Only former champions may serve again: a rejected or rolled-back version was judged
-        # unfit, and the champion is what serves now.
-        candidates = [v for v in self.registry.versions() if v.status is Status.retired]
-        best: tuple[float, int, Weights] | None = None
-        for stored in candidates[-r.max_stored :] if r.max_stored else []:
-            stored_acc = stored.metrics.get("validation_accuracy", math.nan)
-            stored_weights = self.registry.load(stored.version)
-            acc = self._validate(period, stored_weights)
-            if acc >= stored_acc - r.reuse_tolerance and (best is None or acc > best[0]):
-                best = (acc, stored.version, stored_weights)
-        if best is None or best[0] < serving_acc + r.reuse_margin:
-            return None
-        acc, version, weights = best
-        log.info("period %d: reuse v%d: %.4f vs %.4f", period, version, acc, serving_acc)
-        return Outcome(weights, f"reuse v{version}", 0, acc, version)
 
     def _train_to_plateau(self, plateau: Plateau, start: Weights, target: float | None) -> Outcome:
         """Federated rounds on the period's windows until validation accuracy stops improving.
@@ -460,11 +468,11 @@ class Controller:
         )
         return entry.version
 
-    def _release(self, version: int, period: int, outcome: Outcome) -> bool:
+    def _release(self, version: int, period: int, reuse: bool = False) -> bool:
         """The gate on this period's holdouts, then a promotion or a canary."""
         candidate = self._evaluate(period, self.registry.load(version)).scores
         champion = self._evaluate(period, self._champion()).scores
-        return self.lifecycle.release(version, period, candidate, champion)
+        return self.lifecycle.release(version, period, candidate, champion, reuse=reuse)
 
     def _champion(self) -> Weights:
         return self.registry.load(self.lifecycle.champion_version())

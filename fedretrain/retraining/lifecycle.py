@@ -9,14 +9,15 @@ if the parent does better on current data.
 
 Every step is an event in the registry, keyed by period, so a resumed run that repeats a step
 records it once. What the lifecycle remembers between periods is a frozen
-:class:`ReleaseState`; the checkpoint keeps its :meth:`~ReleaseState.to_dict`.
+:class:`~fedretrain.retraining.release_state.ReleaseState`; the checkpoint keeps its
+``to_dict()``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,95 +25,23 @@ import numpy as np
 from fedretrain.config import ReleaseConfig
 from fedretrain.errors import FederationError
 from fedretrain.monitor.stats import PeriodStats
-from fedretrain.registry import Registry, Status, canary_verdict, choose_canary_sites, gate
+from fedretrain.registry import (
+    Event,
+    Registry,
+    Status,
+    canary_verdict,
+    choose_canary_sites,
+    gate,
+)
 from fedretrain.registry.scores import ScoreLike, Site
 from fedretrain.retraining.port import CanaryRequest, SiteScores
+from fedretrain.retraining.release_state import Canary, ReleaseState, Watch
 
 log = logging.getLogger(__name__)
 
-SCHEMA = 1  # of ReleaseState.to_dict; 0 is the untyped dicts of checkpoint format 1
-
-
-@dataclass(frozen=True)
-class Canary:
-    """A candidate served by ``sites`` from period ``start`` on.
-
-    ``before`` holds each site's prequential (correct, labelled) in the period the gate passed,
-    when the champion served everywhere; ``during`` sums them over the canary's periods.
-    """
-
-    version: int
-    sites: tuple[int, ...]
-    start: int
-    before: Mapping[int, tuple[int, int]] | None = None
-    during: Mapping[int, tuple[int, int]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Watch:
-    """A fresh champion on probation until period ``until``, with the parent it replaced."""
-
-    version: int
-    parent: int
-    until: int
-
-
-@dataclass(frozen=True)
-class ReleaseState:
-    """Everything the lifecycle carries from one period to the next."""
-
-    canary: Canary | None = None
-    watch: Watch | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types, with the schema version."""
-        canary = None
-        if self.canary is not None:
-            c = self.canary
-            canary = {
-                "version": c.version,
-                "sites": list(c.sites),
-                "start": c.start,
-                "before": None if c.before is None else _scores_out(c.before),
-                "during": _scores_out(c.during),
-            }
-        watch = None if self.watch is None else vars(self.watch).copy()
-        return {"schema": SCHEMA, "canary": canary, "watch": watch}
-
-    @classmethod
-    def from_dict(cls, record: Mapping[str, Any]) -> ReleaseState:
-        """Read :meth:`to_dict`'s output (schema 0: checkpoint format 1's canary/watch dicts)."""
-        schema = int(record.get("schema", 0))
-        if schema > SCHEMA:
-            raise ValueError(
-                f"release state schema {schema} is newer than this fedretrain's ({SCHEMA}); "
-                "upgrade fedretrain to resume this run"
-            )
-        c, w = record.get("canary"), record.get("watch")
-        canary = None
-        if c is not None:
-            canary = Canary(
-                version=int(c["version"]),
-                sites=tuple(int(s) for s in c["sites"]),
-                start=int(c["start"]),
-                before=None if c.get("before") is None else _scores_in(c["before"]),
-                during=_scores_in(c.get("during") or {}),
-            )
-        watch = None
-        if w is not None:
-            watch = Watch(int(w["version"]), int(w["parent"]), int(w["until"]))
-        return cls(canary, watch)
-
-
-def _scores_out(scores: Mapping[int, tuple[int, int]]) -> dict[str, list[int]]:
-    return {str(s): [int(c), int(n)] for s, (c, n) in sorted(scores.items())}
-
-
-def _scores_in(scores: Mapping[str, Any]) -> dict[int, tuple[int, int]]:
-    return {int(s): (int(v[0]), int(v[1])) for s, v in scores.items()}
-
 
 def _as_site_scores(scores: Mapping[int, tuple[int, int]]) -> dict[Site, ScoreLike]:
+    """The scores typed as :func:`canary_verdict` takes them (its site ids are any hashable)."""
     return {site: (c, n) for site, (c, n) in scores.items()}
 
 
@@ -165,48 +94,68 @@ class Lifecycle:
         return champion.version
 
     def release(
-        self, version: int, period: int, candidate: SiteScores, champion: SiteScores
+        self,
+        version: int,
+        period: int,
+        candidate: SiteScores,
+        champion: SiteScores,
+        *,
+        reuse: bool = False,
     ) -> bool:
         """The gate on the sites' holdout scores, then a promotion or a canary.
 
         Returns False if the gate refused the version: a new candidate is then rejected; a
-        former champion offered for reuse keeps its status (the refusal is the gate event).
-        A former champion that passes is promoted at once: it has served before.
+        former champion offered for ``reuse`` keeps its status (the refusal is the gate
+        event). A former champion that passes is promoted at once: it has served before.
+
+        A resumed run that repeats the step takes the gate's recorded decision (the champion
+        it was compared with may since have changed) and records nothing twice.
         """
         c = self.config
-        stored = self.registry.get(version).status is not Status.candidate
-        decision = gate(
-            candidate, champion, c.global_margin, c.site_margin, min_site_total=c.min_site_examples
-        )
-        self.registry.record(
-            "gate",
-            period=period,
-            version=version,
-            payload=decision.to_dict(),
-            key=f"p{period}-reuse-gate" if stored else f"p{period}-gate",
-        )
-        if not decision.promote:
-            if not stored:
-                self.registry.reject(
-                    version, reason=decision.reason, period=period, key=f"p{period}-reject"
-                )
+        key = f"p{period}-reuse-gate" if reuse else f"p{period}-gate"
+        recorded = self._recorded("gate", key)
+        if recorded is not None and recorded.version == version:
+            passed, reason = bool(recorded.payload["promote"]), str(recorded.payload["reason"])
+        else:
+            decision = gate(
+                candidate,
+                champion,
+                c.global_margin,
+                c.site_margin,
+                min_site_total=c.min_site_examples,
+            )
+            passed, reason = decision.promote, decision.reason
+            self.registry.record(
+                "gate", period=period, version=version, payload=decision.to_dict(), key=key
+            )
+        if not passed:
+            if not reuse:
+                self.registry.reject(version, reason=reason, period=period, key=f"p{period}-reject")
             return False
-        if c.canary_fraction > 0 and not stored:
+        if c.canary_fraction > 0 and not reuse:
             sites = choose_canary_sites(sorted(candidate), c.canary_fraction, [self.seed, period])
-            self.registry.set_alias("candidate", version, reason="canary", period=period)
+            if self.registry.aliases().get("candidate") != version:
+                self.registry.set_alias("candidate", version, reason="canary", period=period)
             canary = Canary(version, tuple(int(s) for s in sites), start=period + 1)
             self.state = replace(self.state, canary=canary)
             return True
-        self.promote(version, period, decision.reason)
+        self.promote(version, period, reason)
         return True
 
     def promote(self, version: int, period: int, reason: str) -> None:
-        """Make ``version`` the champion and, with ``watch_periods``, put it on probation."""
-        previous = self.champion_version()
-        self.registry.promote(version, reason=reason, period=period, key=f"p{period}-promote")
-        if self.config.watch_periods > 0 and previous != version:
+        """Make ``version`` the champion and, with ``watch_periods``, put it on probation
+        against the champion it replaced (read from the promotion's event on a resume)."""
+        key = f"p{period}-promote"
+        done = self._recorded("promote", key)
+        previous = done.payload.get("from") if done is not None else self.champion_version()
+        self.registry.promote(version, reason=reason, period=period, key=key)
+        if self.config.watch_periods > 0 and previous is not None and previous != version:
             until = period + self.config.watch_periods
-            self.state = replace(self.state, watch=Watch(version, previous, until))
+            self.state = replace(self.state, watch=Watch(version, int(previous), until))
+
+    def _recorded(self, kind: str, key: str) -> Event | None:
+        """The event recorded under ``key``, if a run (before a crash) got that far."""
+        return next((e for e in self.registry.events(kind=kind) if e.key == key), None)
 
     def watch(self, period: int, validate: Callable[[int], float]) -> None:
         """Roll a fresh champion back to its parent if the parent does better on ``period``.

@@ -89,11 +89,17 @@ def cut_logs(
 
 
 def replay(
-    drift: DriftWatch, checkpoints: CheckpointStore, rows: Sequence[PeriodRow], done: int
+    drift: DriftWatch,
+    checkpoints: CheckpointStore,
+    rows: Sequence[PeriodRow],
+    done: int,
+    keep_reference_on_reject: bool = True,
 ) -> None:
     """Feed ``drift`` the kept statistics of periods 1..``done`` as the run did.
 
-    ``rows`` are the run's timeline rows: each replayed decision must match its row's.
+    ``rows`` are the run's timeline rows: each replayed decision must match its row's. The
+    monitor starts afresh after a retrain that changed what serves, or after every retrain
+    in a run that began without ``keep_reference_on_reject`` (checkpoint format 1).
     """
     if done < 0:
         return
@@ -113,4 +119,5 @@ def replay(
                 f"the run decided {retrained[period]}; the run folder is inconsistent"
             )
         if observation.retrain:
-            drift.trained(period, serving_changed=released(actions[period]))
+            changed = released(actions[period]) or not keep_reference_on_reject
+            drift.trained(period, serving_changed=changed)

@@ -61,6 +61,8 @@ def period_row(
     version: int,
     started: float,
 ) -> PeriodRow:
+    """A period's ``timeline.csv`` row: what the serving model scored on the period's window
+    (prequentially), what the monitor and the policy said, and what the retrain did."""
     stats = collected.stats
     total = stats.total
     alarms = [d for d in observation.detections if d.drifted] if observation else []

@@ -23,7 +23,10 @@ def test_help_is_compares_own(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = exit_of(cli.main, ["compare", "--help"], capsys)
     assert code == 0 and err == ""
     assert "--policies" in out and "--out" in out and "Hydra overrides" in out
-    assert (code, out, err) == exit_of(compare.main, ["--help"], capsys)
+    assert out.startswith("usage: fedretrain compare ")  # not the parent command's name
+    assert (code, out.replace("fedretrain compare", "fedretrain-compare"), err) == exit_of(
+        compare.main, ["--help"], capsys
+    )
 
 
 @pytest.mark.parametrize(
@@ -38,8 +41,9 @@ def test_bad_arguments_exit_as_fedretrain_compare_does(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = exit_of(cli.main, ["compare", *argv], capsys)
-    assert code == 2 and out == "" and "error: " in err
-    assert (code, out, err) == exit_of(compare.main, argv, capsys)
+    assert code == 2 and out == "" and "fedretrain compare: error: " in err
+    expected = exit_of(compare.main, argv, capsys)
+    assert (code, out, err.replace("fedretrain compare", "fedretrain-compare")) == expected
 
 
 @pytest.mark.parametrize(
@@ -54,9 +58,9 @@ def test_arguments_reach_compare_unchanged(
     argv: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[list[str]] = []
-    monkeypatch.setattr(compare, "main", lambda args: seen.append(list(args)))
+    monkeypatch.setattr(compare, "main", lambda args, prog: seen.append([prog, *args]))
     assert cli.main(["compare", *argv]) == 0
-    assert seen == [argv]
+    assert seen == [["fedretrain compare", *argv]]
 
 
 def test_compare_is_listed_in_the_top_level_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -132,3 +132,42 @@ def test_a_registry_cut_short_is_left_as_it_was(
     with pytest.raises(FederationError, match="the registry cannot be read"):
         make_controller(CONCEPTS, run_dir=run_dir, resume=True)
     assert registry.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "release",
+    [RELEASE, {"canary_fraction": 0.0, "watch_periods": 1}],
+    ids=["canary", "promote-and-watch"],
+)
+@pytest.mark.parametrize("period", range(len(CONCEPTS[0])))
+def test_killed_after_a_period_s_decisions_before_its_checkpoint(
+    make_controller: MakeController, tmp_path: Path, period: int, release: dict[str, object]
+) -> None:
+    # The registry has recorded the period's gate, promotion, canary, watch or rollback, but
+    # the checkpoint still says the period is under way: the resumed run must take the
+    # recorded decisions, not decide again against a champion that has since changed.
+    def build(run_dir: Path, resume: bool = False):  # noqa: ANN202
+        return make_controller(
+            CONCEPTS,
+            retrain=RETRAIN,
+            release=release,
+            run_dir=run_dir,
+            resume=resume,
+            federation=FakeFederation(CONCEPTS, step=0.1),
+        )[0]
+
+    build(tmp_path / "whole").run()
+    killed = build(tmp_path / "killed")
+    complete = killed._complete
+
+    def crash(p: int) -> None:
+        if p == period:
+            raise Crash(f"killed before period {p}'s checkpoint")
+        complete(p)
+
+    killed._complete = crash  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        killed.run()
+    killed.registry.close()
+    build(tmp_path / "killed", resume=True).run()
+    assert fingerprint(tmp_path / "killed") == fingerprint(tmp_path / "whole")

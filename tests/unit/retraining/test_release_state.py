@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedretrain.checkpoint import CheckpointStore, RunState
-from fedretrain.retraining.lifecycle import SCHEMA, Canary, ReleaseState, Watch
+from fedretrain.retraining.release_state import SCHEMA, Canary, ReleaseState, Watch
 
 
 def test_state_round_trips_through_json() -> None:
@@ -62,6 +62,8 @@ def test_a_format_1_checkpoint_with_untyped_canary_and_watch_still_loads(tmp_pat
         Watch(2, 1, 5),
     )
     assert (state.completed_period, state.server_round) == (4, 9)
+    # Its monitor started afresh after every retrain: replay must do the same.
+    assert state.keep_reference_on_reject is False
 
 
 def test_the_checkpoint_keeps_the_release_state(tmp_path: Path) -> None:
@@ -70,4 +72,5 @@ def test_the_checkpoint_keeps_the_release_state(tmp_path: Path) -> None:
     store.save(state, {})
     loaded, _ = store.load()
     assert loaded.release == state.release
+    assert loaded.keep_reference_on_reject is True
     assert json.loads((tmp_path / "state.json").read_text())["version"] == 2
