@@ -41,6 +41,14 @@ from fedretrain.retraining.port import (
 )
 
 
+@pytest.fixture(autouse=True)
+def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rules are under test here, not matplotlib: drawing timeline.png and metrics.png
+    took most of each fake run's time. The plots are checked by the report tests."""
+    monkeypatch.setattr("fedretrain.timeline.plot_timeline", lambda *args: None)
+    monkeypatch.setattr("fedretrain.report.plot_metrics", lambda *args: None)
+
+
 class Crash(Exception):
     """The server dies (SIGKILL, in spirit) in the middle of a request."""
 
