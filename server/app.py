@@ -42,7 +42,6 @@ from fedretrain.registry import config_hash
 from fedretrain.report import RunReport
 from fedretrain.retraining.controller import Controller
 from fedretrain.retraining.drift_watch import DriftWatch
-from fedretrain.retraining.resume import check_resumable
 from fedretrain.site import TaskModels, build_pool
 
 app = ServerApp()
@@ -111,8 +110,6 @@ def run(
     exactly ``runtime.num_rounds`` rounds. ``resume`` continues either from its folder's last
     checkpoint.
     """
-    if resume:
-        check_resumable(run_dir)  # a damaged folder: stop before anything is written or asked
     cfg = from_yaml(config_yaml)  # parsed once here; config_yaml is what travels to the sites
     static = not cfg.scenario.enabled
     seed_sampling(cfg.runtime.seed)
