@@ -11,18 +11,14 @@ replaying them, which needs no pickled objects.
 
 The logs a run appends to (``metrics.csv``, ``rejections.csv``, ``timeline.csv``,
 ``decisions.jsonl``, ``privacy.csv``) may hold rows written after the last checkpoint; resume
-cuts them back to it with :func:`cut_csv` and :func:`cut_jsonl` before going on.
+cuts them back to it (:mod:`fedretrain.run_logs`) before going on.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import random
-import types
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -106,9 +102,13 @@ class CheckpointStore:
             contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
             _save_arrays(self.folder / file, contiguous)
             names[name] = file
-        values = {**asdict(state), "release": state.release.to_dict()}
+        # Field by field: asdict would deep-copy the random state's 625 numbers on every save.
+        values = {f.name: getattr(state, f.name) for f in fields(state)}
+        values["release"] = state.release.to_dict()
+        values["plateau"] = None if state.plateau is None else asdict(state.plateau)
         record = {"format": FORMAT, "version": VERSION, "state": values, "arrays": names}
-        text = json.dumps(record, indent=1, default=_json_default, allow_nan=True)
+        # No indent: json's C encoder, several times faster (a checkpoint is saved every round).
+        text = json.dumps(record, default=_json_default, allow_nan=True)
         atomic_replace(self.folder / STATE_FILE, lambda tmp: tmp.write_text(text))
         keep = set(names.values()) | {STATE_FILE, "stats"}
         for path in self.folder.iterdir():
@@ -179,66 +179,5 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-# ----------------------------------------------------------------------------- logs
-
-
 def _save_arrays(path: Path, arrays: Arrays) -> None:
     atomic_replace(path, lambda tmp: save_file(arrays, tmp))
-
-
-def cut_csv(path: Path, keep: Callable[[dict[str, str]], bool]) -> list[dict[str, str]]:
-    """Rewrite the CSV at ``path`` with only the rows ``keep`` accepts; return them."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = list(reader.fieldnames or [])
-        # A kill in the middle of an append leaves a torn last row: it has missing cells.
-        whole = [row for row in reader if None not in row.values() and None not in row]
-        rows = [row for row in whole if keep(row)]
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as out:
-            writer = csv.DictWriter(out, header)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_replace(path, write)
-    return rows
-
-
-def cut_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
-    """Rewrite the JSON-lines file at ``path`` with only the records ``keep`` accepts."""
-    if not path.exists():
-        return
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill in the middle of an append
-    text = "".join(json.dumps(r) + "\n" for r in records if keep(r))
-    atomic_replace(path, lambda tmp: tmp.write_text(text))
-
-
-def from_row(cls: type[T], row: Mapping[str, str]) -> T:
-    """A dataclass instance from a CSV row written by pandas (NaN as an empty cell)."""
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in fields(cls):  # type: ignore[arg-type]
-        if f.name in row:
-            values[f.name] = _parse(row[f.name], hints[f.name])
-    return cls(**values)
-
-
-def _parse(text: str, kind: Any) -> Any:
-    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-        options = [k for k in typing.get_args(kind) if k is not type(None)]
-        return None if text == "" else _parse(text, options[0])
-    if kind is bool:
-        return text == "True"
-    if kind is int:
-        return int(float(text))
-    if kind is float:
-        return math.nan if text in ("", "nan", "NaN") else float(text)
-    return text

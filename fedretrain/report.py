@@ -19,8 +19,8 @@ from typing import TextIO
 
 import pandas as pd
 
-from fedretrain.atomic import atomic_replace
 from fedretrain.metrics import scores
+from fedretrain.run_logs import cut_csv, from_row, write_rows
 from fedretrain.training import EvalResult
 from fedretrain.validation import DECLINE_PHASES, Rejection
 
@@ -92,8 +92,6 @@ class RunReport:
     def restore(self, server_round: int, keep: Callable[[Rejection], bool]) -> None:
         """Resume: keep the rows of rounds up to ``server_round`` and the rejections ``keep``
         accepts, in memory and on disk (a killed run may have written later ones)."""
-        from fedretrain.checkpoint import cut_csv, from_row
-
         rows = cut_csv(self.run_dir / "metrics.csv", lambda r: int(r["round"]) <= server_round)
         self._rows = [from_row(RoundRow, r) for r in rows]
 
@@ -134,8 +132,7 @@ class RunReport:
         skipped = any(r.node_id == 0 for r in this_round)
         row = replace(row, rejected=rejected, skipped=skipped, declined=declined)
         self._rows.append(row)
-        table = self.table()
-        atomic_replace(self.run_dir / "metrics.csv", lambda tmp: table.to_csv(tmp, index=False))
+        write_rows(self.run_dir / "metrics.csv", self._rows)
         of = f"/{self.num_rounds}" if self.num_rounds else ""  # 0: rounds run to a plateau
         label = "initial model" if row.round == 0 else f"round {row.round}{of}"
         train = "" if math.isnan(row.train_loss) else f"train loss {row.train_loss:.4f} | "

@@ -18,9 +18,9 @@ from typing import Any, TextIO
 
 import pandas as pd
 
-from fedretrain.atomic import atomic_replace
 from fedretrain.monitor.scoring import score_detections
 from fedretrain.report import print_summary
+from fedretrain.run_logs import cut_csv, cut_jsonl, from_row, write_rows
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,6 @@ class Timeline:
 
     def restore(self, completed_period: int) -> None:
         """Resume: keep the periods up to ``completed_period``, in memory and on disk."""
-        from fedretrain.checkpoint import cut_csv, cut_jsonl, from_row
-
         rows = cut_csv(
             self.run_dir / "timeline.csv", lambda r: int(r["period"]) <= completed_period
         )
@@ -76,8 +74,7 @@ class Timeline:
 
     def add(self, row: PeriodRow) -> None:
         self._rows.append(row)
-        table = self.table()
-        atomic_replace(self.run_dir / "timeline.csv", lambda tmp: table.to_csv(tmp, index=False))
+        write_rows(self.run_dir / "timeline.csv", self._rows)
         flag = " *change*" if row.change_point else ""
         alarm = f" | ALARM {row.alarms}" if row.alarms else ""
         what = f" | {row.action}, {row.rounds} rounds" if row.rounds or row.retrain else ""

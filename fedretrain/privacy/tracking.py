@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedretrain.run_logs import cut_csv, from_row
+
 
 @dataclass(frozen=True)
 class EpsilonRow:
@@ -64,8 +66,6 @@ class EpsilonTracker:
 
     def restore(self, server_round: int) -> None:
         """Resume: keep the reports of rounds up to ``server_round``, in memory and on disk."""
-        from fedretrain.checkpoint import cut_csv, from_row
-
         if self.path is None:
             return
         kept = cut_csv(self.path, lambda r: int(r["server_round"]) <= server_round)

@@ -18,6 +18,7 @@ from fedretrain.config import (
     to_yaml,
 )
 from fedretrain.preflight import to_typed
+from fedretrain.simulate import main as simulate_main
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUP_FILES = sorted(p for p in CONF.rglob("*.yaml") if p.parent != CONF)
@@ -150,16 +151,27 @@ def test_unimportable_target_is_reported() -> None:
     ],
 )
 def test_cli_exits_nonzero_before_any_simulation(
-    args: list[str], message: str, tmp_path: Path
+    args: list[str], message: str, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     run_dir = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["fedretrain-simulate", *args, f"hydra.run.dir={run_dir}"])
+    with pytest.raises(SystemExit) as exited:
+        simulate_main()
+    out = capsys.readouterr()
+    assert exited.value.code == 2
+    assert message in out.err + out.out
+    assert "[fedretrain]" not in out.out  # no round ran
+    assert not run_dir.exists()  # not even Hydra's .hydra/ and an empty log (issue 16)
+
+
+def test_the_installed_entry_point_refuses_a_bad_value_the_same_way(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "fedretrain", *args, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "fedretrain", "runtime.num_clients=0", f"hydra.run.dir={run_dir}"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 2
-    assert message in result.stderr + result.stdout
-    assert "[fedretrain]" not in result.stdout  # no round ran
-    assert not run_dir.exists()  # not even Hydra's .hydra/ and an empty log (issue 16)
+    assert "runtime.num_clients=0: must be at least 1" in result.stderr
+    assert not run_dir.exists()

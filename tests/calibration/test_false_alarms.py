@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from monitor_sim import fast_period
 
 from fedretrain.monitor.base import Detector
 from fedretrain.monitor.binomial_error import BinomialErrorTest, fisher_greater
@@ -53,8 +54,8 @@ def false_alarm_rate(
     ],
     ids=["histogram", "binomial", "cusum", "page_hinkley"],
 )
-def test_stationary_false_alarm_rate_is_at_most_one_per_arl(make, runs, per_run, low, fast):
-    rate = false_alarm_rate(make(), fast, runs, per_run, seed=0)
+def test_stationary_false_alarm_rate_is_at_most_one_per_arl(make, runs, per_run, low):
+    rate = false_alarm_rate(make(), fast_period, runs, per_run, seed=0)
     # About 2,000 tested periods, 100 alarms expected at most: sampling sd ~10%, plus the
     # clustering a shared reference causes.
     assert low / ARL <= rate <= 1.3 / ARL
