@@ -15,6 +15,7 @@ The handlers carry no attack code: simulation's attack harness is a Flower mod a
 
 from __future__ import annotations
 
+import logging
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from hydra.utils import instantiate
 
@@ -44,6 +45,14 @@ from fedretrain.flower.records import (
     train_metrics,
 )
 from fedretrain.monitor.private import StatsMechanism
+from fedretrain.privacy.releases import (
+    AGAIN,
+    Release,
+    ReleaseCache,
+    as_numpy,
+    model_id,
+    release_key,
+)
 from fedretrain.site import ScenarioFederation, SimulatedFederation, Site, model_for, select_device
 from fedretrain.tasks.dataset import ArrayDataset
 from fedretrain.training import evaluate, lr_at, predict, train
@@ -52,6 +61,8 @@ from fedretrain.validation import NO_DATA_PHASE
 if TYPE_CHECKING:
     from fedretrain.deploy.stream import FolderStream
     from fedretrain.privacy.dp_sgd import DPTrainResult
+
+log = logging.getLogger(__name__)
 
 app = ClientApp(mods=[attack_mod])  # simulation's attack harness; a no-op unless attack is set
 
@@ -153,19 +164,41 @@ def train_handler(msg: Message, context: Context) -> Message:
     seed = np.random.SeedSequence([cfg.runtime.seed, site.partition_id, instruction.server_round])
     generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
     data = _train_data(site, context)
-    if cfg.privacy.enabled:
-        outcome = _dp_train(cfg, site, data, instruction, lr, generator, context)
-        if isinstance(outcome, str):
-            return declined_reply(msg, outcome)
-        metrics = train_metrics(outcome.train)
-        spent, total = outcome.epsilon_spent, outcome.epsilon_total
-        metrics.update(epsilon_metrics(site.partition_id, spent, total))
-    else:
+    if not cfg.privacy.enabled:
         result = train(
             site.model, data, cfg.train, lr, site.device, generator, instruction.proximal_mu
         )
-        metrics = train_metrics(result)
-    arrays = ArrayRecord(site.model.state_dict())
+        metrics = train_metrics(result, site.partition_id)
+        arrays = ArrayRecord(site.model.state_dict())
+        return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    # DP-SGD: a round asked for again (the server resumed after a crash) is answered with the
+    # update already released, at no new ε (fedretrain.privacy.releases).
+    folder = _ledger_folder(site, instruction, context)
+    cache = ReleaseCache(folder, site.partition_id)
+    incoming = model_id(msg.content.array_records["arrays"])
+    key = release_key(
+        instruction.config_yaml, instruction.server_round, instruction.period, incoming
+    )
+    released = cache.get(key)
+    if released is None:
+        outcome = _dp_train(cfg, site, data, instruction, lr, generator, folder, key)
+        if isinstance(outcome, str):
+            return declined_reply(msg, outcome)
+        metrics = train_metrics(outcome.train, site.partition_id)
+        spent, total = outcome.epsilon_spent, outcome.epsilon_total
+        ran = outcome.entry.mechanism
+        metrics.update(epsilon_metrics(site.partition_id, spent, total, ran))
+        sent = {k: cast(float, v) for k, v in metrics.items()}
+        released = Release(key, as_numpy(site.model.state_dict()), sent)
+        cache.put(released)  # after the ledger's entry, before the update leaves the site
+    else:
+        log.info(
+            "site %d: round %d was released already; sending the same update (no new ε)",
+            site.partition_id,
+            instruction.server_round,
+        )
+    arrays = ArrayRecord({k: Array(v) for k, v in released.arrays.items()})  # in order
+    metrics = MetricRecord(released.metrics)  # type: ignore[arg-type]
     return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
@@ -176,25 +209,20 @@ def _dp_train(
     instruction: Instruction,
     lr: float,
     generator: torch.Generator,
-    context: Context,
+    folder: Path,
+    request: str,
 ) -> DPTrainResult | str:
     """DP-SGD on ``data``, accounted in the site's ledger; the reason instead if the site's
     budget does not allow the round.
 
-    A deployed site keeps its ledger in the folder its node config names (``ledger-dir``);
-    a simulated site in the folder the server's instruction names (the run folder).
+    ``request`` (:func:`~fedretrain.privacy.releases.release_key`) goes into the ledger's tag:
+    a request trained twice (its release was not cached) is marked so in its second entry.
     """
     from fedretrain.privacy import PrivacyLedger, plan_training
     from fedretrain.privacy.dp_sgd import dp_train  # opacus: only when used
 
-    folder = context.node_config.get(LEDGER_DIR_KEY) or instruction.ledger_dir
-    if not folder:
-        raise ValueError(
-            f"privacy is on but site {site.partition_id} has no ledger folder: start the "
-            f"SuperNode with --node-config '{LEDGER_DIR_KEY}=\"/path\"'"
-        )
     pid = site.partition_id
-    ledger = PrivacyLedger.open(Path(str(folder)) / f"site-{pid}.json", pid)
+    ledger = PrivacyLedger.open(folder / f"site-{pid}.json", pid)
     plan = plan_training(cfg.privacy, cfg.train, len(data), rounds_per_cycle=instruction.num_rounds)
     decision = ledger.would_exceed(plan.composition, cfg.privacy.epsilon_budget, cfg.privacy.delta)
     if not decision.allowed:
@@ -202,6 +230,10 @@ def _dp_train(
     tag = f"round {instruction.server_round}"
     if instruction.period is not None:
         tag += f" period {instruction.period}"
+    tag += f" request {request[:12]}"
+    if any(entry.tag.removesuffix(AGAIN) == tag for entry in ledger.entries):
+        log.warning("site %d: %s trained again, with no cached release: ε counted twice", pid, tag)
+        tag += AGAIN
     return dp_train(
         site.model,
         data,
@@ -215,6 +247,19 @@ def _dp_train(
         plan=plan,
         proximal_mu=instruction.proximal_mu,
     )
+
+
+def _ledger_folder(site: Site, instruction: Instruction, context: Context) -> Path:
+    """Where a site keeps its privacy ledger and its last release: a deployed site in the
+    folder its node config names (``ledger-dir``), a simulated site in the folder the server's
+    instruction names (the run folder)."""
+    folder = context.node_config.get(LEDGER_DIR_KEY) or instruction.ledger_dir
+    if not folder:
+        raise ValueError(
+            f"privacy is on but site {site.partition_id} has no ledger folder: start the "
+            f"SuperNode with --node-config '{LEDGER_DIR_KEY}=\"/path\"'"
+        )
+    return Path(str(folder))
 
 
 def _train_data(site: Site, context: Context) -> ArrayDataset:

@@ -56,6 +56,8 @@ class Plateau:
     target: float | None = None
     epsilon_mark: dict[str, float] | None = None
     reused: int | None = None  # the former champion chosen for reuse, released before training
+    trained: int = 0  # rounds that aggregated some site's update (``rounds`` counts them all)
+    samples: dict[str, int] = field(default_factory=dict)  # site -> training examples in them
 
 
 @dataclass

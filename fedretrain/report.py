@@ -125,6 +125,14 @@ class RunReport:
             for r in self._rejections
         )
 
+    def rejected_nodes(self, server_round: int, phase: str) -> set[int]:
+        """The nodes whose replies of ``server_round`` and ``phase`` were failed or rejected."""
+        return {
+            r.node_id
+            for r in self._rejections
+            if r.server_round == server_round and r.phase == phase and r.node_id != 0
+        }
+
     def add(self, row: RoundRow) -> None:
         this_round = [r for r in self._rejections if r.server_round == row.round]
         declined = sum(r.phase in DECLINE_PHASES for r in this_round)
@@ -208,19 +216,49 @@ def read_rounds(path: Path) -> pd.DataFrame:
 
 
 def print_summary(summary: dict[str, object], out: TextIO) -> None:
-    """The one-screen summary at the end of a run."""
+    """The one-screen summary at the end of a run; ``summary.json`` holds every value whole."""
     width = max(len(k) for k in summary)
     lines = ["", "fedretrain summary", "-" * 40]
     for key, value in summary.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        lines.append(f"{key:<{width}}  {shown}")
+        lines.append(f"{key:<{width}}  {shown(value)}")
     lines.append("-" * 40)
     print("\n".join(lines), file=out, flush=True)
+
+
+def shown(value: object) -> str:
+    """A summary value as a person reads it: floats to 4 places, a per-site map of numbers as
+    its range when it is long, a nested record as ``key value`` pairs.
+
+    >>> shown(0.123456), shown(None), shown([1, 2])
+    ('0.1235', 'None', '[1, 2]')
+    >>> shown({"0": 7.97, "1": 8.5})
+    '0: 7.9700, 1: 8.5000'
+    >>> shown({str(s): 7.0 + s / 10 for s in range(10)})
+    '7.0000 (site 0) to 7.9000 (site 9), 10 sites'
+    >>> shown({"delta": 1e-05, "epsilon_by_site": {"0": 7.97, "1": 8.5}, "max_epsilon": 8.5})
+    'delta 1e-05 | epsilon_by_site 0: 7.9700, 1: 8.5000 | max_epsilon 8.5000'
+    """
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
+    if not isinstance(value, dict) or not value:
+        return str(value)
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in value.values())
+    if numbers and len(value) > 4:
+        low = min(value, key=lambda k: value[k])
+        high = max(value, key=lambda k: value[k])
+        return (
+            f"{shown(float(value[low]))} (site {low}) to {shown(float(value[high]))} "
+            f"(site {high}), {len(value)} sites"
+        )
+    if numbers:
+        return ", ".join(f"{k}: {shown(v)}" for k, v in value.items())
+    return " | ".join(f"{k} {shown(v)}" for k, v in value.items())
 
 
 def plot_metrics(table: pd.DataFrame, path: Path) -> None:
     """Accuracy, macro F1 and losses per round, side by side."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state to touch
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
@@ -234,5 +272,6 @@ def plot_metrics(table: pd.DataFrame, path: Path) -> None:
     right.legend()
     for axis in (left, right):
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds: no 0.5 ticks
     fig.tight_layout()
     fig.savefig(path, dpi=100)

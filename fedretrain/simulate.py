@@ -24,6 +24,8 @@ from fedretrain.preflight import to_typed
 
 FOLDER_STREAM = "fedretrain.deploy.stream.FolderStream"
 
+log = logging.getLogger("fedretrain")
+
 
 def _run(cfg: DictConfig, checked: bool = False) -> float:
     """One simulation in Hydra's run folder; ``checked``: :func:`main` validated the config
@@ -35,13 +37,15 @@ def _run(cfg: DictConfig, checked: bool = False) -> float:
         print(f"fedretrain-simulate: {err}", file=sys.stderr)
         sys.exit(2)
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    # Ray takes tens of seconds to start on a small machine: say what is starting, at once.
+    log.info(starting_line(run, run_dir))
     # Flower and Ray are imported only once the config is known to be good.
     from clients.app import app as client_app
     from fedretrain.flower.simulation import simulate
     from server.app import build_server_app
 
     _quiet_libraries()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     server_app = build_server_app(to_yaml(cfg), run_dir)
     simulate(server_app, client_app, run.runtime)
     summary_file = run_dir / "summary.json"
@@ -51,6 +55,16 @@ def _run(cfg: DictConfig, checked: bool = False) -> float:
     import json
 
     return float(json.loads(summary_file.read_text())["final_accuracy"])
+
+
+def starting_line(run: RunConfig, run_dir: Path) -> str:
+    """The line a run prints before Ray starts (simulate.log keeps it too)."""
+    sites = f"{run.runtime.num_clients} simulated sites"
+    if run.scenario.enabled:
+        what = f"scenario {run.scenario.name}, {run.scenario.num_periods} periods"
+    else:
+        what = f"{run.runtime.num_rounds} rounds"
+    return f"starting {sites} on Ray ({run.task.name}, {what}); run folder {run_dir}"
 
 
 def resume(run_dir: Path) -> int:

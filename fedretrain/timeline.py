@@ -122,10 +122,12 @@ def summarize_timeline(
     served = table[table["period"] > 0]
     retrains = [int(p) for p in served.loc[served["retrain"], "period"]]
     score = score_detections(change_points, retrains, num_periods)
+    final, final_of = final_accuracy(table)
     return {
         "periods": num_periods,
         "mean_prequential_accuracy": float(served["accuracy"].mean()),
-        "final_accuracy": float(table["accuracy"].iloc[-1]),
+        "final_accuracy": final,
+        "final_accuracy_of": final_of,
         "initial_rounds": int(table.loc[table["period"] == 0, "rounds"].sum()),
         "retrain_rounds": int(served["rounds"].sum()),
         "retrains": len(retrains),
@@ -137,6 +139,46 @@ def summarize_timeline(
         "alarm_periods": [int(p) for p in served.loc[served["alarms"] != "", "period"]],
         "rejected_statistics": int(table["rejected"].sum()),
     }
+
+
+def final_accuracy(table: pd.DataFrame) -> tuple[float, str]:
+    """The accuracy of the model that serves at the end, and what it was measured on.
+
+    The last period with data decides. If that period promoted a new model, the new model's
+    validation on that period's holdouts (its prequential score was the old model's); otherwise
+    the serving model's prequential accuracy on that period's new data. Periods without data
+    (a deployed site with no new files) have no accuracy and are passed over.
+
+    >>> rows = pd.DataFrame({"period": [0, 1, 2], "samples": [10, 10, 0],
+    ...     "accuracy": [0.9, 0.04, float("nan")], "serving_version": [1, 2, 2],
+    ...     "retrain": [True, True, False], "validation_accuracy": [0.9, 1.0, float("nan")],
+    ...     "action": ["initial", "warm", "serve"]})
+    >>> final_accuracy(rows)
+    (1.0, 'v2 on the holdouts of period 1 (promoted in that period)')
+    >>> rejected = ["initial", "warm, rejected", "serve"]
+    >>> final_accuracy(rows.assign(serving_version=[1, 1, 1], action=rejected))
+    (0.04, 'v1 on the new data of period 1 (prequential)')
+    """
+    with_data = table[table["samples"] > 0]
+    if with_data.empty:
+        return math.nan, "no period had data"
+    last = with_data.iloc[-1]
+    position = table.index.get_loc(last.name)
+    before = table.iloc[position - 1]["serving_version"] if position else None
+    version, period = int(last["serving_version"]), int(last["period"])
+    promoted = (
+        bool(last["retrain"])
+        and version != before
+        and not str(last["action"]).endswith(", rejected")
+        and math.isfinite(float(last["validation_accuracy"]))
+    )
+    if promoted:
+        where = f"the holdouts of period {period} (promoted in that period)"
+        return float(last["validation_accuracy"]), f"v{version} on {where}"
+    served = before if before is not None else version
+    return float(
+        last["accuracy"]
+    ), f"v{int(served)} on the new data of period {period} (prequential)"
 
 
 _TEXT_COLUMNS = ("alarms", "alarm_sites", "reason", "action")
@@ -172,6 +214,7 @@ def _jsonable(value: Any) -> Any:
 def plot_timeline(table: pd.DataFrame, change_points: list[int], path: Path) -> None:
     """Prequential accuracy per period; true change points dashed, retrains marked."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state to touch
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(10, 4))
     axis = fig.subplots()
@@ -190,6 +233,7 @@ def plot_timeline(table: pd.DataFrame, change_points: list[int], path: Path) -> 
         label="retrain triggered",
     )
     axis.set(xlabel="monitoring period", ylabel="accuracy", ylim=(0, 1.02))
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # periods: no 0.5 ticks
     axis.set_title("served model, scored on each period before training on it")
     axis.grid(alpha=0.3)
     axis.legend(loc="lower left")

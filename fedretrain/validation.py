@@ -188,6 +188,8 @@ class Quorum:
 DECLINED_PHASE = "privacy"
 NO_DATA_PHASE = "no data"
 DECLINE_PHASES = (DECLINED_PHASE, NO_DATA_PHASE)
+# A DP-SGD reply that disagrees with the server's own privacy account is rejected under this.
+AUDIT_PHASE = "privacy audit"
 
 
 @dataclass(frozen=True)

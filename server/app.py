@@ -63,7 +63,8 @@ def main(grid: Grid, context: Context) -> None:
         log(
             WARNING,
             f"runtime.num_clients={wanted} but the federation has {nodes} SuperNodes; the server "
-            f"waits for {wanted} (forever in a simulation: set num-supernodes={wanted})",
+            f"waits for {wanted}: in a deployment, start the missing SuperNodes; a simulation "
+            f"never gets more, so set its num-supernodes={wanted}",
         )
     to_typed(cfg)  # fail with every problem listed before any site is asked to train
     run_dir = str(context.run_config.get("run-dir", "")) or time.strftime(

@@ -130,7 +130,7 @@ def make_ca(
     _refuse_existing([ca.cert, ca.key], overwrite)
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -197,7 +197,7 @@ def make_server_certificate(
     names = _subject_alt_names([*hosts, *LOOPBACK_HOSTS])
     common_name = next((h for h in hosts if h), "localhost")
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
         x509.CertificateBuilder()
@@ -460,10 +460,29 @@ def _refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` atomically with ``mode``, set before the bytes go in, so that a private
-    key is never readable by others, even for a moment."""
+    key is never readable by others, even for a moment. A private key's folder gets a
+    ``.gitignore`` first (:func:`_keep_keys_out_of_git`)."""
 
     def write(tmp: Path) -> None:
         os.chmod(tmp, mode)
         tmp.write_bytes(data)
 
+    if path.suffix == ".key":
+        _keep_keys_out_of_git(path.parent)
     atomic_replace(path, write)
+
+
+GITIGNORE = (
+    "# Written by fedretrain certs: private keys stay out of version control.\n"
+    "# Certificates (*.crt, *.pem) and public keys (*.pub) may be shared.\n"
+    "*.key\n"
+)
+
+
+def _keep_keys_out_of_git(directory: Path) -> None:
+    """A credentials folder made inside a git work tree must not offer its private keys to
+    ``git add``: write a ``.gitignore`` for ``*.key`` unless the folder has one already."""
+    ignore = directory / ".gitignore"
+    if not ignore.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_replace(ignore, lambda tmp: tmp.write_text(GITIGNORE))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,14 @@ from fedretrain.flower.records import (
     instruction_config,
     site_scores,
     stats_from_record,
+    trained_examples,
 )
 from fedretrain.flower.strategies import user_level_epsilon
 from fedretrain.flower.validated import wait_for_nodes
 from fedretrain.monitor.private import check_stats
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats, WindowStats
+from fedretrain.privacy.plan import plan_training
+from fedretrain.privacy.rdp import SampledGaussian
 from fedretrain.privacy.tracking import EpsilonTracker
 from fedretrain.report import RunReport
 from fedretrain.retraining.port import (
@@ -49,7 +52,7 @@ from fedretrain.retraining.port import (
     TrainedRound,
     Weights,
 )
-from fedretrain.validation import Rejection
+from fedretrain.validation import AUDIT_PHASE, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +122,16 @@ class FlowerFederation:
             server_round,
             self.epsilon,
             self._period(period),
+            self._asked if self.cfg.privacy.enabled else None,
         )
         new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         trained = accepted_count(replies, self.report, server_round, "train")
         loss = float(metrics["train-loss"]) if metrics else math.nan  # type: ignore[arg-type]
-        result = weights if new_arrays is None else to_numpy(new_arrays)
-        return TrainedRound(result, loss, trained)
+        if new_arrays is None:  # skipped: nothing was aggregated
+            return TrainedRound(weights, loss, 0)
+        left_out = self.report.rejected_nodes(server_round, "train")
+        examples = trained_examples(replies, left_out)
+        return TrainedRound(to_numpy(new_arrays), loss, trained, examples)
 
     def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:
         config = instruction_config(self.config_yaml, self.num_rounds, self._period(period))
@@ -200,6 +207,13 @@ class FlowerFederation:
             PeriodStats(period, dict(sorted((with_data or sites).items()))), rejected
         )
 
+    def _asked(self, examples: int) -> SampledGaussian:
+        """What this run's instructions make a DP-SGD site with ``examples`` records run."""
+        plan = plan_training(
+            self.cfg.privacy, self.cfg.train, examples, rounds_per_cycle=self.num_rounds
+        )
+        return plan.composition[0]
+
     def _period(self, period: int) -> int | None:
         return period if self.periods else None
 
@@ -255,12 +269,13 @@ def trained_replies(
     server_round: int,
     epsilon: EpsilonTracker | None,
     period: int | None = None,
+    asked: Callable[[int], SampledGaussian] | None = None,
 ) -> list[Message]:
     """A train round's replies, ready to aggregate.
 
     Sites that declined (their privacy budget would not allow the round) are recorded and
-    left out; what DP-SGD cost each site that trained is tracked, whether or not its update
-    is accepted later (the privacy is spent either way); then as :func:`checked_replies` and
+    left out; DP-SGD replies are then :func:`audited` (``asked``: what a site with ``n``
+    training examples is asked to run); then as :func:`checked_replies` and
     :func:`canonical_order`.
     """
     kept = []
@@ -274,9 +289,40 @@ def trained_replies(
         log.info("round %d: node %d declined: %s", server_round, node, reason)
         report.reject(Rejection(server_round, phase, node, reason))
     if epsilon is not None:
-        reports = [e for r in kept if (e := epsilon_from_reply(r)) is not None]
-        epsilon.observe(server_round, period, reports)
+        kept = audited(kept, report, server_round, epsilon, asked, period)
     return canonical_order(checked_replies(kept, "train"))
+
+
+def audited(
+    replies: list[Message],
+    report: RunReport,
+    server_round: int,
+    epsilon: EpsilonTracker,
+    asked: Callable[[int], SampledGaussian] | None,
+    period: int | None,
+) -> list[Message]:
+    """DP-SGD replies checked against the server's own account (:meth:`EpsilonTracker.audit`):
+    one whose site ran something else than asked, or reports less ε than this run alone cost
+    it, is rejected and recorded (phase ``privacy audit``) and left out; what the others
+    report is tracked, whether or not their update is accepted later (the privacy is spent
+    either way)."""
+    kept, reports = [], []
+    for reply in replies:
+        claim = epsilon_from_reply(reply)
+        if claim is None:
+            kept.append(reply)  # an error reply, or one the validation wrapper will refuse
+            continue
+        expected = asked(claim.examples) if asked is not None and claim.examples else None
+        problem = epsilon.audit(claim, expected)
+        if problem is not None:
+            node = int(reply.metadata.src_node_id)
+            log.warning("round %d: node %d: %s", server_round, node, problem)
+            report.reject(Rejection(server_round, AUDIT_PHASE, node, problem))
+            continue
+        kept.append(reply)
+        reports.append(claim)
+    epsilon.observe(server_round, period, reports)
+    return kept
 
 
 def checked_replies(replies: Iterable[Message], what: str) -> list[Message]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -11,6 +12,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from fedretrain.metrics import sum_confusion
 from fedretrain.monitor.stats import HistogramEdges, WindowStats
+from fedretrain.privacy.rdp import SampledGaussian
+from fedretrain.privacy.tracking import EpsilonReport
 from fedretrain.training import EvalResult, TrainResult
 from fedretrain.validation import DECLINED_PHASE
 
@@ -123,27 +126,46 @@ def data_report(reply: Message) -> dict[str, Any] | None:
     return dict(reply.content.config_records[DATA_REPORT_KEY])
 
 
-def epsilon_metrics(site: int, spent: float, total: float) -> dict[str, float | int]:
-    """What a DP-SGD site adds to its train metrics: who it is and what the round cost it.
+def epsilon_metrics(
+    site: int, spent: float, total: float, mechanism: SampledGaussian
+) -> dict[str, float | int]:
+    """What a DP-SGD site adds to its train metrics: who it is, what it ran (σ, sample rate,
+    steps: the server checks them against what it asked) and what the round cost it.
 
     ε may be infinite (σ = 0); a MetricRecord carries it as a float.
     """
-    return {SITE_ID_KEY: site, "epsilon-spent": float(spent), "epsilon": float(total)}
+    return {
+        SITE_ID_KEY: site,
+        "epsilon-spent": float(spent),
+        "epsilon": float(total),
+        "dp-noise-multiplier": float(mechanism.noise_multiplier),
+        "dp-sample-rate": float(mechanism.sample_rate),
+        "dp-steps": int(mechanism.steps),
+    }
 
 
-def epsilon_from_reply(reply: Message) -> tuple[int, float, float] | None:
-    """(site, ε spent, cumulative ε) from a DP-SGD site's train reply; None otherwise."""
+def epsilon_from_reply(reply: Message) -> EpsilonReport | None:
+    """What a DP-SGD site's train reply says it ran and spent; None for a reply without it."""
     if reply.has_error() or len(reply.content.metric_records) != 1:
         return None
     metrics = next(iter(reply.content.metric_records.values()))
     try:
-        return (
-            int(cast(int, metrics[SITE_ID_KEY])),
-            float(cast(float, metrics["epsilon-spent"])),
-            float(cast(float, metrics["epsilon"])),
-        )
+        site = int(cast(int, metrics[SITE_ID_KEY]))
+        spent = float(cast(float, metrics["epsilon-spent"]))
+        total = float(cast(float, metrics["epsilon"]))
     except (KeyError, TypeError, ValueError):
         return None
+    try:
+        ran: SampledGaussian | None = SampledGaussian(
+            float(cast(float, metrics["dp-noise-multiplier"])),
+            float(cast(float, metrics["dp-sample-rate"])),
+            int(cast(int, metrics["dp-steps"])),
+        )
+    except (KeyError, TypeError, ValueError):
+        ran = None
+    examples = metrics.get(NUM_EXAMPLES_KEY)
+    n = int(cast(int, examples)) if isinstance(examples, int | float) else None
+    return EpsilonReport(site, spent, total, ran, n)
 
 
 def stats_record(stats: WindowStats) -> ArrayRecord:
@@ -162,8 +184,26 @@ def edges_from_record(record: ArrayRecord) -> HistogramEdges:
     return HistogramEdges(record["interior"].numpy())
 
 
-def train_metrics(result: TrainResult) -> MetricRecord:
-    return MetricRecord({NUM_EXAMPLES_KEY: result.num_examples, "train-loss": result.mean_loss})
+def train_metrics(result: TrainResult, site: int) -> MetricRecord:
+    """A site's training: the examples it trained on, its mean loss, and which site it is (the
+    registry's lineage counts each site's training examples)."""
+    return MetricRecord(
+        {NUM_EXAMPLES_KEY: result.num_examples, "train-loss": result.mean_loss, SITE_ID_KEY: site}
+    )
+
+
+def trained_examples(replies: Iterable[Message], left_out: set[int]) -> dict[int, int]:
+    """Training examples per site from train replies that name their site, except those of
+    the nodes in ``left_out`` (failed or rejected: their updates were not aggregated)."""
+    examples: dict[int, int] = {}
+    for reply in replies:
+        if reply.has_error() or int(reply.metadata.src_node_id) in left_out:
+            continue
+        for metrics in reply.content.metric_records.values():
+            if SITE_ID_KEY in metrics and NUM_EXAMPLES_KEY in metrics:
+                site = int(cast(int, metrics[SITE_ID_KEY]))
+                examples[site] = int(cast(int, metrics[NUM_EXAMPLES_KEY]))
+    return examples
 
 
 def eval_metrics(result: EvalResult, site: int | None = None) -> MetricRecord:

@@ -9,6 +9,8 @@ Sample-level DP-SGD of a site's local training, accounted over the site's whole 
   a JSON file, its cumulative ε and budget :class:`Decision`.
 - :mod:`~fedretrain.privacy.rdp`: the RDP maths (pure numpy/scipy).
 - :mod:`~fedretrain.privacy.sampling`: Poisson batches.
+- :mod:`~fedretrain.privacy.releases`: a site's last released update, re-sent when a resumed
+  server asks for the same round again (no ε spent twice).
 - :mod:`~fedretrain.privacy.dp_sgd`: ``dp_train``, DP-SGD of one local training (the fused
   engine in plain PyTorch, or Opacus's).
 - :mod:`~fedretrain.privacy.opacus_adapter`: ``make_compatible`` and the Opacus engine, the one

@@ -23,11 +23,12 @@ False
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ from fedretrain.atomic import atomic_replace
 from fedretrain.privacy.rdp import ORDERS, SampledGaussian, epsilon_from_rdp, merge, rdp_per_step
 
 LEDGER_FORMAT = "fedretrain.privacy_ledger"
-LEDGER_VERSION = 1  # bump on any change to the file's layout; load() refuses newer versions
+# Bump on any change to the file's layout; load() refuses newer versions. 2 adds a checksum.
+LEDGER_VERSION = 2
 
 
 class LedgerFormatError(ValueError):
@@ -141,8 +143,9 @@ class PrivacyLedger:
         _write_text(target, json.dumps(self.state_dict(), indent=1) + "\n")
 
     def state_dict(self) -> dict[str, Any]:
-        """The ledger as plain JSON types: format, version, site, composition and entries."""
-        return {
+        """The ledger as plain JSON types: format, version, site, composition, entries and a
+        checksum over the rest (:func:`_checksum`)."""
+        state = {
             "format": LEDGER_FORMAT,
             "version": LEDGER_VERSION,
             "site": self.site,
@@ -157,6 +160,7 @@ class PrivacyLedger:
                 for e in self._entries
             ],
         }
+        return {**state, "checksum": _checksum(state)}
 
     @classmethod
     def from_state_dict(cls, state: Any, path: Path | None = None) -> PrivacyLedger:
@@ -174,6 +178,14 @@ class PrivacyLedger:
             )
         if state.get("accountant") != "rdp":
             raise LedgerFormatError(f"unknown accountant {state.get('accountant')!r}")
+        if version >= 2:  # version 1 files have no checksum; the next save adds one
+            body = {k: v for k, v in state.items() if k != "checksum"}
+            if state.get("checksum") != _checksum(body):
+                raise LedgerFormatError(
+                    "its checksum does not match its contents: the file was damaged or edited. "
+                    "Restore it from a backup; the site refuses to train on it, and the file is "
+                    "left as it is (never delete it: it is the site's privacy history)"
+                )
         ledger = cls(str(state.get("site")), path)
         try:
             for raw in state["entries"]:
@@ -241,7 +253,7 @@ class PrivacyLedger:
             delta=float(delta),
             epsilon=after,
             epsilon_spent=after - before if math.isfinite(after) else math.inf,
-            recorded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            recorded_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         self._entries.append(entry)
         if self.path is not None:
@@ -306,3 +318,11 @@ def _number(x: float) -> float | str:
 
 def _write_text(path: Path, text: str) -> None:
     atomic_replace(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _checksum(state: dict[str, Any]) -> str:
+    """sha256 over the ledger's JSON without the checksum (keys sorted). It catches accidental
+    damage; a site's operator can always rewrite their own ledger consistently, which is why
+    the server keeps its own account (:mod:`fedretrain.privacy.tracking`)."""
+    text = json.dumps(state, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

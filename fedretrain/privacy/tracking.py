@@ -1,14 +1,21 @@
 """The server's view of the sites' privacy spending, from what their train replies report.
 
 Each site's ledger is the record (it lives at the site); a DP-SGD site's train reply says what
-the round cost it and its cumulative ε. The server keeps the latest ε per site, writes every
-report to ``privacy.csv`` in the run folder (ε over time) and, for each model version, what
-it cost each site: the rise of the site's cumulative ε since the previous version.
+it ran (σ, sample rate, steps), what the round cost it and its cumulative ε. The server keeps
+the latest ε per site, writes every report to ``privacy.csv`` in the run folder (ε over time)
+and, for each model version, what it cost each site: the rise of the site's cumulative ε since
+the previous version.
+
+The server also keeps its own account (:meth:`EpsilonTracker.audit`): what it asked each site
+to run in this run, composed. A site must have run what it was asked, and its cumulative ε can
+never be below what this run alone cost it; a reply that breaks either (a ledger reset, edited
+or lost mid-run, a site running a smaller σ) is rejected. A site's operator can still lie
+consistently about a site's own history before the run: the server cannot see that far.
 
 >>> tracker = EpsilonTracker(path=None, delta=1e-5)
 >>> mark = tracker.mark()
->>> tracker.observe(1, None, [(0, 0.4, 0.4), (1, 0.5, 0.5)])
->>> tracker.observe(2, None, [(0, 0.2, 0.6)])
+>>> tracker.observe(1, None, [EpsilonReport(0, 0.4, 0.4), EpsilonReport(1, 0.5, 0.5)])
+>>> tracker.observe(2, None, [EpsilonReport(0, 0.2, 0.6)])
 >>> tracker.latest
 {0: 0.6, 1: 0.5}
 >>> tracker.spent_since(mark)
@@ -20,12 +27,26 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, astuple, dataclass, fields
+from dataclasses import asdict, astuple, dataclass, fields, replace
 from pathlib import Path
 
 import pandas as pd
 
+from fedretrain.atomic import atomic_replace
+from fedretrain.privacy.rdp import SampledGaussian, epsilon
 from fedretrain.run_logs import cut_csv, from_row
+
+
+@dataclass(frozen=True)
+class EpsilonReport:
+    """What a DP-SGD site's train reply says: who it is, what the round cost it, its
+    cumulative ε, and (from sites that say) what it ran and on how many examples."""
+
+    site: int
+    spent: float
+    epsilon: float
+    ran: SampledGaussian | None = None
+    examples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +58,17 @@ class EpsilonRow:
     site: int
     epsilon_spent: float
     epsilon: float  # the site's cumulative ε at the run's δ after this round
+    # What the site ran that round (checked against what the server asked); NaN/0 in files
+    # written before the server kept its own account.
+    noise_multiplier: float = math.nan
+    sample_rate: float = math.nan
+    steps: int = 0
+
+    @property
+    def mechanism(self) -> SampledGaussian | None:
+        if not self.steps or math.isnan(self.sample_rate):
+            return None
+        return SampledGaussian(self.noise_multiplier, self.sample_rate, self.steps)
 
 
 class EpsilonTracker:
@@ -53,10 +85,21 @@ class EpsilonTracker:
                 csv.writer(handle).writerow([f.name for f in fields(EpsilonRow)])
 
     def observe(
-        self, server_round: int, period: int | None, reports: Iterable[tuple[int, float, float]]
+        self, server_round: int, period: int | None, reports: Iterable[EpsilonReport]
     ) -> None:
-        """Record (site, ε spent, cumulative ε) reports of one round."""
-        new = [EpsilonRow(server_round, period, s, spent, eps) for s, spent, eps in reports]
+        """Record the reports of one round that passed :meth:`audit`."""
+        new = []
+        for r in reports:
+            row = EpsilonRow(server_round, period, r.site, r.spent, r.epsilon)
+            if r.ran is not None:
+                ran = r.ran
+                row = replace(
+                    row,
+                    noise_multiplier=ran.noise_multiplier,
+                    sample_rate=ran.sample_rate,
+                    steps=ran.steps,
+                )
+            new.append(row)
         for row in new:
             self.latest[row.site] = row.epsilon
         self.rows += new
@@ -70,9 +113,54 @@ class EpsilonTracker:
             return
         kept = cut_csv(self.path, lambda r: int(r["server_round"]) <= server_round)
         self.rows = [from_row(EpsilonRow, r) for r in kept]
+        # A file begun before the mechanism columns existed gets them (rows append to it).
+        header = [f.name for f in fields(EpsilonRow)]
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(header)
+                writer.writerows(astuple(r) for r in self.rows)
+
+        atomic_replace(self.path, write)
         self.latest = {}
         for row in self.rows:
             self.latest[row.site] = row.epsilon
+
+    def account(self, site: int) -> float:
+        """ε at the run's δ of what ``site`` ran in this run, by the server's own account."""
+        return epsilon([m for r in self.rows if r.site == site and (m := r.mechanism)], self.delta)
+
+    def audit(self, report: EpsilonReport, asked: SampledGaussian | None) -> str | None:
+        """Why a site's report must be rejected, or None.
+
+        ``asked`` is what the server's instruction makes a site with ``report.examples``
+        training examples run (:func:`fedretrain.privacy.plan_training`); None: not checked.
+        """
+        if asked is not None:
+            if report.ran is None:
+                return "the reply does not say what DP-SGD ran (σ, sample rate, steps)"
+            same = (
+                math.isclose(report.ran.noise_multiplier, asked.noise_multiplier, rel_tol=1e-6)
+                and math.isclose(report.ran.sample_rate, asked.sample_rate, rel_tol=1e-6)
+                and report.ran.steps == asked.steps
+            )
+            if not same:
+                return (
+                    f"site {report.site} ran σ={report.ran.noise_multiplier:g}, sample rate "
+                    f"{report.ran.sample_rate:.6g}, {report.ran.steps} steps; it was asked for "
+                    f"σ={asked.noise_multiplier:g}, {asked.sample_rate:.6g}, {asked.steps} steps"
+                )
+        ran = [m for r in self.rows if r.site == report.site and (m := r.mechanism)]
+        if report.ran is not None:
+            ran.append(report.ran)
+        floor = epsilon(ran, self.delta)
+        if report.epsilon < floor * (1 - 1e-9) - 1e-12:
+            return (
+                f"site {report.site} reports a cumulative ε of {report.epsilon:.6g}, below the "
+                f"{floor:.6g} this run alone cost it: its ledger was reset, edited or lost"
+            )
+        return None
 
     def mark(self) -> dict[int, float]:
         """The sites' cumulative ε now, to measure a later version's cost against."""
@@ -101,19 +189,49 @@ class EpsilonTracker:
 
 
 def plot_epsilon(table: pd.DataFrame, path: Path) -> None:
-    """Each site's cumulative ε over server rounds, from the rows of ``privacy.csv``."""
+    """Each site's cumulative ε over server rounds, from the rows of ``privacy.csv``.
+
+    Sites whose curves are the same (sites of equal size spend the same) share one line
+    labelled with all of them, instead of hiding each other.
+    """
     from matplotlib.figure import Figure  # no pyplot: no global backend state to touch
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7, 4))
     axis = fig.subplots()
-    for site, rows in table.groupby("site"):
-        axis.step(rows["server_round"], rows["epsilon"], where="post", marker=".", label=site)
+    for sites, (rounds, eps) in same_curves(table).items():
+        axis.step(rounds, eps, where="post", marker=".", label=sites)
     axis.set(xlabel="server round", ylabel="cumulative ε", title="privacy spent per site")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.grid(alpha=0.3)
-    if table["site"].nunique() <= 12:
-        axis.legend(title="site", fontsize="small")
+    axis.legend(title="sites", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def same_curves(table: pd.DataFrame) -> dict[str, tuple[list[int], list[float]]]:
+    """The sites' ε curves, sites with identical curves together, labelled by their ids.
+
+    >>> rows = pd.DataFrame({"site": [0, 1, 2, 0, 1, 2], "server_round": [1, 1, 1, 2, 2, 2],
+    ...                      "epsilon": [0.5, 0.5, 0.7, 1.0, 1.0, 1.4]})
+    >>> same_curves(rows)
+    {'0, 1': ([1, 2], [0.5, 1.0]), '2': ([1, 2], [0.7, 1.4])}
+    """
+    groups: dict[tuple[tuple[int, ...], tuple[float, ...]], list[int]] = {}
+    for site, rows in table.groupby("site"):
+        key = (
+            tuple(int(r) for r in rows["server_round"]),
+            tuple(float(e) for e in rows["epsilon"]),
+        )
+        groups.setdefault(key, []).append(int(site))
+    return {_label(sites): (list(rounds), list(eps)) for (rounds, eps), sites in groups.items()}
+
+
+def _label(sites: list[int]) -> str:
+    """``0, 1`` for a few sites, ``0-9 (10)`` for a run of many."""
+    if len(sites) > 3 and sites == list(range(sites[0], sites[-1] + 1)):
+        return f"{sites[0]}-{sites[-1]} ({len(sites)})"
+    return ", ".join(str(s) for s in sites) if len(sites) <= 6 else f"{len(sites)} sites"
 
 
 def _rise(now: float, before: float) -> float:

@@ -44,6 +44,7 @@ from fedretrain.retraining.port import (
     Evaluation,
     Federation,
     ModelFactory,
+    TrainedRound,
     Weights,
     digest,
 )
@@ -384,8 +385,13 @@ class Controller:
             p.best_action = p.action
         check = r.reinit_after if target is not None else None
         while p.rounds < cap and (fixed or p.since_best < r.patience):
-            current = self._train_round(p.period, current)
+            trained = self._train_round(p.period, current)
+            current = trained.weights
             p.rounds += 1
+            if trained.sites:  # a round every site declined or that was skipped trains nothing
+                p.trained += 1
+                for site, n in trained.examples.items():
+                    p.samples[str(site)] = max(p.samples.get(str(site), 0), n)
             if fixed or self._last_validation > p.best_acc + r.min_delta:
                 p.best_acc, best, p.best_action = self._last_validation, current, p.action
                 p.since_best = 0
@@ -401,12 +407,20 @@ class Controller:
         if self.epsilon is not None and p.epsilon_mark is not None:
             mark = {int(k): v for k, v in p.epsilon_mark.items()}
             spent = self.epsilon.spent_since(mark)
-        return Outcome(best, p.best_action, p.rounds, p.best_acc, epsilon_by_site=spent)
+        return Outcome(
+            best,
+            p.best_action,
+            p.rounds,
+            p.best_acc,
+            epsilon_by_site=spent,
+            trained_rounds=p.trained,
+            samples={int(s): n for s, n in p.samples.items()},
+        )
 
     def _reinit_seed(self, period: int) -> int:
         return int(np.random.SeedSequence([self.cfg.runtime.seed, 9, period]).generate_state(1)[0])
 
-    def _train_round(self, period: int, weights: Weights) -> Weights:
+    def _train_round(self, period: int, weights: Weights) -> TrainedRound:
         """One federated training round on ``period``'s windows, logged in metrics.csv."""
         self.state.server_round += 1
         server_round = self.state.server_round
@@ -425,7 +439,7 @@ class Controller:
             )
         )
         self._last_validation = evaluation.accuracy
-        return trained.weights
+        return trained
 
     def _validate(self, period: int, weights: Weights) -> float:
         """Federated accuracy of ``weights`` on the sites' holdouts for ``period``."""
@@ -452,6 +466,8 @@ class Controller:
     ) -> int:
         """The outcome as a candidate in the registry (once, even across a resume)."""
         scores = self._evaluate(period, outcome.weights).scores
+        # Lineage: the retrain's rounds that trained (aggregated some site's update) and each
+        # site's training examples in them; the holdout scores are its validation.
         entry = self.registry.register(
             {k: np.asarray(v) for k, v in outcome.weights.items()},
             key=f"p{period}",
@@ -459,8 +475,8 @@ class Controller:
             reason=reason,
             period=period,
             parent=parent,
-            rounds=outcome.rounds,
-            samples={str(s): n for s, (_, n) in scores.items()},
+            rounds=outcome.trained_rounds,
+            samples={str(s): n for s, n in sorted(outcome.samples.items())},
             config_hash=self.config_hash,
             metrics={"validation_accuracy": outcome.validation_accuracy},
             site_metrics={str(s): {"accuracy": c / n} for s, (c, n) in scores.items() if n},

@@ -48,11 +48,13 @@ class Evaluation:
 @dataclass(frozen=True)
 class TrainedRound:
     """One federated training round: the aggregated weights (the ones sent, when the round was
-    skipped), the mean training loss and how many sites' updates were aggregated."""
+    skipped), the mean training loss, how many sites' updates were aggregated and, per site
+    whose update was, the training examples it holds (its window or partition)."""
 
     weights: Weights
     loss: float
     sites: int
+    examples: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

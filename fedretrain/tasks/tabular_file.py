@@ -57,9 +57,15 @@ def load_table(
     x = features.to_numpy(dtype=np.float32)
     bad_rows = ~np.isfinite(x).all(axis=1) | frame[label_column].isna().to_numpy()
     if bad_rows.any():
+        first = int(np.flatnonzero(bad_rows)[0])
+        # A CSV's data row i is on line i + 2 (the header is line 1) unless blank lines were
+        # skipped, so the line is counted from the file itself; a Parquet file has rows only.
+        where = (
+            f"line {_line_of(file, first)}" if file.suffix.lower() == ".csv" else f"row {first + 1}"
+        )
         raise ValueError(
             f"{file}: {int(bad_rows.sum())} rows have missing or non-finite values "
-            f"(first at row {int(np.flatnonzero(bad_rows)[0])}); clean or drop them"
+            f"(first at {where}); clean or drop them"
         )
     if standardize:
         std = x.std(axis=0)
@@ -68,3 +74,22 @@ def load_table(
     if len(classes) < 2:
         raise ValueError(f"{file}: the label column {label_column!r} holds a single class")
     return ArrayDataset(x, y.astype(np.int64), num_classes=len(classes))
+
+
+def _line_of(file: Path, row: int) -> int:
+    """The 1-based line of a CSV file on which data row ``row`` (0-based, as pandas reads it:
+    after the header, blank lines skipped) starts; quoted fields that span lines are counted."""
+    import csv
+
+    with file.open(newline="") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)  # the header
+        start = reader.line_num + 1
+        seen = 0
+        for fields in reader:
+            if any(fields):
+                if seen == row:
+                    return start
+                seen += 1
+            start = reader.line_num + 1
+    return row + 2

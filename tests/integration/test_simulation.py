@@ -92,6 +92,11 @@ def test_a_static_run_registers_its_model_and_the_cli_lists_it(run_dir: Path) ->
         [version] = registry.versions()
         stored = registry.load(version.version)
     assert (version.status, version.rounds, version.parent) == (Status.champion, 2, None)
+    # Lineage counts each site's training examples, not its holdout (issue 18, item 9).
+    cfg = from_yaml((run_dir / "config.yaml").read_text())
+    sites = [Site.build(cfg, pid, 3) for pid in range(3)]
+    assert version.samples == {str(s.partition_id): len(s.train_data) for s in sites}
+    assert all(len(s.train_data) > len(s.holdout) for s in sites)
     saved = load_state_dict(run_dir / "model.safetensors")
     assert stored.keys() == saved.keys()
     assert all(torch.equal(torch.from_numpy(stored[k]), saved[k]) for k in saved)

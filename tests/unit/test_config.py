@@ -164,6 +164,19 @@ def test_cli_exits_nonzero_before_any_simulation(
     assert not run_dir.exists()  # not even Hydra's .hydra/ and an empty log (issue 16)
 
 
+def test_help_says_what_fedretrain_is_before_hydra_s_lists() -> None:
+    """Issue 16, item 6: ``--help`` was Hydra's default text ("simulate is powered by Hydra").
+    A process of its own: Hydra's help configures logging for the whole interpreter."""
+    result = subprocess.run(
+        [sys.executable, "-m", "fedretrain", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text.startswith("fedretrain-simulate: simulate a federation")
+    assert "powered by Hydra" not in text
+    assert text.index("scenario=sine_flip") < text.index("== Configuration groups ==")
+
+
 def test_the_installed_entry_point_refuses_a_bad_value_the_same_way(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = subprocess.run(

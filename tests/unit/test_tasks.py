@@ -82,6 +82,20 @@ def test_bad_tables_are_refused_with_the_fix(tmp_path: Path) -> None:
         load_table(str(tmp_path / "t.xlsx"))
 
 
+def test_a_bad_row_is_named_by_its_line_in_the_file(tmp_path: Path) -> None:
+    """Issue 16, item 6: NaN rows were named by their 0-based data row, not the line a user
+    opens in an editor. Here the header is line 1, a blank line 3 and a quoted field spans
+    lines 4-5, so the empty value on line 7 is data row 3."""
+    path = tmp_path / "t.csv"
+    path.write_text('f,note,label\n1.0,a,0\n\n2.0,"two\nlines",1\n3.0,b,0\n,c,1\n4.0,d,0\n')
+    with pytest.raises(ValueError, match=r"1 rows have missing .* \(first at line 7\)"):
+        load_table(str(path), feature_columns=["f"])
+    parquet = tmp_path / "t.parquet"
+    pd.DataFrame({"f": [1.0, 2.0, None], "label": [0, 1, 0]}).to_parquet(parquet)
+    with pytest.raises(ValueError, match=r"\(first at row 3\)"):
+        load_table(str(parquet))
+
+
 def test_dataset_checks_labels_and_shapes() -> None:
     with pytest.raises(ValueError, match="must match"):
         as_dataset(np.zeros((3, 2)), np.zeros(4))

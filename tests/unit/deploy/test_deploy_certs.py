@@ -48,7 +48,28 @@ def test_private_files_are_0600_and_public_ones_0644(creds: Path) -> None:
         assert _mode(creds / name) == 0o600, name
     for name in ("ca.crt", "server.pem", "site-0.pub", "site-1.pub"):
         assert _mode(creds / name) == 0o644, name
-    assert not [p.name for p in creds.iterdir() if p.name.startswith(".")]  # no temp files
+    assert [p.name for p in creds.iterdir() if p.name.startswith(".")] == [".gitignore"]  # no temp
+
+
+def test_credentials_made_inside_a_git_work_tree_keep_private_keys_untracked(
+    tmp_path: Path,
+) -> None:
+    """Issue 18, item 9: `fedretrain certs init fed/creds` in a repository left the private
+    keys as untracked files that `git add -A` would commit."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    creds = tmp_path / "fed" / "creds"
+    ca = make_ca(creds)
+    make_server_certificate(creds, ca, ["localhost"])
+    make_site_keys(creds, ["site-0"])
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    offered = sorted(line.split()[-1] for line in status.splitlines())
+    assert offered == [
+        "fed/creds/.gitignore", "fed/creds/ca.crt", "fed/creds/server.pem", "fed/creds/site-0.pub"
+    ]  # fmt: skip
+    assert (creds / "ca.key").exists() and (creds / "site-0.key").exists()
 
 
 def test_server_certificate_is_signed_by_the_ca_for_the_hosts_and_loopback(creds: Path) -> None:

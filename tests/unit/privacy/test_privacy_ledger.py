@@ -129,8 +129,14 @@ def test_load_refuses_newer_versions_other_sites_and_corruption(tmp_path: Path) 
     edited = tmp_path / "edited.json"
     state["composition"][0]["steps"] = 1  # someone "fixes" their budget by hand
     edited.write_text(json.dumps(state))
-    with pytest.raises(LedgerFormatError, match="edited or corrupted"):
+    with pytest.raises(LedgerFormatError, match="checksum does not match"):
         PrivacyLedger.load(edited)
+    # A version-1 file has no checksum: the composition check still catches the edit.
+    unsummed = tmp_path / "unsummed.json"
+    old = {k: v for k, v in state.items() if k != "checksum"}
+    unsummed.write_text(json.dumps({**old, "version": 1}))
+    with pytest.raises(LedgerFormatError, match="edited or corrupted"):
+        PrivacyLedger.load(unsummed)
 
     garbage = tmp_path / "garbage.json"
     garbage.write_text("{not json")

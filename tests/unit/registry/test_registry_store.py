@@ -8,7 +8,7 @@ import math
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -172,7 +172,7 @@ def test_lineage_and_arrays_round_trip(registry: Registry) -> None:
     assert v.status is Status.candidate and registry.aliases()["candidate"] == 2
     assert v.file == "models/v2.safetensors"
     created = datetime.fromisoformat(v.created)
-    assert created.tzinfo is not None and created.utcoffset() == timezone.utc.utcoffset(None)
+    assert created.tzinfo is not None and created.utcoffset() == UTC.utcoffset(None)
     loaded = registry.load(2)
     assert loaded.keys() == weights(0.5).keys()
     for name, array in weights(0.5).items():

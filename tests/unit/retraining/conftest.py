@@ -62,12 +62,15 @@ class FakeFederation:
     """Sites with a concept θ per period; see the module docstring."""
 
     concepts: np.ndarray  # (sites, periods)
-    n: int = 100
+    n: int = 100  # holdout examples per site
+    train_n: int = 400  # training examples per site
     step: float = 0.1
     skip_rounds: bool = False  # every training round fails its quorum: weights come back unsent
+    budget_rounds: int | None = None  # after this many trained rounds every site declines
     crash_after: int | None = None  # raise Crash at this request (counted over all requests)
     calls: list[tuple[str, int]] = field(default_factory=list)  # (request, period)
     canaries: dict[int, tuple[int, ...]] = field(default_factory=dict)  # period -> canary sites
+    trained_rounds: int = 0
 
     @property
     def num_sites(self) -> int:
@@ -80,13 +83,16 @@ class FakeFederation:
 
     def train_round(self, server_round: int, weights: Weights, period: int) -> TrainedRound:
         self._called("train", period)
-        if self.skip_rounds:
+        spent = self.budget_rounds is not None and self.trained_rounds >= self.budget_rounds
+        if self.skip_rounds or spent:
             return TrainedRound(weights, float("nan"), 0)
+        self.trained_rounds += 1
         w, age = float(weights["w"][0]), int(weights["age"][0])
         target = float(self.concepts[:, period].mean())
         move = target - w if age == 0 else float(np.clip(target - w, -self.step, self.step))
         new = {"w": np.array([w + move]), "age": np.array([age + 1])}
-        return TrainedRound(new, abs(target - w), self.num_sites)
+        examples = dict.fromkeys(range(self.num_sites), self.train_n)
+        return TrainedRound(new, abs(target - w), self.num_sites, examples)
 
     def scores(self, w: float, period: int) -> dict[int, tuple[int, int]]:
         return {

@@ -113,6 +113,28 @@ def test_rounds_whose_quorum_failed_leave_the_weights_and_count_no_sites(
     assert pd.read_csv(controller.run_dir / "timeline.csv")["validation_accuracy"].iloc[2] == 0.7
 
 
+def test_the_registry_records_the_rounds_that_trained_and_each_site_s_training_examples(
+    make_controller: MakeController,
+) -> None:
+    """Issue 18, item 9: a budget-limited retrain was recorded with every round it ran, and
+    each version's samples were the sites' holdout counts."""
+    concepts = shift(2, 3)
+    # Initial training: 3 rounds. After 2 more every site declines (its budget is spent).
+    federation = FakeFederation(concepts, n=100, train_n=400, budget_rounds=5)
+    controller, _ = make_controller(
+        concepts, retrain={"patience": 2, "reinit_after": None}, federation=federation
+    )
+    controller.run()
+    v1, v2 = versions(controller.run_dir)
+    metrics = pd.read_csv(controller.run_dir / "metrics.csv")
+    ran = metrics[metrics["round"] > v1.rounds]
+    assert len(ran) == 4 and ran["train_clients"].tolist() == [SITES, SITES, 0, 0]
+    assert (v1.rounds, v2.rounds) == (3, 2)
+    assert v1.samples == v2.samples == {str(s): 400 for s in range(SITES)}
+    timeline = pd.read_csv(controller.run_dir / "timeline.csv")
+    assert timeline["rounds"].tolist() == [3, 0, 4]  # rounds run, trained or not
+
+
 def test_a_period_without_data_is_skipped_and_recorded(make_controller: MakeController) -> None:
     concepts = shift(2, 4)
 
