@@ -172,6 +172,23 @@ def confusion_problem(
     return None
 
 
+def eval_problem(metrics: Mapping[str, object]) -> str | None:
+    """Why a site's evaluation metrics cannot be summed, or None: they must be fedretrain's
+    counts (a confusion matrix, its size, the loss sum) and add up."""
+    missing = [k for k in ("confusion", "num-classes", "loss-sum") if k not in metrics]
+    if missing:  # e.g. a stock Flower ClientApp's {"eval_loss", "eval_acc"}: nothing to sum
+        return (
+            f"the reply lacks {', '.join(missing)}: fedretrain sums confusion matrices across "
+            "sites, so a site must run fedretrain's ClientApp (clients.app)"
+        )
+    return confusion_problem(
+        metrics["confusion"],
+        metrics.get("num-classes"),
+        metrics.get("num-examples"),
+        metrics.get("loss-sum"),
+    )
+
+
 @dataclass(frozen=True)
 class Quorum:
     """How many of the sampled sites must reply validly for a round to count."""

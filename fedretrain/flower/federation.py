@@ -52,7 +52,7 @@ from fedretrain.retraining.port import (
     TrainedRound,
     Weights,
 )
-from fedretrain.validation import AUDIT_PHASE, Rejection
+from fedretrain.validation import AUDIT_PHASE, Rejection, eval_problem
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,9 @@ class FlowerFederation:
         )
         new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         trained = accepted_count(replies, self.report, server_round, "train")
-        loss = float(metrics["train-loss"]) if metrics else math.nan  # type: ignore[arg-type]
+        # A stock Flower ClientApp names its loss otherwise: the round trains, its loss is NaN.
+        has_loss = metrics is not None and "train-loss" in metrics
+        loss = float(metrics["train-loss"]) if has_loss else math.nan  # type: ignore[arg-type,index]
         if new_arrays is None:  # skipped: nothing was aggregated
             return TrainedRound(weights, loss, 0)
         left_out = self.report.rejected_nodes(server_round, "train")
@@ -142,10 +144,33 @@ class FlowerFederation:
             self.grid.send_and_receive(messages, timeout=self.cfg.validation.reply_timeout_s),
             "evaluate",
         )
-        metrics = self.strategy.aggregate_evaluate(server_round, replies)
-        evaluated = accepted_count(replies, self.report, server_round, "evaluate")
+        if self.cfg.validation.enabled:  # the validation wrapper rejects and records them
+            metrics = self.strategy.aggregate_evaluate(server_round, replies)
+            evaluated = accepted_count(replies, self.report, server_round, "evaluate")
+        else:
+            replies = self._summable(server_round, replies)
+            metrics = self.strategy.aggregate_evaluate(server_round, replies)
+            evaluated = sum(not r.has_error() for r in replies)
         result = eval_result(metrics) if metrics is not None else None
         return Evaluation(result, evaluated, site_scores(replies))
+
+    def _summable(self, server_round: int, replies: list[Message]) -> list[Message]:
+        """With validation off, still leave out (and record) evaluations that cannot be
+        summed, such as a stock Flower ClientApp's: summing them would crash the run."""
+        kept = []
+        for reply in replies:
+            if not reply.has_error():
+                records = list(reply.content.metric_records.values())
+                problem = (
+                    eval_problem(records[0]) if len(records) == 1 else "no single metric record"
+                )
+                if problem is not None:
+                    node = int(reply.metadata.src_node_id)
+                    log.warning("round %d: node %d's evaluation: %s", server_round, node, problem)
+                    self.report.reject(Rejection(server_round, "evaluate", node, problem))
+                    continue
+            kept.append(reply)
+        return kept
 
     def collect_stats(
         self,

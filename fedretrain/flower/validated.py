@@ -32,7 +32,7 @@ from fedretrain.validation import (
     Rejection,
     UpdateRules,
     check_update,
-    confusion_problem,
+    eval_problem,
     num_examples_problem,
     round_norm_bound,
     structure_problem,
@@ -198,7 +198,7 @@ class ValidatedStrategy(Strategy):
                 reason = "an evaluate reply must hold exactly one MetricRecord"
             else:
                 metrics = next(iter(reply.content.metric_records.values()))
-                reason = _metric_problem(metrics, set(metrics)) or _eval_problem(metrics)
+                reason = _metric_problem(metrics, set(metrics)) or eval_problem(metrics)
             if reason is None:
                 accepted.append(reply)
             else:
@@ -233,21 +233,6 @@ def _metric_problem(metrics: MetricRecord, expected_keys: set[str]) -> str | Non
         if not all(np.isfinite(v) for v in values):
             return f"metric {key!r} is not finite"
     return None
-
-
-def _eval_problem(metrics: MetricRecord) -> str | None:
-    missing = [k for k in ("confusion", "num-classes", "loss-sum") if k not in metrics]
-    if missing:  # e.g. a stock Flower ClientApp's {"eval_loss", "eval_acc"}: nothing to sum
-        return (
-            f"the reply lacks {', '.join(missing)}: fedretrain sums confusion matrices across "
-            "sites, so a site must run fedretrain's ClientApp (clients.app)"
-        )
-    return confusion_problem(
-        metrics["confusion"],
-        metrics.get("num-classes"),
-        metrics.get("num-examples"),
-        metrics.get("loss-sum"),
-    )
 
 
 def _rebuilt(reply: Message, arrays: dict[str, np.ndarray], metrics: MetricRecord) -> Message:
