@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedretrain.monitor.base import Detector
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats, WindowStats, window_stats
 
 
@@ -97,3 +98,26 @@ def fast_period(
 
 
 StreamFactory = Callable[..., list[PeriodStats]]
+
+
+def false_alarm_rate(
+    detector: Detector,
+    draw: Callable[[np.random.Generator, int], PeriodStats],
+    runs: int,
+    per_run: int,
+    seed: int,
+    reference: int,
+) -> float:
+    """Monte Carlo: the share of tested periods (after ``reference``) with an alarm, over
+    ``runs`` runs of ``per_run`` stationary periods from ``draw(rng, t)``, each run begun with
+    a reset detector (a fresh reference, as after a retrain)."""
+    rng = np.random.default_rng(seed)
+    alarms = tested = 0
+    for _ in range(runs):
+        detector.reset()
+        for t in range(per_run):
+            detector.update(draw(rng, t))
+            if t >= reference:
+                tested += 1
+                alarms += detector.drift_detected
+    return alarms / tested

@@ -8,13 +8,10 @@ conservative either, which would waste detection power.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
-from monitor_sim import fast_period
+from monitor_sim import false_alarm_rate, fast_period
 
-from fedretrain.monitor.base import Detector
 from fedretrain.monitor.binomial_error import BinomialErrorTest, fisher_greater
 from fedretrain.monitor.calibration import confirm_level
 from fedretrain.monitor.cusum import ErrorCusum
@@ -24,21 +21,6 @@ from fedretrain.monitor.page_hinkley import ErrorPageHinkley
 
 ARL = 20.0
 REF = 3
-
-
-def false_alarm_rate(
-    detector: Detector, fast: Callable, runs: int, per_run: int, seed: int
-) -> float:
-    rng = np.random.default_rng(seed)
-    alarms = tested = 0
-    for _ in range(runs):
-        detector.reset()
-        for t in range(per_run):
-            detector.update(fast(rng, t))
-            if t >= REF:
-                tested += 1
-                alarms += detector.drift_detected
-    return alarms / tested
 
 
 @pytest.mark.parametrize(
@@ -55,7 +37,7 @@ def false_alarm_rate(
     ids=["histogram", "binomial", "cusum", "page_hinkley"],
 )
 def test_stationary_false_alarm_rate_is_at_most_one_per_arl(make, runs, per_run, low):
-    rate = false_alarm_rate(make(), fast_period, runs, per_run, seed=0)
+    rate = false_alarm_rate(make(), fast_period, runs, per_run, seed=0, reference=REF)
     # About 2,000 tested periods, 100 alarms expected at most: sampling sd ~10%, plus the
     # clustering a shared reference causes.
     assert low / ARL <= rate <= 1.3 / ARL

@@ -8,9 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from monitor_sim import fast_period
+from monitor_sim import false_alarm_rate, fast_period
 
-from fedretrain.monitor.base import Detector
 from fedretrain.monitor.binomial_error import BinomialErrorTest
 from fedretrain.monitor.cusum import ErrorCusum
 from fedretrain.monitor.histogram import HistogramDrift
@@ -21,24 +20,16 @@ from fedretrain.monitor.stats import PeriodStats
 ARL, REF, SIGMA = 20.0, 3, 3.0
 
 
-def noisy_period(fast: Callable, rng: np.random.Generator, t: int, sigma: float) -> PeriodStats:
-    exact = fast(rng, t)
-    return PeriodStats(t, {s: privatize(w, sigma, rng, 1.0, 1.0) for s, w in exact.sites.items()})
+def noisy(sigma: float) -> Callable[[np.random.Generator, int], PeriodStats]:
+    """Stationary periods as a private site sends them: noise sd ``sigma`` per unit count."""
 
+    def draw(rng: np.random.Generator, t: int) -> PeriodStats:
+        exact = fast_period(rng, t)
+        return PeriodStats(
+            t, {s: privatize(w, sigma, rng, 1.0, 1.0) for s, w in exact.sites.items()}
+        )
 
-def false_alarm_rate(
-    detector: Detector, fast: Callable, runs: int, per_run: int, sigma: float, seed: int = 0
-) -> float:
-    rng = np.random.default_rng(seed)
-    alarms = tested = 0
-    for _ in range(runs):
-        detector.reset()
-        for t in range(per_run):
-            detector.update(noisy_period(fast, rng, t, sigma))
-            if t >= REF:
-                tested += 1
-                alarms += detector.drift_detected
-    return alarms / tested
+    return draw
 
 
 CALIBRATED = {
@@ -56,7 +47,7 @@ def test_noise_aware_detectors_keep_one_false_alarm_per_arl(name) -> None:
     measured 0.7 to 1.0 times the target. (Label and prediction shift share the histogram's
     test; their noise variances are checked against privatize above.)"""
     make, runs, per_run = CALIBRATED[name]
-    rate = false_alarm_rate(make(SIGMA), fast_period, runs, per_run, SIGMA)
+    rate = false_alarm_rate(make(SIGMA), noisy(SIGMA), runs, per_run, seed=0, reference=REF)
     assert 0.3 / ARL <= rate <= 1.3 / ARL
 
 
@@ -65,5 +56,5 @@ def test_noise_aware_detectors_keep_one_false_alarm_per_arl(name) -> None:
 def test_detectors_blind_to_the_noise_overspend_their_budget(name) -> None:
     """The same noisy periods read as exact counts: 3 to 20 times the target false alarms."""
     make, runs, per_run = CALIBRATED[name]
-    rate = false_alarm_rate(make(0.0), fast_period, runs // 4, per_run, SIGMA)
+    rate = false_alarm_rate(make(0.0), noisy(SIGMA), runs // 4, per_run, seed=0, reference=REF)
     assert rate > 2.5 / ARL
