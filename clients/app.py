@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from hydra.utils import instantiate
 
@@ -42,17 +42,14 @@ from fedretrain.flower.records import (
     epsilon_metrics,
     eval_metrics,
     stats_record,
+    to_numpy,
+    to_record,
     train_metrics,
 )
+from fedretrain.model_io import numpy_state
 from fedretrain.monitor.private import StatsMechanism
-from fedretrain.privacy.releases import (
-    AGAIN,
-    Release,
-    ReleaseCache,
-    as_numpy,
-    model_id,
-    release_key,
-)
+from fedretrain.privacy.releases import AGAIN, Release, ReleaseCache, release_key
+from fedretrain.retraining.port import digest
 from fedretrain.site import ScenarioFederation, SimulatedFederation, Site, model_for, select_device
 from fedretrain.tasks.dataset import ArrayDataset
 from fedretrain.training import evaluate, lr_at, predict, train
@@ -175,7 +172,7 @@ def train_handler(msg: Message, context: Context) -> Message:
     # update already released, at no new ε (fedretrain.privacy.releases).
     folder = _ledger_folder(site, instruction, context)
     cache = ReleaseCache(folder, site.partition_id)
-    incoming = model_id(msg.content.array_records["arrays"])
+    incoming = digest(to_numpy(msg.content.array_records["arrays"]))
     key = release_key(
         instruction.config_yaml, instruction.server_round, instruction.period, incoming
     )
@@ -189,7 +186,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         ran = outcome.entry.mechanism
         metrics.update(epsilon_metrics(site.partition_id, spent, total, ran))
         sent = {k: cast(float, v) for k, v in metrics.items()}
-        released = Release(key, as_numpy(site.model.state_dict()), sent)
+        released = Release(key, numpy_state(site.model.state_dict()), sent)
         cache.put(released)  # after the ledger's entry, before the update leaves the site
     else:
         log.info(
@@ -197,7 +194,7 @@ def train_handler(msg: Message, context: Context) -> Message:
             site.partition_id,
             instruction.server_round,
         )
-    arrays = ArrayRecord({k: Array(v) for k, v in released.arrays.items()})  # in order
+    arrays = to_record(released.arrays)
     metrics = MetricRecord(released.metrics)  # type: ignore[arg-type]
     return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 

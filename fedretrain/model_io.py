@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -24,3 +26,8 @@ def save_state_dict(
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path)
+
+
+def numpy_state(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A state dict as numpy arrays, in its order."""
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}

@@ -23,9 +23,10 @@ from fedretrain.atomic import atomic_replace
 T = TypeVar("T")
 
 
-def write_rows(path: Path, rows: Sequence[Any]) -> None:
-    """Write dataclass ``rows`` as the CSV at ``path``: a header of field names, NaN and None
-    as empty cells (as pandas writes them), atomically.
+def write_rows(path: Path, rows: Sequence[Any], kind: type | None = None) -> None:
+    """Write dataclass ``rows`` as the CSV at ``path``: a header of field names (those of
+    ``kind``, which lets no rows still write a header), NaN and None as empty cells (as pandas
+    writes them), atomically.
 
     >>> import tempfile
     >>> from dataclasses import dataclass
@@ -43,9 +44,9 @@ def write_rows(path: Path, rows: Sequence[Any]) -> None:
     >>> [from_row(Row, r) for r in csv.DictReader(path.open())][1]
     Row(a=2, b=nan, c='x')
     """
-    if not rows:
+    if not rows and kind is None:
         return
-    header = [f.name for f in fields(rows[0])]
+    header = [f.name for f in fields(kind or rows[0])]
 
     def cell(value: Any) -> Any:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -97,7 +98,7 @@ def cut_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
 
 
 def from_row(cls: type[T], row: Mapping[str, str]) -> T:
-    """A dataclass instance from a CSV row written by pandas (NaN as an empty cell)."""
+    """A dataclass instance from a CSV row (NaN as an empty cell or ``nan``, None as empty)."""
     hints = typing.get_type_hints(cls)
     values = {}
     for f in fields(cls):  # type: ignore[arg-type]

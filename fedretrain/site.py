@@ -20,7 +20,7 @@ from torch import nn
 
 from fedretrain.config import Device, RunConfig
 from fedretrain.drift.streams import sample_window
-from fedretrain.model_io import save_state_dict
+from fedretrain.model_io import numpy_state, save_state_dict
 from fedretrain.tasks.dataset import ArrayDataset
 
 
@@ -125,7 +125,7 @@ class TaskModels:
 
     def fresh(self, seed: int) -> dict[str, np.ndarray]:
         model = model_for(self.cfg, self.input_shape, self.num_classes, seed=seed)
-        return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        return numpy_state(model.state_dict())
 
     def save(self, weights: Mapping[str, np.ndarray], path: Path) -> None:
         model = model_for(self.cfg, self.input_shape, self.num_classes)

@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -35,6 +34,8 @@ from fedretrain.flower.records import (
     instruction_config,
     site_scores,
     stats_from_record,
+    to_numpy,
+    to_record,
     trained_examples,
 )
 from fedretrain.flower.strategies import user_level_epsilon
@@ -270,14 +271,6 @@ class FlowerFederation:
 def seed_sampling(seed: int) -> None:
     """Flower's strategies sample nodes with the global :mod:`random` module: seed it."""
     random.seed(seed)
-
-
-def to_record(weights: Weights) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
-
-
-def to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in arrays.items()}
 
 
 def privacy_accounting(cfg: RunConfig, run_dir: Path) -> tuple[str | None, EpsilonTracker | None]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -166,6 +166,15 @@ def epsilon_from_reply(reply: Message) -> EpsilonReport | None:
     examples = metrics.get(NUM_EXAMPLES_KEY)
     n = int(cast(int, examples)) if isinstance(examples, int | float) else None
     return EpsilonReport(site, spent, total, ran, n)
+
+
+def to_record(weights: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Numpy weights as an ArrayRecord, in their order."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+
+
+def to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
 
 
 def stats_record(stats: WindowStats) -> ArrayRecord:

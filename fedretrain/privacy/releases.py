@@ -18,10 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -43,29 +41,10 @@ class Release:
     metrics: dict[str, int | float]
 
 
-def model_id(arrays: Mapping[str, Any]) -> str:
-    """A fingerprint of a model's arrays (Flower ``Array`` s: names, dtypes, shapes, bytes),
-    whatever order they come in: a resumed server sends the weights its checkpoint file holds,
-    whose names are sorted.
-
-    >>> from flwr.app import Array
-    >>> a, b = Array(np.zeros(2, np.float32)), Array(np.ones(1, np.float32))
-    >>> model_id({"w": a, "b": b}) == model_id({"b": b, "w": a})
-    True
-    >>> model_id({"w": a}) == model_id({"w": b})
-    False
-    """
-    h = hashlib.blake2b(digest_size=16)
-    for name in sorted(arrays):
-        array = arrays[name]
-        h.update(f"{name}:{array.dtype}:{list(array.shape)};".encode())
-        h.update(array.data)
-    return h.hexdigest()
-
-
 def release_key(config_yaml: str, server_round: int, period: int | None, model_id: str) -> str:
-    """The key of a training request; ``model_id`` (:func:`model_id`) identifies the incoming
-    model.
+    """The key of a training request; ``model_id`` identifies the incoming model's weights
+    (:func:`fedretrain.retraining.port.digest`: names, dtypes, shapes and bytes, in any order,
+    since a resumed server sends the weights its checkpoint file holds, names sorted).
 
     >>> a = release_key("seed: 1", 3, None, "abc")
     >>> a == release_key("seed: 1", 3, None, "abc"), a == release_key("seed: 1", 4, None, "abc")
@@ -118,8 +97,3 @@ class ReleaseCache:
             "metrics": json.dumps(release.metrics),
         }
         atomic_replace(self.path, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
-
-
-def as_numpy(state: Mapping[str, object]) -> dict[str, np.ndarray]:
-    """A torch state dict as numpy arrays, in its order (what an ArrayRecord is built from)."""
-    return {k: v.detach().cpu().numpy() for k, v in state.items()}  # type: ignore[attr-defined]

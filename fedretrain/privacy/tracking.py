@@ -32,9 +32,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedretrain.atomic import atomic_replace
 from fedretrain.privacy.rdp import SampledGaussian, epsilon
-from fedretrain.run_logs import cut_csv, from_row
+from fedretrain.run_logs import cut_csv, from_row, write_rows
 
 
 @dataclass(frozen=True)
@@ -113,23 +112,20 @@ class EpsilonTracker:
             return
         kept = cut_csv(self.path, lambda r: int(r["server_round"]) <= server_round)
         self.rows = [from_row(EpsilonRow, r) for r in kept]
-        # A file begun before the mechanism columns existed gets them (rows append to it).
         header = [f.name for f in fields(EpsilonRow)]
-
-        def write(tmp: Path) -> None:
-            with tmp.open("w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(header)
-                writer.writerows(astuple(r) for r in self.rows)
-
-        atomic_replace(self.path, write)
+        with self.path.open(newline="") as handle:
+            current = next(csv.reader(handle), [])
+        if current != header:  # begun before the mechanism columns: rows will append to it
+            write_rows(self.path, self.rows, EpsilonRow)
         self.latest = {}
         for row in self.rows:
             self.latest[row.site] = row.epsilon
 
-    def account(self, site: int) -> float:
-        """ε at the run's δ of what ``site`` ran in this run, by the server's own account."""
-        return epsilon([m for r in self.rows if r.site == site and (m := r.mechanism)], self.delta)
+    def account(self, site: int, then: SampledGaussian | None = None) -> float:
+        """ε at the run's δ of what ``site`` ran in this run (and ``then``, a round not yet
+        recorded), by the server's own account."""
+        ran = [m for r in self.rows if r.site == site and (m := r.mechanism)]
+        return epsilon([*ran, then] if then is not None else ran, self.delta)
 
     def audit(self, report: EpsilonReport, asked: SampledGaussian | None) -> str | None:
         """Why a site's report must be rejected, or None.
@@ -151,10 +147,7 @@ class EpsilonTracker:
                     f"{report.ran.sample_rate:.6g}, {report.ran.steps} steps; it was asked for "
                     f"σ={asked.noise_multiplier:g}, {asked.sample_rate:.6g}, {asked.steps} steps"
                 )
-        ran = [m for r in self.rows if r.site == report.site and (m := r.mechanism)]
-        if report.ran is not None:
-            ran.append(report.ran)
-        floor = epsilon(ran, self.delta)
+        floor = self.account(report.site, report.ran)
         if report.epsilon < floor * (1 - 1e-9) - 1e-12:
             return (
                 f"site {report.site} reports a cumulative ε of {report.epsilon:.6g}, below the "

@@ -71,6 +71,9 @@ def test_saved_model_reproduces_the_reported_scores(run_dir: Path) -> None:
 
 def test_run_folder_holds_config_plot_and_hydra_record(run_dir: Path) -> None:
     assert (run_dir / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Issue 16, item 4: simulate.log was empty; it holds the start-up line, written before Ray
+    log = (run_dir / "simulate.log").read_text()
+    assert "starting 3 simulated sites on Ray (digits_cnn, 2 rounds)" in log
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert from_yaml((run_dir / "config.yaml").read_text()).runtime.num_rounds == 2
 
