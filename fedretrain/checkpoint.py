@@ -6,8 +6,9 @@ it), the histogram edges, the lifecycle state (canary, watch) and, inside a retr
 plateau search's counters and arrays. Arrays go to safetensors files named by server round and
 the state to ``state.json``, each replaced atomically; ``state.json`` is written last and names
 its files, so a crash at any moment leaves the previous complete checkpoint. Each period's
-statistics are kept as well: the monitor and the trigger policy are rebuilt on resume by
-replaying them, which needs no pickled objects.
+statistics are kept as well, and the holdout scores of each model promoted (the monitor's seed):
+the monitor and the trigger policy are rebuilt on resume by replaying them, which needs no
+pickled objects.
 
 The logs a run appends to (``metrics.csv``, ``rejections.csv``, ``timeline.csv``,
 ``decisions.jsonl``, ``privacy.csv``) may hold rows written after the last checkpoint; resume
@@ -171,8 +172,31 @@ class CheckpointStore:
             by_site.setdefault(int(site), {})[name] = value
         return PeriodStats(period, {s: WindowStats.from_arrays(a) for s, a in by_site.items()})
 
+    def save_seed(self, period: int, scores: Mapping[int, tuple[int, int]]) -> None:
+        """Keep the holdout scores of the model promoted at ``period``, the monitor's new
+        reference (:class:`~fedretrain.monitor.base.Seed`), for replay on resume."""
+        text = json.dumps([[site, c, n] for site, (c, n) in sorted(scores.items())])
+        atomic_replace(self._seed_path(period), lambda tmp: tmp.write_text(text))
+
+    def load_seed(self, period: int) -> dict[int, tuple[int, int]] | None:
+        """:meth:`save_seed`'s scores; None if no model was promoted at ``period`` (or the run
+        predates seeds)."""
+        path = self._seed_path(period)
+        if not path.exists():
+            return None
+        return {int(site): (int(c), int(n)) for site, c, n in json.loads(path.read_text())}
+
+    def drop_seeds_after(self, period: int) -> None:
+        """Forget the seeds of periods after ``period`` (resume runs them again)."""
+        for path in (self.folder / "stats").glob("p*.seed.json"):
+            if int(path.name[1:].split(".", 1)[0]) > period:
+                path.unlink()
+
     def _stats_path(self, period: int) -> Path:
         return self.folder / "stats" / f"p{period}.safetensors"
+
+    def _seed_path(self, period: int) -> Path:
+        return self.folder / "stats" / f"p{period}.seed.json"
 
 
 def _json_default(value: Any) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,29 @@ class Detection:
         )
 
 
+@dataclass(frozen=True)
+class Seed:
+    """Where a new serving model starts: the period it was trained on, as far as it is known.
+
+    After a retrain the monitor need not wait for new periods to form its reference: the
+    retrain's own period already shows the new concept. Detectors seeded with it test the very
+    next period (:meth:`Detector.seed`).
+
+    Parameters
+    ----------
+    stats : PeriodStats or None
+        That period's statistics as the sites sent them, under the previous model: their
+        feature and label counts do not depend on the model, their predictions do. None where
+        they do not fit the monitor (period 0's came before the histogram edges were fixed).
+    scores : mapping of int to (int, int)
+        Site -> (correct, examples) of the new model on that period's holdouts: its
+        validation, the same evaluation the gate read.
+    """
+
+    stats: PeriodStats | None
+    scores: Mapping[int, tuple[int, int]]
+
+
 def _finite(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
@@ -115,6 +139,13 @@ class Detector(ABC):
     @abstractmethod
     def reset(self) -> None:
         """A new serving model: forget the reference and all state."""
+
+    def seed(self, seed: Seed) -> None:  # noqa: B027 (optional: the default builds as before)
+        """Start the reference, just reset, from ``seed``, so the next period is tested.
+
+        Detectors that can use none of it (their statistic depends on the previous model's
+        predictions) keep this default and build their reference from the next periods.
+        """
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:

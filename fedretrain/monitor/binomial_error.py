@@ -43,7 +43,7 @@ from numpy.typing import ArrayLike
 from scipy import special
 from scipy import stats as scipy_stats
 
-from fedretrain.monitor.base import Detection, Detector, check_state, state_header
+from fedretrain.monitor.base import Detection, Detector, Seed, check_state, state_header
 from fedretrain.monitor.calibration import confirm_level, period_alpha, split_alpha
 from fedretrain.monitor.private import count_noise_variance
 from fedretrain.monitor.reference import POOLED, SiteReferences
@@ -194,6 +194,15 @@ def error_counts(stats: PeriodStats, noise_std: float = 0.0) -> dict[int, np.nda
         if labelled > MIN_SIGNAL * math.sqrt(var):
             out[site] = np.array([labelled - float(np.trace(confusion)), labelled])
     return out
+
+
+def seed_errors(refs: SiteReferences, seed: Seed) -> None:
+    """Start each validated site's reference at the new model's holdout ``[errors, labelled]``
+    (exact counts: no noise). The retrain chose that model on those holdouts, so the seed's
+    error is a little optimistic; the reference then grows with the next periods."""
+    for site, (correct, examples) in seed.scores.items():
+        if examples > 0:
+            refs.seed(site, np.array([examples - correct, examples]), noisy_reports=0)
 
 
 def stream_noise_var(noise_std: float, num_classes: int, reports: ArrayLike) -> np.ndarray:
@@ -399,6 +408,9 @@ class BinomialErrorTest(Detector):
         self._refs.reset()
         self._streaks.clear()
         self._last = Detection.quiet(self.TEST, "reset: building a new reference")
+
+    def seed(self, seed: Seed) -> None:
+        seed_errors(self._refs, seed)
 
     def state_dict(self) -> dict[str, Any]:
         return {

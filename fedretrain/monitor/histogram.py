@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from fedretrain.monitor.base import Detection, Detector, check_state, state_header
+from fedretrain.monitor.base import Detection, Detector, Seed, check_state, state_header
 from fedretrain.monitor.binomial_error import MIN_SIGNAL, check_noise_std
 from fedretrain.monitor.calibration import period_alpha, split_alpha
 from fedretrain.monitor.homogeneity import (
@@ -87,6 +87,7 @@ class HistogramDrift(Detector):
     """
 
     KIND = "histogram"
+    MODEL_FREE = True  # counts that do not depend on the serving model: a retrain seeds them
 
     def __init__(
         self,
@@ -226,6 +227,16 @@ class HistogramDrift(Detector):
         self._refs.reset()
         self._last = Detection.quiet(self._name, "reset: building a new reference")
 
+    def seed(self, seed: Seed) -> None:
+        """Each site's reference starts from the retrain period's counts, which do not depend
+        on the model (one privatized report each)."""
+        if seed.stats is None or not self.MODEL_FREE:
+            return
+        for site, window in seed.stats.sites.items():
+            counts = self._counts(window)
+            if counts is not None and self._has_signal(counts):
+                self._refs.seed(site, counts, noisy_reports=1)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             **state_header(self),
@@ -262,6 +273,7 @@ class PredictionShift(HistogramDrift):
     """
 
     KIND = "prediction shift"
+    MODEL_FREE = False  # a retrain period's predictions are the previous model's: no seed
 
     def _counts(self, window: WindowStats) -> np.ndarray | None:
         preds = np.asarray(window.pred_counts)

@@ -14,7 +14,7 @@ from typing import Any
 
 from hydra.utils import instantiate
 
-from fedretrain.monitor.base import Detection, Detector
+from fedretrain.monitor.base import Detection, Detector, Seed
 from fedretrain.monitor.stats import PeriodStats
 
 STATE_VERSION = 1
@@ -93,10 +93,13 @@ class Monitor:
     def drift_detected(self) -> bool:
         return any(d.drift_detected for d in self.detectors)
 
-    def reset(self) -> None:
-        """A new serving model: every detector forgets its reference."""
+    def reset(self, seed: Seed | None = None) -> None:
+        """A new serving model: every detector forgets its reference, and starts a new one
+        from ``seed`` where it can."""
         for detector in self.detectors:
             detector.reset()
+            if seed is not None:
+                detector.seed(seed)
 
     def state_dict(self) -> dict[str, Any]:
         return {

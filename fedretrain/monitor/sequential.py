@@ -48,8 +48,13 @@ from numpy.typing import ArrayLike
 from scipy import special
 from scipy import stats as scipy_stats
 
-from fedretrain.monitor.base import Detection, Detector, check_state, state_header
-from fedretrain.monitor.binomial_error import check_noise_std, error_counts, noisy_stream_test
+from fedretrain.monitor.base import Detection, Detector, Seed, check_state, state_header
+from fedretrain.monitor.binomial_error import (
+    check_noise_std,
+    error_counts,
+    noisy_stream_test,
+    seed_errors,
+)
 from fedretrain.monitor.calibration import period_alpha, split_alpha, split_arl
 from fedretrain.monitor.reference import POOLED, SiteReferences
 from fedretrain.monitor.stats import PeriodStats
@@ -143,7 +148,7 @@ class SequentialErrorDetector(Detector):
 
     def update(self, stats: PeriodStats) -> None:
         current = error_counts(stats, self.stats_noise_std)
-        tested = self._refs.split(current)
+        tested = self._refs.split(current, grow=False)  # it grows below, with every period
         if not tested:
             reason = f"building the reference ({self.reference_periods} labelled reports per site)"
             self._last = Detection.quiet(self.TEST, reason)
@@ -225,6 +230,9 @@ class SequentialErrorDetector(Detector):
         self._refs.reset()
         self._streams.clear()
         self._last = Detection.quiet(self.TEST, "reset: building a new reference")
+
+    def seed(self, seed: Seed) -> None:
+        seed_errors(self._refs, seed)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -30,6 +30,7 @@ import numpy as np
 from fedretrain.checkpoint import CheckpointStore, Plateau, RunState
 from fedretrain.config import RunConfig
 from fedretrain.errors import FederationError
+from fedretrain.monitor.base import Seed
 from fedretrain.monitor.private import stats_epsilon
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats
 from fedretrain.privacy.tracking import EpsilonTracker
@@ -227,7 +228,8 @@ class Controller:
         outcome = self._train_to_plateau(plateau, initial, None)
         version = self._register(outcome, 0, "initial", "initial training", parent=None)
         self.registry.promote(version, reason="initial model", period=0, key="p0-promote")
-        self.drift.trained(0, initial=True)
+        # Period 0's histograms used no edges yet: only the model's scores seed the monitor.
+        self.drift.trained(0, initial=True, seed=self._seed(0, None))
         self._add_row(
             period_row(collected, None, True, "initial training", outcome, version, start)
         )
@@ -254,9 +256,12 @@ class Controller:
         decision = observation.decision
         retrained: Outcome | None = None
         if decision.retrain:
+            before = self.lifecycle.champion_version()
             retrained = self._retrain(period, decision.reason)
             changed = released(retrained.action) or not self.state.keep_reference_on_reject
-            self.drift.trained(period, serving_changed=changed)
+            promoted = self.lifecycle.champion_version() != before  # not a canary, not refused
+            seed = self._seed(period, stats) if promoted else None
+            self.drift.trained(period, serving_changed=changed, seed=seed)
         serving = self.lifecycle.champion_version()
         row = period_row(
             collected, observation, decision.retrain, decision.reason, retrained, serving, start
@@ -277,6 +282,14 @@ class Controller:
                 log.info("period %d starts in %.0f s", period, wait)
                 time.sleep(wait)
         self.state.period_started = [period, time.time()]
+
+    def _seed(self, period: int, stats: PeriodStats | None) -> Seed:
+        """The monitor's new reference after a promotion at ``period``: the period's statistics
+        and the champion's scores on its holdouts (already evaluated for the gate), which are
+        kept for resume's replay."""
+        scores = self._evaluate(period, self._champion()).scores
+        self.checkpoints.save_seed(period, scores)
+        return Seed(stats, scores)
 
     # ------------------------------------------------------------------ checkpoints
 

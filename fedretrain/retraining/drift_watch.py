@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fedretrain.monitor.base import Detection
+from fedretrain.monitor.base import Detection, Seed
 from fedretrain.monitor.monitor import Monitor
 from fedretrain.monitor.stats import PeriodStats
 from fedretrain.monitor.trigger import Decision, TriggerPolicy
@@ -43,7 +43,8 @@ class DriftWatch:
     """The monitor and the trigger policy behind one call per period.
 
     After a new model serves (trained or reused) the monitor starts a new reference, since the
-    statistics it compares are the serving model's.
+    statistics it compares are the serving model's; seeded with the retrain's own period, so
+    that drift in the very next period is caught.
     """
 
     def __init__(self, monitor: Monitor, policy: TriggerPolicy) -> None:
@@ -57,10 +58,17 @@ class DriftWatch:
         decision = self.policy.decide(stats.period, total.accuracy, total.labelled, detections)
         return Observation(detections, decision)
 
-    def trained(self, period: int, initial: bool = False, serving_changed: bool = True) -> None:
+    def trained(
+        self,
+        period: int,
+        initial: bool = False,
+        serving_changed: bool = True,
+        seed: Seed | None = None,
+    ) -> None:
         """A retrain ran at ``period``: the policy counts it; if what serves changed, the
-        monitor starts a new reference (its statistics are the serving model's). A candidate
-        the gate refused changed nothing: the reference, and the evidence of drift, stay."""
+        monitor starts a new reference (its statistics are the serving model's), from ``seed``
+        where given. A candidate the gate refused changed nothing: the reference, and the
+        evidence of drift, stay."""
         self.policy.trained(period, initial=initial)
         if serving_changed:
-            self.monitor.reset()
+            self.monitor.reset(seed)

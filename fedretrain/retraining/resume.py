@@ -15,6 +15,8 @@ from pathlib import Path
 
 from fedretrain.checkpoint import CheckpointStore, RunState
 from fedretrain.errors import FederationError
+from fedretrain.monitor.base import Seed
+from fedretrain.monitor.stats import PeriodStats
 from fedretrain.privacy.tracking import EpsilonTracker
 from fedretrain.registry import Registry, RegistryError
 from fedretrain.report import RunReport
@@ -78,6 +80,7 @@ def cut_logs(
 
     report.restore(state.server_round, keep)
     timeline.restore(done)
+    checkpoints.drop_seeds_after(done)
     if epsilon is not None:
         epsilon.restore(state.server_round)
     if kept is None:
@@ -99,11 +102,17 @@ def replay(
 
     ``rows`` are the run's timeline rows: each replayed decision must match its row's. The
     monitor starts afresh after a retrain that changed what serves, or after every retrain
-    in a run that began without ``keep_reference_on_reject`` (checkpoint format 1).
+    in a run that began without ``keep_reference_on_reject`` (checkpoint format 1), from the
+    seed kept for a promotion (none in a run that predates seeds).
     """
     if done < 0:
         return
-    drift.trained(0, initial=True)
+
+    def seed(period: int, stats: PeriodStats | None) -> Seed | None:
+        scores = checkpoints.load_seed(period)
+        return None if scores is None else Seed(stats, scores)
+
+    drift.trained(0, initial=True, seed=seed(0, None))
     retrained = {row.period: row.retrain for row in rows}
     actions = {row.period: row.action for row in rows}
     for period in range(1, done + 1):
@@ -120,4 +129,4 @@ def replay(
             )
         if observation.retrain:
             changed = released(actions[period]) or not keep_reference_on_reject
-            drift.trained(period, serving_changed=changed)
+            drift.trained(period, serving_changed=changed, seed=seed(period, stats))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,6 +11,7 @@ import pandas as pd
 from conftest import MakeController, champion, events, versions
 
 from fedretrain.monitor.base import Detection, Detector
+from fedretrain.monitor.binomial_error import BinomialErrorTest
 from fedretrain.monitor.stats import PeriodStats
 from fedretrain.registry import Status
 
@@ -96,3 +99,49 @@ def test_the_monitor_starts_afresh_when_the_serving_model_changes(
     controller.run()
     assert champion(controller.run_dir)[0] == 2
     assert detector.resets == 2
+
+
+def _detections(run_dir: Path, test: str) -> dict[int, dict[str, Any]]:
+    """Each period's decision of the detector named ``test``, from decisions.jsonl."""
+    out = {}
+    for line in (run_dir / "decisions.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for detection in record.get("detectors", []):
+            if detection["test"] == test:
+                out[record["period"]] = detection
+    return out
+
+
+def test_drift_in_the_period_right_after_a_retrain_is_detected(
+    make_controller: MakeController,
+) -> None:
+    # The oracle retrains at period 2 (every site moves to 0.5); at period 3 they move back.
+    # Before the fix periods 3 and 4 only formed the new reference: the served model lost
+    # half its accuracy at period 3 and nothing could see it.
+    concepts = np.array([[0, 0, 0.5, 0.0, 0.0]] * 10)
+    controller, federation = make_controller(
+        concepts, points=[2], detectors=[BinomialErrorTest(arl=5000, reference_periods=2)]
+    )
+    federation.step = 1.0
+    controller.run()
+    found = _detections(controller.run_dir, BinomialErrorTest.TEST)
+    assert found[3]["drifted"], found[3]["reason"]
+    # Against the retrain's validation: the served model was 100% right on period 2's holdouts.
+    assert found[3]["detail"]["reference_error"] == 0.0
+    assert found[3]["detail"]["error"] == 0.5
+    # Period 1 follows the initial training, seeded the same way: tested, and quiet.
+    assert found[1]["statistic"] is not None and not found[1]["drifted"]
+
+
+def test_the_period_right_after_a_retrain_is_tested_and_quiet_when_nothing_changed(
+    make_controller: MakeController,
+) -> None:
+    concepts = np.array([[0, 0, 0.5, 0.5, 0.5]] * 10)
+    controller, federation = make_controller(
+        concepts, points=[2], detectors=[BinomialErrorTest(arl=5000, reference_periods=2)]
+    )
+    federation.step = 1.0
+    controller.run()
+    found = _detections(controller.run_dir, BinomialErrorTest.TEST)
+    assert found[3]["reason"].startswith("no drift"), found[3]["reason"]
+    assert found[3]["detail"]["sites_tested"] == 10

@@ -16,6 +16,7 @@ import pytest
 from conftest import Crash, FakeFederation, MakeController, champion, events, versions
 
 from fedretrain.errors import FederationError
+from fedretrain.monitor.binomial_error import BinomialErrorTest
 
 SITES = 10
 # A shift, a return and a split: reinit, warm, canary, promotion, watch, rollback and a gate
@@ -89,6 +90,35 @@ def test_killed_again_and_again_the_run_ends_as_an_uninterrupted_one(
             controller.registry.close()
     assert crashes >= 10
     assert fingerprint(killed) == fingerprint(tmp_path / "whole")
+
+
+def test_a_resumed_monitor_tests_from_the_same_seeds(
+    make_controller: MakeController, tmp_path: Path
+) -> None:
+    # Each promotion seeds the monitor with the new champion's holdout scores; a resumed run
+    # replays those seeds, so its detections after the kill match the uninterrupted run's.
+    def build(run_dir: Path, resume: bool = False, crash_after: int | None = None):  # noqa: ANN202
+        return make_controller(
+            CONCEPTS,
+            retrain=RETRAIN,
+            release={"canary_fraction": 0.0, "watch_periods": 0},
+            run_dir=run_dir,
+            resume=resume,
+            federation=FakeFederation(CONCEPTS, step=0.1, crash_after=crash_after),
+            detectors=[BinomialErrorTest(arl=5000, reference_periods=2)],
+        )[0]
+
+    build(tmp_path / "whole").run()
+    whole = fingerprint(tmp_path / "whole")
+    tested = [d for d in str(whole["decisions"]).splitlines() if '"sites_tested": 10' in d]
+    assert len(tested) == len(CONCEPTS[0]) - 1  # every period after the first is tested
+    for crash_after in (21, 30):  # after the seeds of periods 0 and 2; inside period 6
+        killed = build(tmp_path / f"killed{crash_after}", crash_after=crash_after)
+        with pytest.raises(Crash):
+            killed.run()
+        killed.registry.close()
+        build(tmp_path / f"killed{crash_after}", resume=True).run()
+        assert fingerprint(tmp_path / f"killed{crash_after}") == whole
 
 
 def _crashed_run(make_controller: MakeController, run_dir: Path) -> None:
