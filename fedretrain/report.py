@@ -215,11 +215,16 @@ def read_rounds(path: Path) -> pd.DataFrame:
     return table
 
 
+# Summary entries too long for one screen; summary.json has them.
+NOT_PRINTED = frozenset({"site_detection_by_site"})
+
+
 def print_summary(summary: dict[str, object], out: TextIO) -> None:
     """The one-screen summary at the end of a run; ``summary.json`` holds every value whole."""
-    width = max(len(k) for k in summary)
+    shown_items = [(k, v) for k, v in summary.items() if k not in NOT_PRINTED]
+    width = max(len(k) for k, _ in shown_items)
     lines = ["", "fedretrain summary", "-" * 40]
-    for key, value in summary.items():
+    for key, value in shown_items:
         lines.append(f"{key:<{width}}  {shown(value)}")
     lines.append("-" * 40)
     print("\n".join(lines), file=out, flush=True)

@@ -12,13 +12,14 @@ import json
 import math
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TextIO
 
 import pandas as pd
 
-from fedretrain.monitor.scoring import score_detections
+from fedretrain.monitor.scoring import score_detections, score_sites
 from fedretrain.report import print_summary
 from fedretrain.run_logs import cut_csv, cut_jsonl, from_row, write_rows
 
@@ -89,15 +90,26 @@ class Timeline:
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(r) for r in self._rows])
 
-    def finish(self, change_points: list[int] | None, extra: dict[str, Any]) -> dict[str, Any]:
+    def finish(
+        self,
+        change_points: list[int] | None,
+        extra: dict[str, Any],
+        site_changes: Mapping[int, Sequence[tuple[int, int]]] | None = None,
+    ) -> dict[str, Any]:
         """Write the plot and ``summary.json``, print the summary, and return it.
 
         ``change_points`` None: the true change points are unknown (a deployment), so the
-        summary scores no detections (every alarm would count as false).
+        summary scores no detections (every alarm would count as false). ``site_changes``:
+        each site's ``(period, concept)`` changes, scored site by site.
         """
         table = self.table()
         summary: dict[str, Any] = {
-            **summarize_timeline(table, change_points or [], self.num_periods),
+            **summarize_timeline(
+                table,
+                change_points or [],
+                self.num_periods,
+                None if change_points is None else site_changes,
+            ),
             "wall_seconds": round(time.perf_counter() - self._start, 2),
             **extra,
         }
@@ -111,11 +123,18 @@ class Timeline:
 
 
 def summarize_timeline(
-    table: pd.DataFrame, change_points: list[int], num_periods: int
+    table: pd.DataFrame,
+    change_points: list[int],
+    num_periods: int,
+    site_changes: Mapping[int, Sequence[tuple[int, int]]] | None = None,
 ) -> dict[str, Any]:
     """The summary of a scenario run from its period rows (``table()`` or ``timeline.csv``).
 
-    Timings and the run's settings are not in the rows; :meth:`Timeline.finish` adds them.
+    ``change_points`` are the periods where any site changed, scored against the retrains.
+    With ``site_changes`` (site -> its ``(period, concept)`` changes) the monitor's alarms are
+    also scored site by site (``site_detection``): a change at one site is detected by an
+    alarm that named that site, which on a staggered schedule is the honest count. Timings and
+    the run's settings are not in the rows; :meth:`Timeline.finish` adds them.
     """
     if table.empty:
         raise ValueError("no period rows to summarise")
@@ -123,7 +142,7 @@ def summarize_timeline(
     retrains = [int(p) for p in served.loc[served["retrain"], "period"]]
     score = score_detections(change_points, retrains, num_periods)
     final, final_of = final_accuracy(table)
-    return {
+    summary: dict[str, Any] = {
         "periods": num_periods,
         "mean_prequential_accuracy": float(served["accuracy"].mean()),
         "final_accuracy": final,
@@ -139,6 +158,15 @@ def summarize_timeline(
         "alarm_periods": [int(p) for p in served.loc[served["alarms"] != "", "period"]],
         "rejected_statistics": int(table["rejected"].sum()),
     }
+    if site_changes is not None:
+        alarms: dict[int, list[int]] = {}
+        for period, sites in zip(served["period"], served["alarm_sites"], strict=True):
+            for site in str(sites).split(";") if isinstance(sites, str) and sites else ():
+                alarms.setdefault(int(site), []).append(int(period))
+        by_site = score_sites(site_changes, alarms, num_periods)
+        summary["site_detection"] = by_site.to_dict()
+        summary["site_detection_by_site"] = by_site.by_site_dict()
+    return summary
 
 
 def final_accuracy(table: pd.DataFrame) -> tuple[float, str]:

@@ -120,7 +120,7 @@ def run(
     if static:
         pool = build_pool(cfg.task.dataset)
         input_shape, num_classes, change_points = pool.input_shape, pool.num_classes, []
-        deployed = False
+        deployed, site_changes = False, None
     else:
         stream = instantiate(cfg.scenario.stream)
         input_shape, num_classes = stream.input_shape, stream.num_classes
@@ -131,6 +131,7 @@ def run(
             seed=cfg.runtime.seed,
         )
         change_points = schedule.change_points()
+        site_changes = None if deployed else schedule.site_changes()
     m = cfg.monitor
     detectors = (
         []
@@ -164,6 +165,7 @@ def run(
         report,
         num_features=num_features,
         change_points=change_points,
+        site_changes=site_changes,
         config_hash=config_hash(config_yaml),
         epsilon=epsilon,
         deployed=deployed,

@@ -128,6 +128,19 @@ class Schedule:
         rows = changed if site is None else changed[[self._check_site(site)]]
         return [int(t) + 1 for t in np.flatnonzero(rows.any(axis=0))]
 
+    def site_changes(self) -> dict[int, list[tuple[int, int]]]:
+        """Each site's change points with the concept it changed to (the larger share of its
+        mixture there): the truth per-site detection is scored against.
+
+        >>> Schedule(np.array([[0, 1, 1], [0, 0, 2]])).site_changes()
+        {0: [(1, 1)], 1: [(2, 2)]}
+        """
+        out = {}
+        for site in range(self.num_sites):
+            mixtures = [(t, self.mixture(site, t)) for t in self.change_points(site)]
+            out[site] = [(t, max(m, key=lambda k: m[k])) for t, m in mixtures]
+        return out
+
     def affected_sites(self, period: int) -> list[int]:
         """Sites whose mixture at ``period`` differs from ``period - 1`` (none at period 0)."""
         self._check_period(period)

@@ -79,6 +79,9 @@ class Controller:
         Input features a site's statistics describe (histograms are per feature).
     change_points : list of int
         The scenario's true change points (scoring; empty in deployment).
+    site_changes : mapping of int to list of (int, int), or None
+        Each site's own change points with the concept it changed to (simulation), for
+        scoring the monitor site by site.
     config_hash : str
         Recorded with every registered version.
     epsilon : EpsilonTracker or None
@@ -104,6 +107,7 @@ class Controller:
         num_features: int,
         change_points: list[int],
         config_hash: str,
+        site_changes: Mapping[int, list[tuple[int, int]]] | None = None,
         epsilon: EpsilonTracker | None = None,
         deployed: bool = False,
         summary_extras: Callable[[], Mapping[str, object]] = dict,
@@ -119,6 +123,7 @@ class Controller:
         self.report = report
         self.num_features = num_features
         self.change_points = change_points
+        self.site_changes = site_changes
         self.config_hash = config_hash
         self.epsilon = epsilon
         self.deployed = deployed
@@ -179,7 +184,7 @@ class Controller:
             if stats_eps is not None:
                 extra["stats_epsilon"] = stats_eps
             points = None if self.deployed else self.change_points
-            summary = self.timeline.finish(points, extra)
+            summary = self.timeline.finish(points, extra, self.site_changes)
         else:
             summary = self.report.finish(extra)
         self.registry.close()

@@ -189,6 +189,7 @@ def build_controller(
     points: list[int] | None = None,
     fixed_rounds: int | None = None,
     detectors: list[Detector] | None = None,
+    site_changes: dict[int, list[tuple[int, int]]] | None = None,
 ) -> tuple[Controller, FakeFederation]:
     concepts = np.asarray(concepts, dtype=np.float64)
     cfg = config(concepts.shape[1], concepts.shape[0], retrain, release)
@@ -206,6 +207,7 @@ def build_controller(
         RunReport(run_dir, 0, out),
         num_features=1,
         change_points=points,
+        site_changes=site_changes,
         config_hash="fake",
         fixed_rounds=fixed_rounds,
         out=out,
@@ -217,9 +219,9 @@ def build_controller(
 @pytest.fixture
 def make_controller(tmp_path: Path) -> MakeController:
     """``make_controller(concepts, retrain=..., release=..., run_dir=..., resume=...,
-    federation=..., points=..., fixed_rounds=..., detectors=...)``: a controller on a fake
-    federation writing to ``tmp_path/run``; the oracle policy retrains at ``points``, by
-    default the concepts' change points."""
+    federation=..., points=..., fixed_rounds=..., detectors=..., site_changes=...)``: a
+    controller on a fake federation writing to ``tmp_path/run``; the oracle policy retrains
+    at ``points``, by default the concepts' change points."""
     return functools.partial(build_controller, tmp_path)
 
 

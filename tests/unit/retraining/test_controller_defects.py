@@ -145,3 +145,38 @@ def test_the_period_right_after_a_retrain_is_tested_and_quiet_when_nothing_chang
     found = _detections(controller.run_dir, BinomialErrorTest.TEST)
     assert found[3]["reason"].startswith("no drift"), found[3]["reason"]
     assert found[3]["detail"]["sites_tested"] == 10
+
+
+def test_detection_is_scored_site_by_site_on_a_staggered_schedule(
+    make_controller: MakeController,
+) -> None:
+    # Sites 0-4 move at period 2, sites 5-9 at period 4; the oracle retrains only at 2.
+    # Scored by retrains over "any site changed" the change at 4 is missed; the monitor named
+    # sites 5-9 at period 4 (and no one else), which per site is a detection with delay 0.
+    concepts = np.array([[0, 0, 0.5, 0.5, 0.5]] * 5 + [[0, 0, 0, 0, -0.5]] * 5)
+    truth = {s: [(2, 1)] for s in range(5)} | {s: [(4, 2)] for s in range(5, 10)}
+    controller, federation = make_controller(
+        concepts,
+        points=[2],
+        detectors=[BinomialErrorTest(arl=5000, reference_periods=2)],
+        site_changes=truth,
+    )
+    federation.step = 1.0
+    summary = controller.run()
+    assert summary["change_points"] == [2] and summary["missed_changes"] == 0
+    timeline = pd.read_csv(controller.run_dir / "timeline.csv", dtype={"alarm_sites": str})
+    assert list(timeline["alarm_sites"].fillna("")) == ["", "", "0;1;2;3;4", "", "5;6;7;8;9"]
+    assert summary["site_detection"] == {
+        "changes": 10,
+        "detected": 10,
+        "missed": 0,
+        "false_alarms": 0,
+        "mean_delay": 0.0,
+        "by_concept": {
+            "1": {"changes": 5, "detected": 5, "mean_delay": 0.0},
+            "2": {"changes": 5, "detected": 5, "mean_delay": 0.0},
+        },
+    }
+    assert summary["site_detection_by_site"]["7"] == {"delays": [0], "false_alarms": 0}
+    saved = json.loads((controller.run_dir / "summary.json").read_text())
+    assert saved["site_detection"] == summary["site_detection"]
