@@ -39,7 +39,7 @@ from fedretrain.flower.records import (
     trained_examples,
 )
 from fedretrain.flower.strategies import user_level_epsilon
-from fedretrain.flower.validated import wait_for_nodes
+from fedretrain.flower.validated import ValidatedStrategy, wait_for_nodes
 from fedretrain.monitor.private import check_stats
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats, WindowStats
 from fedretrain.privacy.plan import plan_training
@@ -111,7 +111,15 @@ class FlowerFederation:
         self.epsilon = epsilon
         self.ledger_dir = ledger_dir
 
-    def train_round(self, server_round: int, weights: Weights, period: int) -> TrainedRound:
+    def train_round(
+        self,
+        server_round: int,
+        weights: Weights,
+        period: int,
+        drifted: frozenset[int] = frozenset(),
+    ) -> TrainedRound:
+        if isinstance(self.strategy, ValidatedStrategy):
+            self.strategy.drifted = drifted
         config = instruction_config(
             self.config_yaml, self.num_rounds, self._period(period), self.ledger_dir
         )

@@ -7,9 +7,10 @@ than edited, so records handed to us are never mutated.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from flwr.app import (
@@ -26,8 +27,9 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Strategy
 
 from fedretrain.errors import FederationError
-from fedretrain.flower.records import error_summary
+from fedretrain.flower.records import SITE_ID_KEY, error_summary
 from fedretrain.validation import (
+    NormPolicy,
     Quorum,
     Rejection,
     UpdateRules,
@@ -39,6 +41,8 @@ from fedretrain.validation import (
     update_norm,
 )
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class _Candidate:
@@ -49,7 +53,14 @@ class _Candidate:
 
 
 class ValidatedStrategy(Strategy):
-    """``inner`` with reply validation, a quorum per training round and a wait deadline."""
+    """``inner`` with reply validation, a quorum per training round and a wait deadline.
+
+    ``drifted`` names the sites the monitor found drifted in the period being trained on
+    (the federation sets it each round). Their data changed, so their updates are large for a
+    reason: one beyond the round's norm bound is clipped to it, never rejected. Clipped, it
+    weighs no more than an honest update at the bound, so a site that fakes drift gains
+    nothing over one that does not, while a site that did drift is heard.
+    """
 
     def __init__(
         self,
@@ -68,6 +79,8 @@ class ValidatedStrategy(Strategy):
         self.record = record
         self._reference: dict[str, np.ndarray] = {}
         self._sampled = 0
+        self.drifted: frozenset[int] = frozenset()
+        self._clip = replace(rules, norm_policy=NormPolicy.clip)
 
     def summary(self) -> None:
         self.inner.summary()
@@ -115,7 +128,18 @@ class ValidatedStrategy(Strategy):
         metric_keys: set[str] | None = None
         for c in candidates:
             n = c.metrics.get("num-examples")
-            checked = check_update(self._reference, c.arrays, n, self.rules, norm_bound=bound)
+            drifted = c.metrics.get(SITE_ID_KEY) in self.drifted
+            rules = self._clip if drifted else self.rules
+            checked = check_update(self._reference, c.arrays, n, rules, norm_bound=bound)
+            if drifted and checked.reason is None and bound is not None and c.norm > bound:
+                log.info(
+                    "round %d: site %s drifted this period: its update norm %.4g is clipped "
+                    "to the bound %.4g, not rejected",
+                    server_round,
+                    c.metrics[SITE_ID_KEY],
+                    c.norm,
+                    bound,
+                )
             keys = set(c.metrics)
             metric_keys = keys if metric_keys is None else metric_keys
             reason = checked.reason or _metric_problem(c.metrics, metric_keys)

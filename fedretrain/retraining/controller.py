@@ -141,6 +141,7 @@ class Controller:
         self._restored: dict[str, Weights] = {}
         self._last_validation = math.nan
         self._evaluations: dict[tuple[int, str], Evaluation] = {}
+        self._drifted: frozenset[int] = frozenset()  # the sites the period's alarms named
 
     @property
     def server_round(self) -> int:
@@ -257,6 +258,7 @@ class Controller:
             self.lifecycle.watch(period, lambda v: self._validate(period, self.registry.load(v)))
             self.lifecycle.score_canary(period, stats, self.checkpoints.load_stats)
         observation = self.drift.observe(stats)
+        self._drifted = frozenset(s for d in observation.detections if d.drifted for s in d.sites)
         self.timeline.decision(observation.to_dict())
         decision = observation.decision
         retrained: Outcome | None = None
@@ -443,7 +445,8 @@ class Controller:
         self.state.server_round += 1
         server_round = self.state.server_round
         started = time.perf_counter()
-        trained = self.federation.train_round(server_round, weights, period)
+        drifted = self._drifted if period > 0 else frozenset()
+        trained = self.federation.train_round(server_round, weights, period, drifted)
         evaluation = self._evaluate(period, trained.weights)
         seconds = time.perf_counter() - started
         self.report.add(

@@ -78,8 +78,18 @@ class Federation(Protocol):
     run's training rounds so far); ``period`` names the monitoring period whose windows the
     sites use."""
 
-    def train_round(self, server_round: int, weights: Weights, period: int) -> TrainedRound:
-        """Sample sites, train ``weights`` on their windows of ``period``, aggregate."""
+    def train_round(
+        self,
+        server_round: int,
+        weights: Weights,
+        period: int,
+        drifted: frozenset[int] = frozenset(),
+    ) -> TrainedRound:
+        """Sample sites, train ``weights`` on their windows of ``period``, aggregate.
+
+        ``drifted``: the sites the monitor found drifted in ``period``. Their updates are
+        large for a reason (their data changed), so reply validation bounds them instead of
+        throwing them out as attacks."""
         ...
 
     def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:

@@ -232,3 +232,38 @@ def test_norm_bounded_fedavg_clips_then_averages() -> None:
     clipped = [f * min(1.0, 0.5 / np.linalg.norm(f)) for f in flat]
     mean = np.average(clipped, axis=0, weights=counts)
     np.testing.assert_allclose(arrays["w"].numpy(), mean[:10], rtol=1e-5, atol=1e-7)
+
+
+def _site_reply(node: int, arrays: dict[str, np.ndarray]) -> Message:
+    _as_site(node)
+    metrics = MetricRecord({"num-examples": 10, "train-loss": 0.5, "site-id": node})
+    content = RecordDict({"arrays": _record(arrays), "metrics": metrics})
+    return Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
+
+
+def test_a_drifted_site_s_large_update_is_clipped_not_rejected() -> None:
+    # Sites 8 and 9 moved to another concept: their updates are 100x the others'. Before the
+    # fix the 5x-median bound threw them out as attacks; now the monitor's evidence that they
+    # drifted makes the bound clip them, and the same update from an undrifted site is still
+    # rejected.
+    honest = _honest(8, seed=1)
+    moved = [{k: 100 * v for k, v in h.items()} for h in _honest(2, seed=2)]
+    replies = [_site_reply(i, u) for i, u in enumerate(honest + moved)]
+    strategy, log = _wrapped(FedAvg(min_available_nodes=1), UpdateRules(max_norm_ratio=5.0))
+    strategy.aggregate_train(1, replies)
+    assert sorted(r.node_id for r in log) == [8, 9]
+
+    strategy, log = _wrapped(FedAvg(min_available_nodes=1), UpdateRules(max_norm_ratio=5.0))
+    strategy.drifted = frozenset({8, 9})
+    result, _ = strategy.aggregate_train(1, replies)
+    assert log == []
+    norms = [np.sqrt(sum(float((v**2).sum()) for v in u.values())) for u in honest + moved]
+    bound = 5.0 * float(np.median(norms))
+    updates = honest + moved
+    clipped = [
+        {k: v * min(1.0, bound / n) for k, v in u.items()}
+        for u, n in zip(updates, norms, strict=True)
+    ]
+    for key in GLOBAL:  # FedAvg of equal weights: the mean of the clipped updates
+        expected = np.mean([u[key] for u in clipped], axis=0)
+        np.testing.assert_allclose(result[key].numpy(), expected, rtol=1e-5, atol=1e-7)

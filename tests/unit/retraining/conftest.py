@@ -71,6 +71,7 @@ class FakeFederation:
     calls: list[tuple[str, int]] = field(default_factory=list)  # (request, period)
     canaries: dict[int, tuple[int, ...]] = field(default_factory=dict)  # period -> canary sites
     trained_rounds: int = 0
+    drifted: dict[int, frozenset[int]] = field(default_factory=dict)  # round -> drifted sites
 
     @property
     def num_sites(self) -> int:
@@ -81,8 +82,15 @@ class FakeFederation:
             raise Crash(f"killed at request {len(self.calls)} ({what}, period {period})")
         self.calls.append((what, period))
 
-    def train_round(self, server_round: int, weights: Weights, period: int) -> TrainedRound:
+    def train_round(
+        self,
+        server_round: int,
+        weights: Weights,
+        period: int,
+        drifted: frozenset[int] = frozenset(),
+    ) -> TrainedRound:
         self._called("train", period)
+        self.drifted[self.trained_rounds] = drifted
         spent = self.budget_rounds is not None and self.trained_rounds >= self.budget_rounds
         if self.skip_rounds or spent:
             return TrainedRound(weights, float("nan"), 0)

@@ -180,3 +180,17 @@ def test_detection_is_scored_site_by_site_on_a_staggered_schedule(
     assert summary["site_detection_by_site"]["7"] == {"delays": [0], "false_alarms": 0}
     saved = json.loads((controller.run_dir / "summary.json").read_text())
     assert saved["site_detection"] == summary["site_detection"]
+
+
+def test_a_retrain_tells_the_federation_which_sites_drifted(
+    make_controller: MakeController,
+) -> None:
+    concepts = np.array([[0, 0, 0.5, 0.5]] * 3 + [[0, 0, 0, 0]] * 7)
+    controller, federation = make_controller(
+        concepts, detectors=[BinomialErrorTest(arl=5000, reference_periods=2)]
+    )
+    federation.step = 1.0
+    controller.run()
+    rounds = sorted(federation.drifted.items())
+    assert rounds[0][1] == frozenset()  # the initial training
+    assert rounds[-1][1] == frozenset({0, 1, 2})  # the retrain at period 2
