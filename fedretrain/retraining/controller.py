@@ -263,11 +263,9 @@ class Controller:
         decision = observation.decision
         retrained: Outcome | None = None
         if decision.retrain:
-            before = self.lifecycle.champion_version()
             retrained = self._retrain(period, decision.reason)
             changed = released(retrained.action) or not self.state.keep_reference_on_reject
-            promoted = self.lifecycle.champion_version() != before  # not a canary, not refused
-            seed = self._seed(period, stats) if promoted else None
+            seed = self._seed(period, stats) if self._promoted(period, retrained) else None
             self.drift.trained(period, serving_changed=changed, seed=seed)
         serving = self.lifecycle.champion_version()
         row = period_row(
@@ -289,6 +287,17 @@ class Controller:
                 log.info("period %d starts in %.0f s", period, wait)
                 time.sleep(wait)
         self.state.period_started = [period, time.time()]
+
+    def _promoted(self, period: int, retrained: Outcome) -> bool:
+        """Whether the retrain at ``period`` made its model the champion (not a canary, not
+        refused). Read from the registry, so a resumed period that was killed after its
+        promotion answers as the uninterrupted one."""
+        if not released(retrained.action):
+            return False
+        champion = self.lifecycle.champion_version()
+        if retrained.reused_version is not None:
+            return champion == retrained.reused_version
+        return self.registry.get(champion).period == period
 
     def _seed(self, period: int, stats: PeriodStats | None) -> Seed:
         """The monitor's new reference after a promotion at ``period``: the period's statistics

@@ -175,7 +175,8 @@ def test_killed_after_a_period_s_decisions_before_its_checkpoint(
 ) -> None:
     # The registry has recorded the period's gate, promotion, canary, watch or rollback, but
     # the checkpoint still says the period is under way: the resumed run must take the
-    # recorded decisions, not decide again against a champion that has since changed.
+    # recorded decisions, not decide again against a champion that has since changed, and
+    # seed its monitor as the uninterrupted run did.
     def build(run_dir: Path, resume: bool = False):  # noqa: ANN202
         return make_controller(
             CONCEPTS,
@@ -184,6 +185,7 @@ def test_killed_after_a_period_s_decisions_before_its_checkpoint(
             run_dir=run_dir,
             resume=resume,
             federation=FakeFederation(CONCEPTS, step=0.1),
+            detectors=[BinomialErrorTest(arl=5000, reference_periods=2)],
         )[0]
 
     build(tmp_path / "whole").run()
