@@ -258,7 +258,7 @@ class Controller:
             self.lifecycle.watch(period, lambda v: self._validate(period, self.registry.load(v)))
             self.lifecycle.score_canary(period, stats, self.checkpoints.load_stats)
         observation = self.drift.observe(stats)
-        self._drifted = frozenset(s for d in observation.detections if d.drifted for s in d.sites)
+        self._drifted = observation.alarm_sites
         self.timeline.decision(observation.to_dict())
         decision = observation.decision
         retrained: Outcome | None = None

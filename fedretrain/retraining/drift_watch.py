@@ -26,6 +26,11 @@ class Observation:
     def retrain(self) -> bool:
         return self.decision.retrain
 
+    @property
+    def alarm_sites(self) -> frozenset[int]:
+        """The sites an alarming detector named (a pooled alarm names none)."""
+        return frozenset(s for d in self.detections if d.drifted for s in d.sites)
+
     def to_dict(self) -> dict[str, Any]:
         """The decision as ``decisions.jsonl`` records it."""
         d = self.decision

@@ -76,7 +76,9 @@ def period_row(
         rejected=collected.rejected,
         change_point=False,
         alarms=";".join(d.test for d in alarms),
-        alarm_sites=";".join(str(s) for s in sorted({s for d in alarms for s in d.sites})),
+        alarm_sites=";".join(
+            str(s) for s in sorted(observation.alarm_sites if observation else ())
+        ),
         retrain=retrain,
         reason=reason,
         action=outcome.action if outcome else "serve",

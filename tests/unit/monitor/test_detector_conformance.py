@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 
 from fedretrain.monitor.base import Detection, Detector, Seed
@@ -151,6 +152,21 @@ def test_a_seeded_reference_grows_to_its_full_size(name, stream) -> None:
     else:
         assert got[REF:][-1].to_dict()["detail"]["sites_tested"] == 10
     assert len(got) == len(expected) - 1
+    # Site 0's reference, from the raw counts: the seed plus the tested periods that joined it
+    # (REF of them, or every one for the self-starting CUSUM).
+    joined = len(periods) - 1 if name == "cusum" else REF
+    window = periods[0].sites[0]
+    if name == "histogram_chi2":
+        expected_ref = sum(p.sites[0].hist for p in periods[: joined + 1])
+    else:
+        seed_counts = np.array([window.errors, window.labelled])
+        later = [np.array([p.sites[0].errors, p.sites[0].labelled]) for p in periods[1:]]
+        expected_ref = seed_counts + sum(later[:joined])
+    [site0] = [s for s in seeded.state_dict()["references"]["sites"] if s[0] == 0]
+    pending = dict(seeded.state_dict()["references"]["pending"])
+    reference = np.asarray(site0[2]) + (np.asarray(pending[0]) if 0 in pending else 0)
+    assert site0[1] + (0 in pending) == joined
+    np.testing.assert_array_equal(reference, expected_ref)
 
 
 @pytest.mark.parametrize("split", [0, 1, 2, 5])
