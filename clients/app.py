@@ -47,8 +47,9 @@ from fedretrain.flower.records import (
     train_metrics,
 )
 from fedretrain.model_io import numpy_state
-from fedretrain.monitor.private import StatsMechanism
-from fedretrain.privacy.releases import AGAIN, Release, ReleaseCache, release_key
+from fedretrain.monitor.private import StatsMechanism, ledgered
+from fedretrain.monitor.stats import HistogramEdges, WindowStats
+from fedretrain.privacy.releases import AGAIN, RELEASED_AGAIN, Release, ReleaseCache, release_key
 from fedretrain.retraining.port import digest
 from fedretrain.site import ScenarioFederation, SimulatedFederation, Site, model_for, select_device
 from fedretrain.tasks.dataset import ArrayDataset
@@ -288,7 +289,8 @@ def monitor_handler(msg: Message, context: Context) -> Message:
 
     With ``privacy.stats_noise_multiplier`` the statistics are clipped and noised first
     (:mod:`fedretrain.monitor.private`), the noise seeded from the operating system's entropy
-    unless ``privacy.reproducible``.
+    unless ``privacy.reproducible``. Under DP-SGD each release is recorded in the site's
+    ledger before it leaves (:func:`_ledgered_stats`).
     """
     instruction = Instruction.from_record(msg.content.config_records["config"])
     cfg, site, folder_report = _site_for(instruction, context)
@@ -298,6 +300,25 @@ def monitor_handler(msg: Message, context: Context) -> Message:
         candidate = msg.content.array_records["candidate"]  # this site serves the candidate
         site.model.load_state_dict(candidate.to_torch_state_dict())
     edges = edges_from_record(msg.content.array_records["edges"])
+    whom: dict[str, int | float] = {SITE_ID_KEY: site.partition_id}
+    if ledgered(cfg.privacy):
+        outcome = _ledgered_stats(cfg, site, instruction, context, edges)
+        if isinstance(outcome, str):
+            return declined_reply(msg, outcome)
+        record = to_record(outcome.arrays)
+        whom = dict(outcome.metrics)
+    else:
+        record = stats_record(_private_stats(cfg, site, instruction, edges))
+    content = RecordDict({"stats": record, "site": MetricRecord(whom)})  # type: ignore[arg-type]
+    if folder_report is not None:
+        content[DATA_REPORT_KEY] = data_report_record(folder_report)
+    return Message(content=content, reply_to=msg)
+
+
+def _private_stats(
+    cfg: RunConfig, site: Site, instruction: Instruction, edges: HistogramEdges
+) -> WindowStats:
+    """The window's statistics under the loaded model, noised when the config says so."""
     mechanism = StatsMechanism.from_config(cfg.privacy)  # off: exact statistics
     parts = []
     for data in (site.train_data, site.holdout):
@@ -308,9 +329,56 @@ def monitor_handler(msg: Message, context: Context) -> Message:
         rng = np.random.default_rng([cfg.runtime.seed, site.partition_id, period + 1, 9])
     else:
         rng = np.random.default_rng(secrets.randbits(128))
-    record = stats_record(mechanism.privatize(parts[0] + parts[1], rng))
-    whom = MetricRecord({SITE_ID_KEY: site.partition_id})
-    content = RecordDict({"stats": record, "site": whom})
-    if folder_report is not None:
-        content[DATA_REPORT_KEY] = data_report_record(folder_report)
-    return Message(content=content, reply_to=msg)
+    return mechanism.privatize(parts[0] + parts[1], rng)
+
+
+def _ledgered_stats(
+    cfg: RunConfig,
+    site: Site,
+    instruction: Instruction,
+    context: Context,
+    edges: HistogramEdges,
+) -> Release | str:
+    """Noisy statistics recorded in the site's ledger, so that its one ε covers them; the
+    reason instead when the release would take the site past its budget.
+
+    Like a training round, a request asked for again (a resumed server) is answered with the
+    release already made, at no new ε; where that release is lost, the second one is
+    recorded too, and its tag says so.
+    """
+    from fedretrain.privacy import PrivacyLedger
+
+    pid, privacy = site.partition_id, cfg.privacy
+    folder = _ledger_folder(site, instruction, context)
+    cache = ReleaseCache(folder, pid, name="statistics")
+    served = digest(numpy_state(site.model.state_dict()))
+    key = release_key(
+        instruction.config_yaml,
+        instruction.server_round,
+        instruction.period,
+        served + digest({"edges": edges.interior}),
+    )
+    released = cache.get(key)
+    if released is not None:
+        log.info("site %d: period %s's statistics were released already", pid, instruction.period)
+        return released
+    mechanism = StatsMechanism.from_config(privacy)
+    ledger = PrivacyLedger.open(folder / f"site-{pid}.json", pid)
+    release = mechanism.per_period()
+    decision = ledger.would_exceed([release], privacy.epsilon_budget, privacy.delta)
+    if not decision.allowed:
+        return (
+            f"site {pid} declines to send period {instruction.period}'s statistics: they "
+            f"would raise ε from {decision.epsilon_now:.2f} to {decision.epsilon_after:.2f} > "
+            f"budget {decision.budget:.2f} at δ={privacy.delta:g}"
+        )
+    stats = _private_stats(cfg, site, instruction, edges)
+    tag = f"period {instruction.period} statistics request {key[:12]}"
+    if any(entry.tag.removesuffix(RELEASED_AGAIN) == tag for entry in ledger.entries):
+        log.warning("site %d: %s released again, with no cached release: ε counted twice", pid, tag)
+        tag += RELEASED_AGAIN
+    entry = ledger.record(tag, release, privacy.delta)  # before the statistics leave the site
+    metrics = epsilon_metrics(pid, entry.epsilon_spent, entry.epsilon, release)
+    released = Release(key, stats.to_arrays(), metrics)
+    cache.put(released)
+    return released

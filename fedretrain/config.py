@@ -77,12 +77,16 @@ class TaskConfig:
     """What is learned: a dataset factory and a model factory, both given by ``_target_``.
 
     ``dataset`` returns a :class:`fedretrain.tasks.ArrayDataset`; ``model`` is a partial called
-    as ``model(input_shape=..., num_classes=...)``.
+    as ``model(input_shape=..., num_classes=...)``. ``feature_bound`` is the largest feature
+    magnitude the task's data can have, known without looking at the data (1.0 for features in
+    [0, 1]); private monitoring statistics clip to it (``privacy.stats_feature_bound``), and
+    null means the task does not know one.
     """
 
     name: str = "custom"
     dataset: Any = None
     model: Any = None
+    feature_bound: float | None = None
 
 
 @dataclass
@@ -421,6 +425,7 @@ def cross_checks(cfg: DictConfig, typed: dict[str, Any]) -> list[str]:
         problems += _check_device(runtime)
     if cfg.privacy.user_level:
         problems += _check_user_level_dp(cfg)
+    problems += _check_stats_bound(cfg)
     return problems
 
 
@@ -432,6 +437,9 @@ def assemble(cfg: DictConfig, typed: dict[str, Any]) -> RunConfig:
     typed["scenario"].stream = cfg.scenario.stream
     typed["scenario"].schedule = cfg.scenario.schedule
     typed["monitor"].detectors = list(cfg.monitor.detectors)
+    privacy = typed["privacy"]
+    if privacy.stats_feature_bound is None:  # null: the bound the task declares
+        privacy.stats_feature_bound = typed["task"].feature_bound
     return RunConfig(strategy=cfg.strategy, **{group: typed[group] for group in GROUPS})
 
 
@@ -448,6 +456,26 @@ def strategy_kwargs(runtime: RuntimeConfig) -> dict[str, Any]:
         "min_evaluate_nodes": 1 if runtime.fraction_evaluate > 0 else 0,
         "min_available_nodes": runtime.num_clients,
     }
+
+
+def _check_stats_bound(cfg: DictConfig) -> list[str]:
+    """Noisy monitoring statistics need a feature bound, from the privacy group or the task;
+    only a drift scenario sends statistics at all."""
+    privacy, task = cfg.privacy, cfg.task
+    noisy = privacy.get("stats_noise_multiplier") is not None
+    if not noisy or cfg.scenario.get("stream") is None:
+        return []
+    if privacy.get("stats_feature_bound") is not None or task.get("feature_bound") is not None:
+        return []
+    default = " (privacy=dpsgd noises them by default)" if privacy.get("enabled") else ""
+    return [
+        f"privacy.stats_noise_multiplier={privacy.stats_noise_multiplier}: the monitoring "
+        f"statistics are noised{default}, and their sums need a feature bound that task "
+        f"{task.get('name')} does not declare (task.feature_bound=null): set "
+        "privacy.stats_feature_bound=B, the largest feature magnitude of your data (e.g. 4.0 "
+        "for standardised features), or privacy.stats_noise_multiplier=null to send exact "
+        "statistics (then they are not private)"
+    ]
 
 
 def _check_user_level_dp(cfg: DictConfig) -> list[str]:

@@ -141,6 +141,9 @@ def _privacy(args: argparse.Namespace) -> int:
     wide = wide.ffill()
     print("cumulative ε per site (rows: server round) at δ from the run's privacy.delta")
     print(wide.to_string(float_format=lambda x: f"{x:.3f}", na_rep="-"))
+    statistics = _old_summary(Path(args.run_dir)).get("statistics_privacy")
+    if statistics:  # a drift run: say whether the monitoring statistics are in these ε
+        print(f"monitoring statistics: {statistics}")
     return 0
 
 

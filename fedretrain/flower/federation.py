@@ -24,6 +24,7 @@ from fedretrain.errors import FederationError
 from fedretrain.flower.records import (
     CANARY_KEY,
     MONITOR_QUERY,
+    SERVER_ROUND_KEY,
     SITE_ID_KEY,
     data_report,
     decline_reason,
@@ -40,11 +41,11 @@ from fedretrain.flower.records import (
 )
 from fedretrain.flower.strategies import user_level_epsilon
 from fedretrain.flower.validated import ValidatedStrategy, wait_for_nodes
-from fedretrain.monitor.private import check_stats
+from fedretrain.monitor.private import StatsMechanism, check_stats, ledgered
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats, WindowStats
 from fedretrain.privacy.plan import plan_training
 from fedretrain.privacy.rdp import SampledGaussian
-from fedretrain.privacy.tracking import EpsilonTracker
+from fedretrain.privacy.tracking import STATISTICS, EpsilonReport, EpsilonTracker
 from fedretrain.report import RunReport
 from fedretrain.retraining.port import (
     CanaryRequest,
@@ -194,7 +195,8 @@ class FlowerFederation:
         nodes = wait_for_nodes(
             self.grid, cfg.runtime.num_clients, cfg.validation.node_wait_timeout_s
         )
-        config = instruction_config(self.config_yaml, self.num_rounds, period)
+        config = instruction_config(self.config_yaml, self.num_rounds, period, self.ledger_dir)
+        config[SERVER_ROUND_KEY] = server_round  # a DP site's release is keyed by its request
         content = RecordDict(
             {"arrays": to_record(weights), "config": config, "edges": edges_record(edges)}
         )
@@ -206,10 +208,17 @@ class FlowerFederation:
         ]
         replies = self.grid.send_and_receive(messages, timeout=cfg.validation.reply_timeout_s)
         sites: dict[int, WindowStats] = {}
-        rejected = 0
+        rejected, reasons, costs = 0, set(), []
         for reply in replies:
             node = int(reply.metadata.src_node_id)
-            reason = None
+            declined = decline_reason(reply)
+            if declined is not None:  # its privacy budget would not allow the release
+                phase, why = declined
+                log.info("period %d: node %d declined: %s", period, node, why)
+                self.report.reject(Rejection(server_round, phase, node, why))
+                reasons.add(why)
+                continue
+            reason, cost, phase = None, None, f"monitor p{period}"
             if reply.has_error():
                 reason = f"site failed: {error_summary(reply.error.reason)}"
             else:
@@ -219,20 +228,27 @@ class FlowerFederation:
                     reason = check_stats(
                         stats, self.num_features, edges.bins, self.num_classes, cfg.privacy
                     )
+                    if reason is None and self.epsilon is not None and ledgered(cfg.privacy):
+                        reason, cost = self._audit_stats(reply, period)
+                        phase = AUDIT_PHASE
                 except (KeyError, ValueError, TypeError) as err:
                     reason = f"unreadable statistics: {err}"
             if reason is not None:
-                self.report.reject(Rejection(server_round, f"monitor p{period}", node, reason))
+                self.report.reject(Rejection(server_round, phase, node, reason))
                 rejected += 1
+                reasons.add(reason)
                 continue
             sites[site] = stats
+            if cost is not None:
+                costs.append(cost)
             self._record_data_report(server_round, period, node, site, data_report(reply))
+        if self.epsilon is not None:
+            self.epsilon.observe(server_round, period, costs, release=STATISTICS)
         if not sites:
-            latest = self.report.rejections[-rejected:] if rejected else []
-            reasons = sorted({r.reason for r in latest})
             raise FederationError(
-                f"no site sent valid statistics for period {period} ({'; '.join(reasons)}); "
-                "a drift scenario needs fedretrain's ClientApp (clients.app) at every site"
+                f"no site sent valid statistics for period {period} "
+                f"({'; '.join(sorted(reasons))}); a drift scenario needs fedretrain's ClientApp "
+                "(clients.app) at every site"
             )
         # A deployed site with no new files this period has nothing to report; a period with
         # no data anywhere keeps the empty reports (the controller skips it).
@@ -240,6 +256,20 @@ class FlowerFederation:
         return CollectedStats(
             PeriodStats(period, dict(sorted((with_data or sites).items()))), rejected
         )
+
+    def _audit_stats(self, reply: Message, period: int) -> tuple[str | None, EpsilonReport | None]:
+        """Under DP-SGD a site's noisy statistics say what their release cost it; checked as a
+        training round's are (:meth:`EpsilonTracker.audit`): (why to reject, or None; what
+        to track)."""
+        assert self.epsilon is not None
+        claim = epsilon_from_reply(reply)
+        if claim is None:
+            missing = "the statistics do not say what their release cost (σ, ε); DP-SGD sites must"
+            return missing, None
+        asked = StatsMechanism.from_config(self.cfg.privacy).per_period()
+        again = self.epsilon.released(claim.site, period)  # a resumed server's second query
+        problem = self.epsilon.audit(claim, asked, adds=not again)
+        return (problem, None) if problem is not None else (None, claim)
 
     def _asked(self, examples: int) -> SampledGaussian:
         """What this run's instructions make a DP-SGD site with ``examples`` records run."""

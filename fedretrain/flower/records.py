@@ -20,6 +20,7 @@ from fedretrain.validation import DECLINED_PHASE
 CONFIG_KEY = "fedretrain-config"  # the composed run config, as YAML, in every instruction
 NUM_ROUNDS_KEY = "num-rounds"
 NUM_EXAMPLES_KEY = "num-examples"  # the weighting key of Flower's strategies
+SERVER_ROUND_KEY = "server-round"  # the request's round, as Flower's strategies write it
 PERIOD_KEY = "period"  # the monitoring period whose window a site uses; absent in static runs
 MONITOR_QUERY = "query.monitor"  # message type of the per-period statistics query
 LEDGER_DIR_KEY = "ledger-dir"  # simulation: the folder of the sites' privacy ledgers
@@ -91,7 +92,7 @@ class Instruction:
         ledger_dir = config.get(LEDGER_DIR_KEY)
         return cls(
             config_yaml=str(config[CONFIG_KEY]),
-            server_round=int(cast(int, config.get("server-round", 0))),
+            server_round=int(cast(int, config.get(SERVER_ROUND_KEY, 0))),
             num_rounds=int(cast(int, config[NUM_ROUNDS_KEY])),
             proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))),
             period=None if period is None else int(cast(int, period)),

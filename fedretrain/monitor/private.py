@@ -218,7 +218,11 @@ class StatsMechanism:
         """The mechanism ``privacy`` asks for; off when ``stats_noise_multiplier`` is null."""
         if privacy.stats_noise_multiplier is None:
             return cls()
-        assert privacy.stats_feature_bound is not None  # PrivacyConfig insists
+        if privacy.stats_feature_bound is None:  # the config's cross-checks insist on one
+            raise ValueError(
+                "privacy.stats_noise_multiplier is set but no feature bound is known: set "
+                "privacy.stats_feature_bound (or task.feature_bound)"
+            )
         return cls(
             privacy.stats_noise_multiplier, privacy.stats_feature_bound, privacy.stats_loss_bound
         )
@@ -307,16 +311,39 @@ def noisy_stats_problem(
 
 def noise_std_for(privacy: PrivacyConfig) -> float:
     """What the detectors receive as ``stats_noise_std``: σ, or 0 for exact statistics."""
-    return StatsMechanism.from_config(privacy).noise_multiplier
+    return privacy.stats_noise_multiplier or 0.0
 
 
 def stats_epsilon(privacy: PrivacyConfig, periods: int) -> float | None:
-    """ε at ``privacy.delta`` of ``periods`` private monitoring releases of a site; None when
-    the statistics are exact (there is no guarantee to report)."""
+    """ε at ``privacy.delta`` of ``periods`` private monitoring releases of a site, reported
+    apart from any other: None when the statistics are exact (there is no guarantee to report)
+    or under DP-SGD, whose ledgers record each release (:func:`ledgered`)."""
     mechanism = StatsMechanism.from_config(privacy)
-    if not mechanism.enabled:
+    if not mechanism.enabled or ledgered(privacy):
         return None
     return mechanism.epsilon(periods, privacy.delta)
+
+
+def ledgered(privacy: PrivacyConfig) -> bool:
+    """Whether a site records its statistics releases in its privacy ledger: under DP-SGD
+    with noisy statistics, so that one ε per site covers its training and its monitoring."""
+    return privacy.enabled and privacy.stats_noise_multiplier is not None
+
+
+def statistics_privacy(privacy: PrivacyConfig) -> str:
+    """What the reports say of the monitoring statistics, in words.
+
+    >>> statistics_privacy(PrivacyConfig())
+    'exact: not private (privacy.stats_noise_multiplier=null)'
+    >>> statistics_privacy(PrivacyConfig(enabled=True, noise_multiplier=1.0,
+    ...     stats_noise_multiplier=5.0, stats_feature_bound=1.0))
+    "noised (σ=5 on each record's sensitivity): in each site's ε"
+    """
+    sigma = privacy.stats_noise_multiplier
+    if sigma is None:
+        return "exact: not private (privacy.stats_noise_multiplier=null)"
+    where = "in each site's ε" if privacy.enabled else "their own ε (stats_epsilon)"
+    return f"noised (σ={sigma:g} on each record's sensitivity): {where}"
 
 
 def check_stats(

@@ -89,12 +89,14 @@ class PrivacyConfig:
     stats_noise_multiplier : float or None
         σ of the private monitoring statistics (:mod:`fedretrain.monitor.private`): each
         statistic a site sends every period gets Gaussian noise of σ times its L2 sensitivity
-        to one record. null (the default) sends exact statistics. Works with or without
-        ``enabled``; its ε is accounted and reported apart from DP-SGD's, at ``delta``.
+        to one record. null sends exact statistics, which are then not private. ``privacy=
+        dpsgd`` sets it: with ``enabled`` each period's release is recorded in the site's
+        ledger, so the site's one ε covers its training and its statistics. Without
+        ``enabled`` (``privacy=none``, null by default) its ε is reported apart, at ``delta``.
     stats_feature_bound : float or None
         B: each feature is clipped to [-B, B] before it enters the sums of x and x², which
-        bounds their sensitivity (the histograms use the raw values). Needed when
-        ``stats_noise_multiplier`` is set; choose the largest feature magnitude of the data.
+        bounds their sensitivity (the histograms use the raw values). null takes the task's
+        ``task.feature_bound``; a drift scenario with noisy statistics needs one of the two.
     stats_loss_bound : float
         L: each record's loss is clipped to [0, L] before it enters the loss sum.
     """
@@ -189,12 +191,6 @@ class PrivacyConfig:
             problems.append(
                 f"{p}stats_feature_bound={bound}: must be a positive number, the largest "
                 "feature magnitude (e.g. 10.0 for features in [0, 10])"
-            )
-        if sigma is not None and bound is None:
-            problems.append(
-                f"{p}stats_noise_multiplier={sigma} needs {p}stats_feature_bound: features "
-                "are clipped to [-B, B] so that their sums have a bounded sensitivity; set it "
-                "to the largest feature magnitude (e.g. 10.0 for features in [0, 10])"
             )
         loss = self.stats_loss_bound
         if not (loss > 0 and math.isfinite(loss)):

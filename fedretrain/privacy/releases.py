@@ -30,6 +30,7 @@ from fedretrain.atomic import atomic_replace
 log = logging.getLogger(__name__)
 
 AGAIN = " (trained again: no cached release)"  # appended to a repeated round's ledger tag
+RELEASED_AGAIN = " (released again: no cached release)"  # the same, for a period's statistics
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ def release_key(config_yaml: str, server_round: int, period: int | None, model_i
 
 
 class ReleaseCache:
-    """The latest release of one site, in ``site-<id>.release.safetensors`` beside its ledger.
+    """The latest release of one site, in ``site-<id>.<name>.safetensors`` beside its ledger:
+    ``release`` for training rounds, ``statistics`` for the monitoring statistics.
 
     >>> import tempfile
     >>> cache = ReleaseCache(Path(tempfile.mkdtemp()), 0)
@@ -67,8 +69,8 @@ class ReleaseCache:
     ({'num-examples': 8}, [1.0, 1.0], None)
     """
 
-    def __init__(self, folder: Path, site: int) -> None:
-        self.path = Path(folder) / f"site-{site}.release.safetensors"
+    def __init__(self, folder: Path, site: int, name: str = "release") -> None:
+        self.path = Path(folder) / f"site-{site}.{name}.safetensors"
 
     def get(self, key: str) -> Release | None:
         """The release made for ``key``, or None. A damaged file is set aside, not used."""

@@ -1,7 +1,9 @@
 """The server's view of the sites' privacy spending, from what their train replies report.
 
 Each site's ledger is the record (it lives at the site); a DP-SGD site's train reply says what
-it ran (σ, sample rate, steps), what the round cost it and its cumulative ε. The server keeps
+it ran (σ, sample rate, steps), what the round cost it and its cumulative ε, and so does its
+reply with a period's noisy monitoring statistics (one Gaussian release, recorded in the same
+ledger). The server keeps
 the latest ε per site, writes every report to ``privacy.csv`` in the run folder (ε over time)
 and, for each model version, what it cost each site: the rise of the site's cumulative ε since
 the previous version.
@@ -35,6 +37,8 @@ import pandas as pd
 from fedretrain.privacy.rdp import SampledGaussian, epsilon
 from fedretrain.run_logs import cut_csv, from_row, write_rows
 
+TRAINING, STATISTICS = "training", "statistics"  # what a site released, in privacy.csv
+
 
 @dataclass(frozen=True)
 class EpsilonReport:
@@ -62,6 +66,7 @@ class EpsilonRow:
     noise_multiplier: float = math.nan
     sample_rate: float = math.nan
     steps: int = 0
+    release: str = TRAINING  # or STATISTICS: a period's monitoring statistics
 
     @property
     def mechanism(self) -> SampledGaussian | None:
@@ -78,18 +83,32 @@ class EpsilonTracker:
         self.delta = delta
         self.latest: dict[int, float] = {}
         self.rows: list[EpsilonRow] = []
+        self._released: set[tuple[int, int | None]] = set()  # (site, period) of statistics
         if path is not None and not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("w", newline="") as handle:
                 csv.writer(handle).writerow([f.name for f in fields(EpsilonRow)])
 
     def observe(
-        self, server_round: int, period: int | None, reports: Iterable[EpsilonReport]
+        self,
+        server_round: int,
+        period: int | None,
+        reports: Iterable[EpsilonReport],
+        release: str = TRAINING,
     ) -> None:
-        """Record the reports of one round that passed :meth:`audit`."""
+        """Record the reports of one round (or one period's statistics) that passed
+        :meth:`audit`.
+
+        A period's statistics are released once: a resumed server that asks for them again
+        gets the same release, at no new cost, so a second report of them adds no row (the
+        site's latest ε is still taken).
+        """
         new = []
         for r in reports:
-            row = EpsilonRow(server_round, period, r.site, r.spent, r.epsilon)
+            if release == STATISTICS and self.released(r.site, period):
+                self.latest[r.site] = r.epsilon
+                continue
+            row = EpsilonRow(server_round, period, r.site, r.spent, r.epsilon, release=release)
             if r.ran is not None:
                 ran = r.ran
                 row = replace(
@@ -101,6 +120,8 @@ class EpsilonTracker:
             new.append(row)
         for row in new:
             self.latest[row.site] = row.epsilon
+            if row.release == STATISTICS:
+                self._released.add((row.site, row.period))
         self.rows += new
         if self.path is not None and new:
             with self.path.open("a", newline="") as handle:
@@ -120,6 +141,7 @@ class EpsilonTracker:
         self.latest = {}
         for row in self.rows:
             self.latest[row.site] = row.epsilon
+        self._released = {(r.site, r.period) for r in self.rows if r.release == STATISTICS}
 
     def account(self, site: int, then: SampledGaussian | None = None) -> float:
         """ε at the run's δ of what ``site`` ran in this run (and ``then``, a round not yet
@@ -127,11 +149,15 @@ class EpsilonTracker:
         ran = [m for r in self.rows if r.site == site and (m := r.mechanism)]
         return epsilon([*ran, then] if then is not None else ran, self.delta)
 
-    def audit(self, report: EpsilonReport, asked: SampledGaussian | None) -> str | None:
+    def audit(
+        self, report: EpsilonReport, asked: SampledGaussian | None, adds: bool = True
+    ) -> str | None:
         """Why a site's report must be rejected, or None.
 
         ``asked`` is what the server's instruction makes a site with ``report.examples``
         training examples run (:func:`fedretrain.privacy.plan_training`); None: not checked.
+        ``adds``: false for a release the server already holds (:meth:`released`), which
+        the site sends again at no new cost.
         """
         if asked is not None:
             if report.ran is None:
@@ -147,13 +173,17 @@ class EpsilonTracker:
                     f"{report.ran.sample_rate:.6g}, {report.ran.steps} steps; it was asked for "
                     f"σ={asked.noise_multiplier:g}, {asked.sample_rate:.6g}, {asked.steps} steps"
                 )
-        floor = self.account(report.site, report.ran)
+        floor = self.account(report.site, report.ran if adds else None)
         if report.epsilon < floor * (1 - 1e-9) - 1e-12:
             return (
                 f"site {report.site} reports a cumulative ε of {report.epsilon:.6g}, below the "
                 f"{floor:.6g} this run alone cost it: its ledger was reset, edited or lost"
             )
         return None
+
+    def released(self, site: int, period: int | None) -> bool:
+        """Whether ``site``'s statistics of ``period`` are in the account already."""
+        return (site, period) in self._released
 
     def mark(self) -> dict[int, float]:
         """The sites' cumulative ε now, to measure a later version's cost against."""

@@ -31,7 +31,7 @@ from fedretrain.checkpoint import CheckpointStore, Plateau, RunState
 from fedretrain.config import RunConfig
 from fedretrain.errors import FederationError
 from fedretrain.monitor.base import Seed
-from fedretrain.monitor.private import stats_epsilon
+from fedretrain.monitor.private import statistics_privacy, stats_epsilon
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats
 from fedretrain.privacy.tracking import EpsilonTracker
 from fedretrain.registry import Registry
@@ -181,6 +181,7 @@ class Controller:
         privacy = {"privacy": self.epsilon.summary()} if self.epsilon is not None else {}
         extra = {**facts, **privacy, **self.summary_extras()}
         if self.fixed_rounds is None:
+            extra["statistics_privacy"] = statistics_privacy(self.cfg.privacy)
             stats_eps = stats_epsilon(self.cfg.privacy, self.cfg.scenario.num_periods)
             if stats_eps is not None:
                 extra["stats_epsilon"] = stats_eps

@@ -126,13 +126,26 @@ def test_each_version_of_a_drift_run_records_what_it_cost_each_site(
     for version in trained:
         spent = version["epsilon"]
         assert set(spent) == {str(s) for s in range(SITES)} and all(v > 0 for v in spent.values())
-    # The initial version cost each site what its ledger had after the initial rounds.
+    # Each site's one ledger holds its training rounds and each period's noisy statistics
+    # (issue 18, item 4), and its ε is their composition by an independent accountant.
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["statistics_privacy"].endswith("in each site's ε")
+    assert "stats_epsilon" not in summary
     initial_rounds = int(pd.read_csv(out / "timeline.csv")["rounds"].iloc[0])
     for site in range(SITES):
-        history = PrivacyLedger.load(out / "privacy" / f"site-{site}.json").epsilon_history(DELTA)
-        assert len(history) >= initial_rounds
+        ledger = PrivacyLedger.load(out / "privacy" / f"site-{site}.json")
+        kinds = [e.tag.split(" request ")[0] for e in ledger.entries]
+        assert [k for k in kinds if "statistics" in k] == [
+            f"period {p} statistics" for p in range(3)
+        ]
+        assert kinds[0] == "period 0 statistics" and kinds[1].startswith("round 1")
+        oracle = dp_accounting_epsilon([e.mechanism for e in ledger.entries], DELTA)
+        assert summary["privacy"]["epsilon_by_site"][str(site)] == pytest.approx(oracle, rel=0.02)
+        # The initial version cost each site what its initial rounds added to period 0's
+        # statistics (the statistics are not the model's cost).
+        history = ledger.epsilon_history(DELTA)
         cost = versions[0]["epsilon"][str(site)]
-        assert cost == pytest.approx(history[initial_rounds - 1][1], rel=1e-9)
+        assert cost == pytest.approx(history[initial_rounds][1] - history[0][1], rel=1e-9)
     timeline = pd.read_csv(out / "timeline.csv")
     assert timeline["max_epsilon"].is_monotonic_increasing
     assert timeline["max_epsilon"].iloc[-1] == pytest.approx(

@@ -195,7 +195,6 @@ def config_problems(**kwargs: object) -> list[str]:
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
-        ({"stats_noise_multiplier": 2.0}, "privacy.stats_noise_multiplier=2.0 needs privacy."),
         (
             {"stats_noise_multiplier": 0.0, "stats_feature_bound": 1.0},
             "privacy.stats_noise_multiplier=0.0: must be a positive number (e.g. 2.0), or null",
