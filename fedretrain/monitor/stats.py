@@ -132,7 +132,11 @@ class WindowStats:
 
     @property
     def accuracy(self) -> float:
-        return float(np.trace(self.confusion) / self.labelled) if self.labelled else float("nan")
+        """Correct over labelled, within [0, 1]: noisy counts (private statistics) can put
+        the ratio a little outside it; NaN without labels."""
+        if self.labelled <= 0:
+            return float("nan")
+        return float(np.clip(np.trace(self.confusion) / self.labelled, 0.0, 1.0))
 
     @property
     def mean_loss(self) -> float:

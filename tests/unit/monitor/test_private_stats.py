@@ -370,3 +370,13 @@ class BlindDetector(HistogramDrift):
 
     def __init__(self, arl: float, reference_periods: int = 3) -> None:
         super().__init__(arl, reference_periods)
+
+
+def test_accuracy_from_noisy_counts_stays_an_accuracy() -> None:
+    # A near-perfect window after noise: 10.4 correct of 10 labelled (helper run of issue 18,
+    # item 4: the timeline showed 1.002 and 1.005).
+    arrays = WindowStats.zeros(FEATURES, BINS, CLASSES).to_arrays()
+    arrays["confusion"] = np.diag([10.4, 0.0, 0.0]) + np.eye(CLASSES, k=1) * 0.1
+    assert WindowStats.from_arrays(arrays).accuracy == 1.0
+    arrays["confusion"] = np.diag([-0.3, 0.2, -0.9])  # labelled <= 0
+    assert math.isnan(WindowStats.from_arrays(arrays).accuracy)
