@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from fedretrain.atomic import atomic_replace
@@ -119,39 +120,7 @@ class CheckpointStore:
                 path.unlink(missing_ok=True)
 
     def load(self) -> tuple[RunState, dict[str, Arrays]]:
-        path = self.folder / STATE_FILE
-        try:
-            record = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{path} does not exist: nothing to resume") from None
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{path} is not valid JSON ({err})") from None
-        if record.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a fedretrain checkpoint")
-        if record.get("version", 0) > VERSION:
-            raise CheckpointError(
-                f"{path} was written by a newer fedretrain (checkpoint version "
-                f"{record['version']} > {VERSION}); upgrade fedretrain to resume it"
-            )
-        raw = record["state"]
-        plateau = raw.pop("plateau")
-        if "release" in raw:
-            release = ReleaseState.from_dict(raw.pop("release"))
-        else:  # format 1
-            release = ReleaseState.from_dict(
-                {"canary": raw.pop("canary"), "watch": raw.pop("watch")}
-            )
-            raw["keep_reference_on_reject"] = False
-        state = RunState(
-            **raw, release=release, plateau=None if plateau is None else Plateau(**plateau)
-        )
-        arrays = {}
-        for name, file in record["arrays"].items():
-            try:
-                arrays[name] = load_file(self.folder / file)
-            except (FileNotFoundError, OSError) as err:
-                raise CheckpointError(f"checkpoint file {self.folder / file}: {err}") from None
-        return state, arrays
+        return read_checkpoint(self.folder)
 
     def save_stats(self, stats: PeriodStats) -> None:
         """Keep a period's statistics (every site's) for replay on resume."""
@@ -197,6 +166,48 @@ class CheckpointStore:
 
     def _seed_path(self, period: int) -> Path:
         return self.folder / "stats" / f"p{period}.seed.json"
+
+
+def read_checkpoint(folder: Path) -> tuple[RunState, dict[str, Arrays]]:
+    """The checkpoint in ``folder`` (written by :meth:`CheckpointStore.save`), read without
+    creating or changing anything; a :class:`CheckpointError` naming what is wrong."""
+    path = folder / STATE_FILE
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist: nothing to resume") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a fedretrain checkpoint")
+    version = record.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer fedretrain (checkpoint version {version!r} > "
+            f"{VERSION}); upgrade fedretrain to resume it"
+        )
+    try:
+        state = _state(dict(record["state"]))
+        files = dict(record["arrays"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path} is damaged: {err!r}; it is left as it is") from None
+    arrays = {}
+    for name, file in files.items():
+        try:
+            arrays[name] = load_file(folder / file)
+        except (FileNotFoundError, OSError, SafetensorError) as err:
+            raise CheckpointError(f"checkpoint file {folder / file}: {err}") from None
+    return state, arrays
+
+
+def _state(raw: dict[str, Any]) -> RunState:
+    plateau = raw.pop("plateau")
+    if "release" in raw:
+        release = ReleaseState.from_dict(raw.pop("release"))
+    else:  # format 1
+        release = ReleaseState.from_dict({"canary": raw.pop("canary"), "watch": raw.pop("watch")})
+        raw["keep_reference_on_reject"] = False
+    return RunState(**raw, release=release, plateau=None if plateau is None else Plateau(**plateau))
 
 
 def _json_default(value: Any) -> Any:

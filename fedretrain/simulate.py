@@ -91,7 +91,8 @@ def resume(run_dir: Path) -> int:
     from fedretrain.retraining.resume import check_resumable
 
     try:  # before Ray starts and any site trains (a DP site pays for every round)
-        check_resumable(run_dir)
+        ledgers = run.privacy.ledger_dir
+        check_resumable(run_dir, Path(ledgers) if ledgers else None)
     except FederationError as err:
         print(f"fedretrain resume: {err}", file=sys.stderr)
         return 2

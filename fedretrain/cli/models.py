@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from fedretrain.registry import (
     REGISTRY_FILE,
     ModelFileError,
     ModelVersion,
+    NotARunFolderError,
     Registry,
+    RegistryError,
     model_file,
 )
 from fedretrain.registry import diff as model_diff
@@ -196,10 +199,29 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    with Registry(args.run_dir) as registry:
-        problems = registry.check_invariants()
-        count = len(registry.versions())
-        champion = registry.champion()
+    """The registry's invariants and model files; for a registry that cannot be opened, what
+    the folder still holds (:func:`fedretrain.cli.recovery.salvage`). Reads, never writes."""
+    run_dir = Path(args.run_dir)
+    try:
+        with Registry(run_dir) as registry:
+            problems = registry.check_invariants()
+            count = len(registry.versions())
+            champion = registry.champion()
+    except NotARunFolderError:
+        raise
+    except (RegistryError, sqlite3.DatabaseError) as err:
+        from fedretrain.cli.recovery import salvage
+
+        print(f"problem: the registry cannot be opened, and was left as it is: {err}")
+        print("what the folder still holds:")
+        for line in salvage(run_dir):
+            print(f"  {line}")
+        print(
+            f"way out: restore {REGISTRY_FILE} (with its -wal file) from a backup; the model "
+            "files above are whole safetensors models (safetensors.numpy.load_file), the "
+            "checkpoint and timeline say which one served last"
+        )
+        return 1
     if problems:
         for problem in problems:
             print(f"problem: {problem}")

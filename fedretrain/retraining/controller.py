@@ -133,7 +133,8 @@ class Controller:
         self.num_periods = 1 if fixed_rounds is not None else cfg.scenario.num_periods
         self.timeline = Timeline(run_dir, self.num_periods, out)
         if resume:
-            resume_run.check_resumable(run_dir)  # before anything is written or asked
+            ledgers = Path(cfg.privacy.ledger_dir) if cfg.privacy.ledger_dir else None
+            resume_run.check_resumable(run_dir, ledgers)  # before anything is written or asked
         self.registry = Registry(run_dir, create=not resume)
         self.lifecycle = Lifecycle(self.registry, cfg.release, cfg.runtime.seed)
         self.checkpoints = CheckpointStore(run_dir / "checkpoint")

@@ -13,10 +13,17 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedretrain.checkpoint import CheckpointStore, RunState
+from fedretrain.checkpoint import (
+    STATE_FILE,
+    CheckpointError,
+    CheckpointStore,
+    RunState,
+    read_checkpoint,
+)
 from fedretrain.errors import FederationError
 from fedretrain.monitor.base import Seed
 from fedretrain.monitor.stats import PeriodStats
+from fedretrain.privacy.ledger import LedgerFormatError, PrivacyLedger
 from fedretrain.privacy.tracking import EpsilonTracker
 from fedretrain.registry import Registry, RegistryError
 from fedretrain.report import RunReport
@@ -27,30 +34,46 @@ from fedretrain.timeline import PeriodRow, Timeline
 from fedretrain.validation import Rejection
 
 
-def damage(run_dir: Path) -> list[str]:
+def damage(run_dir: Path, ledger_dir: Path | None = None) -> list[str]:
     """What keeps the run in ``run_dir`` from resuming safely, in words; empty if nothing.
 
-    Checked before any site is asked to do anything (a DP site pays for every round): the
-    registry opens as it is, without being created or repaired, and every version's model file
-    matches its sha256. A damaged registry is left exactly as found, for a recovery tool.
+    Checked before any site is asked to do anything (a DP site pays for every round), and
+    without creating, repairing or writing anything: the registry opens as it is and every
+    version's model file matches its sha256; the checkpoint reads (format, version, its
+    arrays); every privacy ledger in the run folder (and in ``ledger_dir``, the config's
+    ``privacy.ledger_dir``) passes its checksum and consistency checks. A damaged file is left
+    exactly as found, for a recovery tool.
     """
+    problems = []
     try:
         with Registry(run_dir) as registry:
-            problems = registry.check_invariants()
+            problems += [f"registry: {p}" for p in registry.check_invariants()]
     except (RegistryError, sqlite3.DatabaseError) as err:
-        return [f"the registry cannot be read: {err}"]
-    return [f"registry: {p}" for p in problems]
+        problems.append(f"the registry cannot be read: {err}")
+    if (run_dir / "checkpoint" / STATE_FILE).exists():
+        try:
+            read_checkpoint(run_dir / "checkpoint")
+        except CheckpointError as err:
+            problems.append(f"checkpoint: {err}")
+    folders = {run_dir / "privacy", *([ledger_dir] if ledger_dir is not None else [])}
+    for folder in sorted(folders):
+        for path in sorted(folder.glob("site-*.json")):
+            try:
+                PrivacyLedger.load(path)
+            except LedgerFormatError as err:
+                problems.append(f"privacy ledger: {err}")
+    return problems
 
 
-def check_resumable(run_dir: Path) -> None:
+def check_resumable(run_dir: Path, ledger_dir: Path | None = None) -> None:
     """Raise :class:`FederationError` naming every problem :func:`damage` finds."""
-    problems = damage(run_dir)
+    problems = damage(run_dir, ledger_dir)
     if problems:
         raise FederationError(
             f"{run_dir} cannot be resumed, and nothing was changed: "
             + "; ".join(problems)
-            + f". `fedretrain models check {run_dir}` lists the registry's problems; restore "
-            "the damaged files from a backup, or start a new run"
+            + f". `fedretrain models check {run_dir}` says what the registry still holds; "
+            "restore the damaged files from a backup, or start a new run"
         )
 
 

@@ -217,6 +217,26 @@ def test_check_reports_a_corrupt_file_with_exit_1(run_dir: Path) -> None:
     assert bad.stdout.startswith(f"problem: model file {path} of v2 is corrupt")
 
 
+def test_check_of_a_registry_that_cannot_open_says_what_the_folder_still_holds(
+    run_dir: Path,
+) -> None:
+    # Issue 18, item 3: cut short with its write-ahead log lost; check reads, never writes.
+    registry = run_dir / "registry.sqlite"
+    for side in ("registry.sqlite-wal", "registry.sqlite-shm"):
+        (run_dir / side).unlink(missing_ok=True)
+    registry.write_bytes(registry.read_bytes()[:100])
+    before = sorted(p.name for p in run_dir.iterdir()), registry.read_bytes()
+    result = fedretrain("models", "check", run_dir)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("problem: the registry cannot be opened, and was left as it is")
+    assert any(ln.strip().startswith("registry versions: none readable") for ln in lines)
+    assert any("v1.safetensors: key p0-initial, 2 arrays" in ln for ln in lines)
+    assert any("v2.safetensors: key" in ln for ln in lines)
+    assert lines[-1].startswith("way out: restore registry.sqlite")
+    assert (sorted(p.name for p in run_dir.iterdir()), registry.read_bytes()) == before
+
+
 # ---------------------------------------------------------------------- errors
 
 

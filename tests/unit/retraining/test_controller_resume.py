@@ -17,6 +17,7 @@ from conftest import Crash, FakeFederation, MakeController, champion, events, ve
 
 from fedretrain.errors import FederationError
 from fedretrain.monitor.binomial_error import BinomialErrorTest
+from fedretrain.privacy import PrivacyLedger, SampledGaussian
 
 SITES = 10
 # A shift, a return and a split: reinit, warm, canary, promotion, watch, rollback and a gate
@@ -162,6 +163,30 @@ def test_a_registry_cut_short_is_left_as_it_was(
     with pytest.raises(FederationError, match="the registry cannot be read"):
         make_controller(CONCEPTS, run_dir=run_dir, resume=True)
     assert registry.read_bytes() == before
+
+
+def test_a_damaged_ledger_or_checkpoint_stops_the_resume_before_any_site_is_asked(
+    make_controller: MakeController, tmp_path: Path
+) -> None:
+    # Issue 18, item 3: every check before any request, and nothing written.
+    run_dir = tmp_path / "run"
+    _crashed_run(make_controller, run_dir)
+    ledger = PrivacyLedger.open(run_dir / "privacy" / "site-3.json", 3)
+    ledger.record("round 1", SampledGaussian(1.0, 0.05, 20), 1e-5)
+    ledger_text = ledger.path.read_text()  # type: ignore[union-attr]
+    ledger.path.write_text(ledger_text.replace('"steps": 20', '"steps": 2'))  # type: ignore[union-attr]
+    state = run_dir / "checkpoint" / "state.json"
+    state.write_text(state.read_text().replace('"version": 2', '"version": 99', 1))
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    federation = FakeFederation(CONCEPTS, step=0.1)
+    with pytest.raises(FederationError) as info:
+        make_controller(CONCEPTS, run_dir=run_dir, resume=True, federation=federation)
+    message = str(info.value)
+    assert "cannot be resumed, and nothing was changed" in message
+    assert "privacy ledger:" in message and "site-3.json" in message and "checksum" in message
+    assert "checkpoint:" in message and "newer fedretrain" in message
+    assert federation.calls == []
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize(
