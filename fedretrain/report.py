@@ -240,6 +240,8 @@ def shown(value: object) -> str:
     '0: 7.9700, 1: 8.5000'
     >>> shown({str(s): 7.0 + s / 10 for s in range(10)})
     '7.0000 (site 0) to 7.9000 (site 9), 10 sites'
+    >>> shown({str(s): 43.06 for s in range(10)})
+    '43.0600 at each of 10 sites'
     >>> shown({"delta": 1e-05, "epsilon_by_site": {"0": 7.97, "1": 8.5}, "max_epsilon": 8.5})
     'delta 1e-05 | epsilon_by_site 0: 7.9700, 1: 8.5000 | max_epsilon 8.5000'
     """
@@ -251,6 +253,8 @@ def shown(value: object) -> str:
     if numbers and len(value) > 4:
         low = min(value, key=lambda k: value[k])
         high = max(value, key=lambda k: value[k])
+        if value[low] == value[high]:
+            return f"{shown(float(value[low]))} at each of {len(value)} sites"
         return (
             f"{shown(float(value[low]))} (site {low}) to {shown(float(value[high]))} "
             f"(site {high}), {len(value)} sites"

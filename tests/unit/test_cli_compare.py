@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedretrain import cli, compare
@@ -66,3 +70,55 @@ def test_arguments_reach_compare_unchanged(
 def test_compare_is_listed_in_the_top_level_help(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = exit_of(cli.main, ["--help"], capsys)
     assert code == 0 and "compare" in out
+
+
+# ------------------------------------------------------------------ running the children
+
+FAKE_CHILD = """
+import json, sys, time
+from pathlib import Path
+policy, seed, run_dir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+print(f"period 0 of {policy}", flush=True)
+if policy == "never" and seed == 1:
+    sys.exit("boom: this run fails")
+accuracy = {"never": 0.5, "periodic": 0.7}[policy] + seed / 100
+run_dir.mkdir(parents=True, exist_ok=True)
+(run_dir / "summary.json").write_text(json.dumps(
+    {"mean_prequential_accuracy": accuracy, "retrains": seed, "detection_delays": [seed]}))
+print("done", flush=True)
+"""
+
+
+@pytest.fixture
+def fake_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Children that print as a simulation does and write a summary, in a blink (real
+    processes, not Ray)."""
+
+    def command(job: compare.Job, overrides: Sequence[str]) -> list[str]:
+        return [sys.executable, "-c", FAKE_CHILD, job.policy, str(job.seed), str(job.run_dir)]
+
+    monkeypatch.setattr(compare, "command", command)
+
+
+def test_seeds_give_each_policy_its_mean_and_spread_and_a_failure_is_reported(
+    fake_children: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["scenario=sine_flip", "--policies", "never,periodic", "--seeds", "0,1,2"]
+    with pytest.raises(SystemExit) as exited:
+        compare.main([*argv, "--jobs", "2", "--out", str(tmp_path)])
+    assert exited.value.code == 1  # one run failed; the others are tabled
+    out, err = capsys.readouterr()
+    assert "[periodic seed=2] period 0 of periodic" in out  # each line, labelled by its run
+    assert "never seed=1 failed (exit 1)" in err and "boom: this run fails" in err
+    record = json.loads((tmp_path / "comparison.json").read_text())
+    never, periodic = record["rows"]
+    assert periodic["mean_prequential_accuracy"] == pytest.approx(np.mean([0.7, 0.71, 0.72]))
+    assert periodic["mean_prequential_accuracy_sd"] == pytest.approx(
+        np.std([0.7, 0.71, 0.72], ddof=1)
+    )
+    assert never["mean_prequential_accuracy"] == pytest.approx(np.mean([0.5, 0.52]))
+    assert never["failed"] == "1 of 3 runs" and never["seeds"] == [0, 2]
+    assert "0.7100 ± 0.0100" in record["table"]
+    assert (tmp_path / "periodic" / "seed-2" / "compare.log").read_text().endswith("done\n")
+    assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert record["complete"] is True  # every run ended, one of them failing
