@@ -284,6 +284,48 @@ class ReleaseConfig:
         )
 
 
+class TrackingBackend(str, Enum):
+    none = "none"
+    mlflow = "mlflow"  # pip install 'fedretrain[mlflow]' (mlflow-skinny)
+
+
+@dataclass
+class TrackingConfig:
+    """Where a run is also recorded for experiment tracking (:mod:`fedretrain.tracking`).
+
+    With ``backend=mlflow`` each run is one MLflow run in ``experiment``: the config as
+    params, every round's and period's numbers as metrics with their step, the run folder's
+    tables, plots and summary as artifacts, and each registry version as a version of the
+    registered model ``model_name`` (null: ``fedretrain-<task.name>``) with the aliases
+    ``champion`` and ``challenger`` and its lineage as tags. ``uri`` null takes
+    ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the folder the run was started
+    from. The run folder stays the record: a tracking failure is one warning, and the run goes
+    on.
+    """
+
+    backend: TrackingBackend = TrackingBackend.none
+    uri: str | None = None
+    experiment: str = "fedretrain"
+    model_name: str | None = None
+    register_models: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backend, TrackingBackend):
+            try:
+                self.backend = TrackingBackend(self.backend)
+            except ValueError:
+                valid = [b.value for b in TrackingBackend]
+                raise ConfigError(
+                    [f"tracking.backend={self.backend!r}: must be one of {valid}"]
+                ) from None
+        raise_failed(
+            (
+                bool(self.experiment),
+                "tracking.experiment: must name an experiment, e.g. fedretrain",
+            ),
+        )
+
+
 @dataclass
 class RunConfig:
     """The root of the composed config."""
@@ -301,6 +343,7 @@ class RunConfig:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def register_schema() -> None:
@@ -390,6 +433,7 @@ GROUPS = (
     "retrain",
     "privacy",
     "release",
+    "tracking",
 )
 
 

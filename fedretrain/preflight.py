@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,7 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
     """
     typed, problems = typed_groups(cfg)
     problems += target_problems(cfg)
+    problems += tracking_problems(cfg)
     problems += cross_checks(cfg, typed)
     if problems:
         raise ConfigError(problems)
@@ -51,6 +53,16 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
     if problems:
         raise ConfigError(problems)
     return assemble(cfg, typed)
+
+
+def tracking_problems(cfg: DictConfig) -> list[str]:
+    """A tracking backend that is not installed where the run starts (sites never need it)."""
+    if cfg.tracking.backend == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        return [
+            "tracking=mlflow needs MLflow where the run starts: pip install "
+            "'fedretrain[mlflow]' (mlflow-skinny), or tracking=none"
+        ]
+    return []
 
 
 def target_problems(cfg: DictConfig) -> list[str]:

@@ -43,6 +43,7 @@ from fedretrain.report import RunReport
 from fedretrain.retraining.controller import Controller
 from fedretrain.retraining.drift_watch import DriftWatch
 from fedretrain.site import TaskModels, build_pool
+from fedretrain.tracking import build_tracker
 
 app = ServerApp()
 
@@ -173,5 +174,6 @@ def run(
         fixed_rounds=cfg.runtime.num_rounds if static else None,
         out=out,
         resume=resume,
+        tracker=build_tracker(cfg, run_dir, config_yaml),
     )
     return controller.run()

@@ -52,6 +52,7 @@ from fedretrain.retraining.port import (
 from fedretrain.retraining.reuse import former_champion
 from fedretrain.retraining.summary import period_row, run_facts
 from fedretrain.timeline import PeriodRow, Timeline
+from fedretrain.tracking import NoTracking, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,12 @@ class Controller:
     fixed_rounds : int or None
         A static run: one period without monitoring statistics and exactly this many rounds,
         the last model kept; ``metrics.csv`` starts with the fresh model's round 0.
+    out : TextIO
+        Where the per-round and per-period lines go.
+    resume : bool
+        Continue from the run folder's last checkpoint.
+    tracker : Tracker or None
+        Experiment tracking (:mod:`fedretrain.tracking`); None: the run folder alone.
     """
 
     def __init__(
@@ -114,8 +121,10 @@ class Controller:
         fixed_rounds: int | None = None,
         out: TextIO = sys.stdout,
         resume: bool = False,
+        tracker: Tracker | None = None,
     ) -> None:
         self.cfg = cfg
+        self.tracker = tracker or NoTracking()
         self.federation = federation
         self.drift = drift
         self.models = models
@@ -190,6 +199,7 @@ class Controller:
             summary = self.timeline.finish(points, extra, self.site_changes)
         else:
             summary = self.report.finish(extra)
+        self.tracker.finish(summary, self.registry)
         self.registry.close()
         return summary
 
@@ -202,7 +212,7 @@ class Controller:
             started = time.perf_counter()
             evaluation = self._evaluate(0, initial)
             seconds = time.perf_counter() - started
-            self.report.add(
+            self._add_round(
                 RoundRow.from_eval(0, evaluation.result, math.nan, 0, evaluation.sites, seconds)
             )
             plateau = Plateau(period=0, action="initial")
@@ -460,7 +470,7 @@ class Controller:
         trained = self.federation.train_round(server_round, weights, period, drifted)
         evaluation = self._evaluate(period, trained.weights)
         seconds = time.perf_counter() - started
-        self.report.add(
+        self._add_round(
             RoundRow.from_eval(
                 server_round,
                 evaluation.result,
@@ -541,6 +551,11 @@ class Controller:
         if self.epsilon is not None:
             row = replace(row, max_epsilon=max(self.epsilon.latest.values(), default=0.0))
         self.timeline.add(row)
+        self.tracker.period(row, self.registry)
+
+    def _add_round(self, row: RoundRow) -> None:
+        self.report.add(row)
+        self.tracker.round(row)
 
 
 def _no_data(stats: PeriodStats) -> bool:

@@ -1,0 +1,294 @@
+"""Experiment tracking: the run, as it goes, recorded in MLflow as well as in its folder.
+
+The run folder stays the record (every table, plot, decision and model is there); a tracker
+mirrors it for the tools people compare runs with. :class:`MlflowTracker` writes one MLflow run
+per fedretrain run: the config as params, each round's and period's numbers as metrics with
+their step (``round/...`` at the server round, ``period/...`` at the period), the folder's
+tables, plots and summary as artifacts at the end, and each registry version as a version of one
+registered model, with the aliases ``champion`` and ``challenger`` (MLflow's stages are
+deprecated) and the lineage as tags.
+
+A resumed run goes on in the same MLflow run (``tracking.json`` in the run folder holds its id
+and the versions mirrored so far). A tracking failure (a server down, a bad URI) is one warning,
+and tracking stops for the rest of the run; the run goes on, and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fedretrain.atomic import atomic_replace
+
+if TYPE_CHECKING:
+    from fedretrain.config import RunConfig
+    from fedretrain.registry import Registry
+    from fedretrain.report import RoundRow
+    from fedretrain.timeline import PeriodRow
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "tracking.json"
+DEFAULT_URI = "sqlite:///mlflow.db"
+ARTIFACTS = (
+    "summary.json",
+    "config.yaml",
+    "metrics.csv",
+    "timeline.csv",
+    "decisions.jsonl",
+    "rejections.csv",
+    "privacy.csv",
+    "metrics.png",
+    "timeline.png",
+    "privacy.png",
+    "simulate.log",
+)
+PARAM_LIMIT = 6000  # MLflow's longest param value
+
+
+class Tracker(Protocol):
+    """What the retraining controller tells a tracker, as the run goes."""
+
+    def round(self, row: RoundRow) -> None: ...
+
+    def period(self, row: PeriodRow, registry: Registry) -> None: ...
+
+    def finish(self, summary: Mapping[str, object], registry: Registry) -> None: ...
+
+
+class NoTracking:
+    """The default: the run folder alone."""
+
+    def round(self, row: RoundRow) -> None:
+        pass
+
+    def period(self, row: PeriodRow, registry: Registry) -> None:
+        pass
+
+    def finish(self, summary: Mapping[str, object], registry: Registry) -> None:
+        pass
+
+
+def build_tracker(cfg: RunConfig, run_dir: Path, config_yaml: str) -> Tracker:
+    """The tracker ``cfg.tracking`` asks for (:class:`NoTracking` for ``backend=none``)."""
+    if cfg.tracking.backend.value == "none":
+        return NoTracking()
+    return MlflowTracker(cfg, run_dir, config_yaml)
+
+
+class MlflowTracker:
+    """One MLflow run for the fedretrain run in ``run_dir`` (see the module's text)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, config_yaml: str) -> None:
+        t = cfg.tracking
+        self.uri = absolute(t.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+        self.model_name = t.model_name or f"fedretrain-{cfg.task.name}"
+        self.register_models = t.register_models
+        self.run_dir = run_dir
+        self.failed = False
+        self.client: Any = None
+        self.run_id = ""
+        self.mirrored: dict[str, str] = {}  # fedretrain version -> MLflow model version
+        # A server that does not answer should cost seconds, not MLflow's minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self._safely(lambda: self._start(cfg, t.experiment, config_yaml))
+
+    # ------------------------------------------------------------------ the Tracker calls
+
+    def round(self, row: RoundRow) -> None:
+        self._safely(lambda: self._metrics("round", asdict(row), int(row.round)))
+
+    def period(self, row: PeriodRow, registry: Registry) -> None:
+        def log_period() -> None:
+            self._metrics("period", asdict(row), int(row.period))
+            self._mirror(registry)
+
+        self._safely(log_period)
+
+    def finish(self, summary: Mapping[str, object], registry: Registry) -> None:
+        def log_end() -> None:
+            numbers = {k: v for k, v in summary.items() if _number(v) is not None}
+            self._metrics("summary", numbers, 0)
+            for name in ARTIFACTS:
+                if (self.run_dir / name).is_file():
+                    self.client.log_artifact(self.run_id, str(self.run_dir / name))
+            self._mirror(registry)
+            self.client.set_terminated(self.run_id)
+
+        self._safely(log_end)
+
+    # ------------------------------------------------------------------ internals
+
+    def _start(self, cfg: RunConfig, experiment: str, config_yaml: str) -> None:
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient  # mlflow-skinny: only when asked for
+
+        self.client = MlflowClient(tracking_uri=self.uri)
+        state = self._state()
+        if state.get("uri") == self.uri and state.get("run_id"):  # a resumed run
+            self.run_id = str(state["run_id"])
+            self.mirrored = {str(k): str(v) for k, v in state.get("versions", {}).items()}
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        tags = {
+            "fedretrain.run_dir": str(self.run_dir.resolve()),
+            "fedretrain.scenario": cfg.scenario.name,
+            "fedretrain.policy": cfg.policy.name,
+            "fedretrain.task": cfg.task.name,
+        }
+        run = self.client.create_run(experiment_id, run_name=self.run_dir.name, tags=tags)
+        self.run_id = run.info.run_id
+        self._save_state()
+        params = [Param(k, v[:PARAM_LIMIT]) for k, v in flat_params(config_yaml).items()]
+        for start in range(0, len(params), 100):  # MLflow takes 100 params per batch
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
+
+    def _metrics(self, prefix: str, values: Mapping[str, object], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(f"{prefix}/{key}", number, now, step)
+            for key, value in values.items()
+            if (number := _number(value)) is not None
+        ]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def _mirror(self, registry: Registry) -> None:
+        """New registry versions as MLflow model versions; the aliases as the registry's."""
+        if not self.register_models:
+            return
+        from mlflow.exceptions import MlflowException
+
+        versions = registry.versions()
+        if not versions:
+            return
+        if not self.mirrored:
+            try:
+                self.client.create_registered_model(
+                    self.model_name, description="fedretrain model versions, mirrored"
+                )
+            except MlflowException as err:
+                if "already exists" not in str(err).lower():
+                    raise
+        run = self.client.get_run(self.run_id)
+        for version in versions:
+            key = str(version.version)
+            if key in self.mirrored:
+                continue
+            path = registry.model_path(version.version)
+            self.client.log_artifact(self.run_id, str(path), artifact_path="models")
+            tags = {
+                "fedretrain.version": key,
+                "fedretrain.parent": "" if version.parent is None else str(version.parent),
+                "fedretrain.trigger": version.trigger,
+                "fedretrain.reason": version.reason[:5000],
+                "fedretrain.period": str(version.period),
+                "fedretrain.rounds": str(version.rounds),
+                "fedretrain.sha256": version.sha256,
+            }
+            created = self.client.create_model_version(
+                self.model_name,
+                source=f"{run.info.artifact_uri}/models/{path.name}",
+                run_id=self.run_id,
+                tags=tags,
+            )
+            self.mirrored[key] = str(created.version)
+            self._save_state()
+        for version in versions:  # statuses change: promoted, rejected, rolled back
+            self.client.set_model_version_tag(
+                self.model_name,
+                self.mirrored[str(version.version)],
+                "fedretrain.status",
+                version.status.value,
+            )
+        aliases = registry.aliases()
+        for ours, theirs in (("champion", "champion"), ("candidate", "challenger")):
+            if ours in aliases:
+                mlflow_version = self.mirrored[str(aliases[ours])]
+                self.client.set_registered_model_alias(self.model_name, theirs, mlflow_version)
+            else:
+                with contextlib.suppress(MlflowException):  # it was never set
+                    self.client.delete_registered_model_alias(self.model_name, theirs)
+
+    def _safely(self, call: Callable[[], None]) -> None:
+        if self.failed:
+            return
+        try:
+            call()
+        except Exception as err:  # a tracking problem must never stop the federation
+            self.failed = True
+            log.warning(
+                "tracking to MLflow at %s failed (%s: %s); the run goes on without it, and "
+                "its folder %s holds everything",
+                self.uri,
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+                self.run_dir,
+            )
+
+    def _state(self) -> dict[str, Any]:
+        path = self.run_dir / STATE_FILE
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def _save_state(self) -> None:
+        text = json.dumps({"uri": self.uri, "run_id": self.run_id, "versions": self.mirrored})
+        atomic_replace(self.run_dir / STATE_FILE, lambda tmp: tmp.write_text(text))
+
+
+def absolute(uri: str) -> str:
+    """A relative SQLite store made absolute, so that a resume from another folder finds it.
+
+    >>> absolute("sqlite:////data/mlflow.db"), absolute("http://mlflow:5000")
+    ('sqlite:////data/mlflow.db', 'http://mlflow:5000')
+    >>> absolute("sqlite:///mlflow.db") == "sqlite:///" + str(Path("mlflow.db").resolve())
+    True
+    """
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def flat_params(config_yaml: str) -> dict[str, str]:
+    """The run's config as MLflow params: dotted keys, values as text.
+
+    >>> flat_params("train:\\n  lr: 0.1\\n  optimizer: sgd\\nmonitor:\\n  detectors: [a, b]\\n")
+    {'train.lr': '0.1', 'train.optimizer': 'sgd', 'monitor.detectors': "['a', 'b']"}
+    """
+    import yaml
+
+    out: dict[str, str] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            out[prefix] = str(node)
+
+    walk(yaml.safe_load(config_yaml), "")
+    return out
+
+
+def _number(value: object) -> float | None:
+    """A finite number to log, or None (text, lists, NaN and bools are left out)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
