@@ -132,6 +132,7 @@ class MlflowTracker:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient  # mlflow-skinny: only when asked for
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its schema migrations
         self.client = MlflowClient(tracking_uri=self.uri)
         state = self._state()
         if state.get("uri") == self.uri and state.get("run_id"):  # a resumed run
