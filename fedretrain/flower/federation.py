@@ -58,6 +58,8 @@ from fedretrain.validation import AUDIT_PHASE, Rejection, eval_problem
 
 log = logging.getLogger(__name__)
 
+NO_MONITOR = "No query function registered with name 'monitor'"  # Flower's error, verbatim
+
 
 class FlowerFederation:
     """The :class:`~fedretrain.retraining.port.Federation` of the sites on ``grid``.
@@ -221,6 +223,11 @@ class FlowerFederation:
             reason, cost, phase = None, None, f"monitor p{period}"
             if reply.has_error():
                 reason = f"site failed: {error_summary(reply.error.reason)}"
+                if NO_MONITOR in reply.error.reason:  # an older or foreign ClientApp
+                    reason = (
+                        "the site's ClientApp has no monitor handler (an older or foreign app): "
+                        "it still trains and evaluates, and is left out of drift detection"
+                    )
             else:
                 try:
                     stats = stats_from_record(reply.content.array_records["stats"])

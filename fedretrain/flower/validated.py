@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
@@ -42,6 +43,8 @@ from fedretrain.validation import (
 )
 
 log = logging.getLogger(__name__)
+
+TRAIN_KEYS = ("num-examples", "train-loss")  # what every train reply must say
 
 
 @dataclass
@@ -125,7 +128,7 @@ class ValidatedStrategy(Strategy):
             candidates = self._nonzero(server_round, candidates)
         bound = round_norm_bound([c.norm for c in candidates], self.rules)
         accepted: list[Message] = []
-        metric_keys: set[str] | None = None
+        metric_keys = _common_keys(c.metrics for c in candidates)
         for c in candidates:
             n = c.metrics.get("num-examples")
             drifted = c.metrics.get(SITE_ID_KEY) in self.drifted
@@ -140,8 +143,6 @@ class ValidatedStrategy(Strategy):
                     c.norm,
                     bound,
                 )
-            keys = set(c.metrics)
-            metric_keys = keys if metric_keys is None else metric_keys
             reason = checked.reason or _metric_problem(c.metrics, metric_keys)
             if reason is not None:
                 self._reject(server_round, "train", c.reply, reason)
@@ -202,8 +203,19 @@ class ValidatedStrategy(Strategy):
             return None
         arrays = {k: v.numpy() for k, v in next(iter(content.array_records.values())).items()}
         metrics = next(iter(content.metric_records.values()))
-        reason = structure_problem(self._reference, arrays) or num_examples_problem(
-            metrics.get("num-examples"), self.rules.max_num_examples
+        missing = [k for k in TRAIN_KEYS if k not in metrics]
+        reason = (
+            (
+                f"the reply lacks {', '.join(missing)}: a site must run fedretrain's ClientApp "
+                "(clients.app), whose replies say what the server sums"
+            )
+            if missing
+            else None
+        )
+        reason = (
+            reason
+            or structure_problem(self._reference, arrays)
+            or num_examples_problem(metrics.get("num-examples"), self.rules.max_num_examples)
         )
         if reason is not None:
             self._reject(server_round, "train", reply, reason)
@@ -246,6 +258,21 @@ def wait_for_nodes(grid: Grid, needed: int, timeout_s: float) -> list[int]:
             )
         time.sleep(0.2)
     return nodes
+
+
+def _common_keys(records: Iterable[MetricRecord]) -> set[str]:
+    """The metric keys most replies of a round share (ties: the first in sorted order), the
+    ones every reply must have: not whichever reply happened to come first.
+
+    >>> sorted(_common_keys([MetricRecord({"a": 1}), MetricRecord({"a": 1, "b": 2}),
+    ...                      MetricRecord({"b": 2, "a": 1})]))
+    ['a', 'b']
+    """
+    counts = Counter(frozenset(r) for r in records)
+    if not counts:
+        return set()
+    top = max(counts.values())
+    return set(min((sorted(k) for k, n in counts.items() if n == top)))
 
 
 def _metric_problem(metrics: MetricRecord, expected_keys: set[str]) -> str | None:

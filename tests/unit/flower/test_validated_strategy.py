@@ -267,3 +267,22 @@ def test_a_drifted_site_s_large_update_is_clipped_not_rejected() -> None:
     for key in GLOBAL:  # FedAvg of equal weights: the mean of the clipped updates
         expected = np.mean([u[key] for u in clipped], axis=0)
         np.testing.assert_allclose(result[key].numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_stock_reply_first_in_the_round_does_not_set_the_metric_keys() -> None:
+    # Issue 18, item 2: the first reply's keys were the round's reference, so one stock
+    # Flower site (train_loss, num-examples) got every fedretrain site rejected.
+    strategy, log = _wrapped(FedAvg(min_available_nodes=1), UpdateRules(), Quorum(0.1, 1))
+    updates = _honest(3)
+    _as_site(9)
+    stock_metrics = MetricRecord({"num-examples": 10, "train_loss": 0.5})
+    stock = Message(
+        content=RecordDict({"arrays": _record(updates[0]), "metrics": stock_metrics}),
+        dst_node_id=9,
+        message_type=MessageType.TRAIN,
+    )
+    ours = [_reply(node, update) for node, update in zip((1, 2), updates[1:], strict=True)]
+    arrays, _ = strategy.aggregate_train(1, [stock, *ours])
+    assert arrays is not None
+    [rejection] = log
+    assert rejection.node_id == 9 and rejection.reason.startswith("the reply lacks train-loss")
