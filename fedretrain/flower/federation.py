@@ -223,7 +223,7 @@ class FlowerFederation:
             reason, cost, phase = None, None, f"monitor p{period}"
             if reply.has_error():
                 reason = f"site failed: {error_summary(reply.error.reason)}"
-                if NO_MONITOR in reply.error.reason:  # an older or foreign ClientApp
+                if NO_MONITOR in (reply.error.reason or ""):  # an older or foreign ClientApp
                     reason = (
                         "the site's ClientApp has no monitor handler (an older or foreign app): "
                         "it still trains and evaluates, and is left out of drift detection"
