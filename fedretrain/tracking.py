@@ -50,6 +50,7 @@ ARTIFACTS = (
     "timeline.png",
     "privacy.png",
     "simulate.log",
+    "report.html",
 )
 PARAM_LIMIT = 6000  # MLflow's longest param value
 

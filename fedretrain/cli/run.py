@@ -19,9 +19,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     """Add ``report``, ``privacy``, ``resume`` and ``compare`` to the ``fedretrain`` commands."""
     report = commands.add_parser(
         "report",
-        help="rebuild a run's plots and summary from its CSV files",
-        description="Rebuild metrics.png, timeline.png (drift scenarios) and summary.json "
-        "from metrics.csv and timeline.csv, e.g. for a run that was stopped.",
+        help="rebuild a run's plots, summary and report.html from its files",
+        description="Rebuild metrics.png, timeline.png (drift scenarios), summary.json and "
+        "report.html from metrics.csv, timeline.csv and the registry, e.g. for a run that "
+        "was stopped.",
     )
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.set_defaults(handler=_report)
@@ -107,6 +108,10 @@ def _report(args: argparse.Namespace) -> int:
     text = json.dumps(summary, indent=2, default=str)
     atomic_replace(run_dir / "summary.json", lambda tmp: tmp.write_text(text))
     written.append("summary.json")
+    from fedretrain.html_report import write_report
+
+    write_report(run_dir, finished=True)
+    written.append("report.html")
     print_summary(summary, sys.stdout)
     print(f"wrote {', '.join(written)} in {run_dir}")
     return 0

@@ -30,6 +30,7 @@ import numpy as np
 from fedretrain.checkpoint import CheckpointStore, Plateau, RunState
 from fedretrain.config import RunConfig
 from fedretrain.errors import FederationError
+from fedretrain.html_report import write_report
 from fedretrain.monitor.base import Seed
 from fedretrain.monitor.private import statistics_privacy, stats_epsilon
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats
@@ -199,6 +200,7 @@ class Controller:
             summary = self.timeline.finish(points, extra, self.site_changes)
         else:
             summary = self.report.finish(extra)
+        self._write_page(finished=True)
         self.tracker.finish(summary, self.registry)
         self.registry.close()
         return summary
@@ -552,10 +554,20 @@ class Controller:
             row = replace(row, max_epsilon=max(self.epsilon.latest.values(), default=0.0))
         self.timeline.add(row)
         self.tracker.period(row, self.registry)
+        self._write_page()
 
     def _add_round(self, row: RoundRow) -> None:
         self.report.add(row)
         self.tracker.round(row)
+        if self.fixed_rounds is not None:  # a static run has no periods to wait for
+            self._write_page()
+
+    def _write_page(self, finished: bool = False) -> None:
+        """``report.html``, for whoever keeps it open; a problem writing it is logged."""
+        try:
+            write_report(self.run_dir, finished)
+        except (OSError, ValueError) as err:
+            log.warning("could not write %s: %s", self.run_dir / "report.html", err)
 
 
 def _no_data(stats: PeriodStats) -> bool:
