@@ -282,8 +282,20 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "fedretrain-compare") -> None:
-    """The command; ``prog`` names it in usage and errors (``fedretrain compare`` too)."""
+@dataclass(frozen=True)
+class Plan:
+    """What a ``fedretrain-compare`` command line asks for, checked."""
+
+    policies: list[str]
+    seeds: list[int | None]
+    jobs: int
+    out: Path | None
+    overrides: list[str]
+
+
+def parse(argv: Sequence[str] | None, prog: str = "fedretrain-compare") -> Plan:
+    """The command line as a :class:`Plan`; a bad argument or config exits 2 through argparse,
+    before any run starts (the config is composed and checked once, as each run would)."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run a drift scenario under several retraining policies and compare them.",
@@ -319,13 +331,43 @@ def main(argv: Sequence[str] | None = None, prog: str = "fedretrain-compare") ->
             parser.error("give the seeds with --seeds or runtime.seed=, not both")
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be at least 1")
-    out = args.out or Path(time.strftime("outputs/compare-%Y-%m-%d_%H-%M-%S"))
+    problems = config_problems([*overrides, f"policy={policies[0]}"])
+    if problems:
+        parser.error("invalid configuration: " + "; ".join(problems))
+    return Plan(policies, seeds, args.jobs, args.out, list(overrides))
+
+
+def config_problems(overrides: Sequence[str]) -> list[str]:
+    """What each run's config would refuse (:func:`fedretrain.preflight.to_typed`, without
+    building targets); Hydra's own overrides are left to the runs."""
+    from fedretrain.config import check_override_keys, compose
+    from fedretrain.errors import ConfigError
+    from fedretrain.preflight import to_typed
+
+    ours = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    problems = check_override_keys(ours)
+    if problems:
+        return problems
+    try:
+        to_typed(compose(ours), build_targets=False)
+    except ConfigError as err:
+        return list(err.problems)
+    except Exception as err:  # Hydra's composition errors: a bad group or value
+        return [" ".join(str(err).split())]
+    return []
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "fedretrain-compare") -> None:
+    """The command; ``prog`` names it in usage and errors (``fedretrain compare`` too)."""
+    plan = parse(argv, prog)
+    policies, seeds, overrides = plan.policies, plan.seeds, plan.overrides
+    out = plan.out or Path(time.strftime("outputs/compare-%Y-%m-%d_%H-%M-%S"))
     out.mkdir(parents=True, exist_ok=True)
     jobs = [
         Job(p, s, out / p if s is None else out / p / f"seed-{s}") for p in policies for s in seeds
     ]
-    print(f"[fedretrain-compare] {len(jobs)} runs, {args.jobs} at a time, in {out}", flush=True)
-    outcomes, interrupted = run_all(jobs, overrides, args.jobs)
+    print(f"[fedretrain-compare] {len(jobs)} runs, {plan.jobs} at a time, in {out}", flush=True)
+    outcomes, interrupted = run_all(jobs, overrides, plan.jobs)
     rows = aggregate(outcomes, policies)
     table = format_table(rows) if rows else "(no run finished)"
     if interrupted is not None:

@@ -122,3 +122,16 @@ def test_seeds_give_each_policy_its_mean_and_spread_and_a_failure_is_reported(
     assert (tmp_path / "periodic" / "seed-2" / "compare.log").read_text().endswith("done\n")
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert record["complete"] is True  # every run ended, one of them failing
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [("train.lrr=0.1", "train.lrr: no such key"), ("runtime.num_clients=-3", "num_clients=-3")],
+)
+def test_a_bad_config_stops_compare_before_any_run(
+    override: str, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["scenario=sine_flip", override, "--out", str(tmp_path / "cmp")]
+    code, out, err = exit_of(compare.main, argv, capsys)
+    assert code == 2 and "invalid configuration: " in err and problem in err, err
+    assert not (tmp_path / "cmp").exists()  # nothing started, nothing written
