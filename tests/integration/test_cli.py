@@ -301,7 +301,9 @@ def test_report_rebuilds_a_static_run_from_metrics_csv(tmp_path: Path) -> None:
     result = fedretrain("report", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "fedretrain summary" in result.stdout
-    assert result.stdout.strip().endswith(f"wrote metrics.png, summary.json in {tmp_path}")
+    assert result.stdout.strip().endswith(
+        f"wrote metrics.png, summary.json, report.html in {tmp_path}"
+    )
     assert (tmp_path / "metrics.png").read_bytes().startswith(PNG)
     rebuilt = json.loads((tmp_path / "summary.json").read_text())
     assert rebuilt == json.loads(json.dumps(original))  # the same numbers, task and wall time
