@@ -27,11 +27,16 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+from fedretrain.tracking import ParentRun
+
+if TYPE_CHECKING:
+    from fedretrain.config import RunConfig
 
 POLICIES = ("never", "periodic", "triggered", "oracle")
 COLUMNS = (
@@ -85,7 +90,9 @@ def command(job: Job, overrides: Sequence[str]) -> list[str]:
     ]
 
 
-def start(job: Job, overrides: Sequence[str], lock: threading.Lock) -> None:
+def start(
+    job: Job, overrides: Sequence[str], lock: threading.Lock, env: Mapping[str, str] | None = None
+) -> None:
     """Start the child in its own process group (so that ending it ends Ray's processes
     too) and a thread that prints its lines as they come, prefixed by its label."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +103,7 @@ def start(job: Job, overrides: Sequence[str], lock: threading.Lock) -> None:
         text=True,
         bufsize=1,
         start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
     )
     assert job.process.stdout is not None
     job.pump = threading.Thread(target=_pump, args=(job, job.process.stdout, lock), daemon=True)
@@ -151,7 +158,10 @@ def _signal_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:
 
 
 def run_all(
-    jobs: Sequence[Job], overrides: Sequence[str], parallel: int
+    jobs: Sequence[Job],
+    overrides: Sequence[str],
+    parallel: int,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], Interrupted | None]:
     """Run ``jobs``, ``parallel`` at a time; their outcomes in job order, and the interrupt
     that stopped them early (every child then ended), if one did."""
@@ -164,7 +174,7 @@ def run_all(
         while pending or running:
             while pending and len(running) < parallel:
                 job = pending.pop(0)
-                start(job, overrides, lock)
+                start(job, overrides, lock, env)
                 running.append(job)
             for job in [
                 j for j in running if j.process is not None and j.process.poll() is not None
@@ -291,6 +301,7 @@ class Plan:
     jobs: int
     out: Path | None
     overrides: list[str]
+    config: RunConfig  # the first policy's, as its run will see it
 
 
 def parse(argv: Sequence[str] | None, prog: str = "fedretrain-compare") -> Plan:
@@ -331,15 +342,16 @@ def parse(argv: Sequence[str] | None, prog: str = "fedretrain-compare") -> Plan:
             parser.error("give the seeds with --seeds or runtime.seed=, not both")
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be at least 1")
-    problems = config_problems([*overrides, f"policy={policies[0]}"])
-    if problems:
-        parser.error("invalid configuration: " + "; ".join(problems))
-    return Plan(policies, seeds, args.jobs, args.out, list(overrides))
+    config = checked_config([*overrides, f"policy={policies[0]}"])
+    if isinstance(config, list):
+        parser.error("invalid configuration: " + "; ".join(config))
+    return Plan(policies, seeds, args.jobs, args.out, list(overrides), config)
 
 
-def config_problems(overrides: Sequence[str]) -> list[str]:
-    """What each run's config would refuse (:func:`fedretrain.preflight.to_typed`, without
-    building targets); Hydra's own overrides are left to the runs."""
+def checked_config(overrides: Sequence[str]) -> RunConfig | list[str]:
+    """The config each run would get, or what it would refuse
+    (:func:`fedretrain.preflight.to_typed`, without building targets); Hydra's own overrides
+    are left to the runs."""
     from fedretrain.config import check_override_keys, compose
     from fedretrain.errors import ConfigError
     from fedretrain.preflight import to_typed
@@ -349,12 +361,11 @@ def config_problems(overrides: Sequence[str]) -> list[str]:
     if problems:
         return problems
     try:
-        to_typed(compose(ours), build_targets=False)
+        return to_typed(compose(ours), build_targets=False)
     except ConfigError as err:
         return list(err.problems)
     except Exception as err:  # Hydra's composition errors: a bad group or value
         return [" ".join(str(err).split())]
-    return []
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "fedretrain-compare") -> None:
@@ -367,7 +378,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "fedretrain-compare") ->
         Job(p, s, out / p if s is None else out / p / f"seed-{s}") for p in policies for s in seeds
     ]
     print(f"[fedretrain-compare] {len(jobs)} runs, {plan.jobs} at a time, in {out}", flush=True)
-    outcomes, interrupted = run_all(jobs, overrides, plan.jobs)
+    parent = ParentRun.open(plan.config, out)  # tracking=mlflow: the runs nest under one
+    outcomes, interrupted = run_all(jobs, overrides, plan.jobs, parent.env if parent else None)
     rows = aggregate(outcomes, policies)
     table = format_table(rows) if rows else "(no run finished)"
     if interrupted is not None:
@@ -387,6 +399,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "fedretrain-compare") ->
     }
     (out / "comparison.json").write_text(json.dumps(record, indent=2, default=str))
     plot(rows, out / "comparison.png")
+    if parent is not None:
+        parent.close(out, complete=interrupted is None and len(outcomes) == len(jobs))
     print(f"[fedretrain-compare] runs, comparison.json and comparison.png in {out}")
     if interrupted is not None:
         raise SystemExit(interrupted.code)

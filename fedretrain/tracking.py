@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_FILE = "tracking.json"
+PARENT_ENV = "FEDRETRAIN_MLFLOW_PARENT_RUN"  # set by fedretrain compare for its runs
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACTS = (
     "summary.json",
@@ -149,6 +150,9 @@ class MlflowTracker:
             "fedretrain.policy": cfg.policy.name,
             "fedretrain.task": cfg.task.name,
         }
+        parent = os.environ.get(PARENT_ENV)
+        if parent:  # one of the runs of a `fedretrain compare`
+            tags["mlflow.parentRunId"] = parent
         run = self.client.create_run(experiment_id, run_name=self.run_dir.name, tags=tags)
         self.run_id = run.info.run_id
         self._save_state()
@@ -252,6 +256,55 @@ class MlflowTracker:
     def _save_state(self) -> None:
         text = json.dumps({"uri": self.uri, "run_id": self.run_id, "versions": self.mirrored})
         atomic_replace(self.run_dir / STATE_FILE, lambda tmp: tmp.write_text(text))
+
+
+class ParentRun:
+    """The MLflow run of a ``fedretrain compare``: each policy's run nests under it, and it
+    keeps the comparison's table and plot. Tracking failures cost a warning, as for a run."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What the child runs need to nest under this one."""
+        return {PARENT_ENV: self.run_id}
+
+    @classmethod
+    def open(cls, cfg: RunConfig, out: Path) -> ParentRun | None:
+        """The parent run for the comparison in ``out``; None without ``tracking=mlflow`` or
+        when MLflow cannot be reached (then each run tracks on its own, or warns)."""
+        if cfg.tracking.backend.value == "none":
+            return None
+        uri = absolute(cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+        try:
+            from mlflow.tracking import MlflowClient
+
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            client = MlflowClient(tracking_uri=uri)
+            name = cfg.tracking.experiment
+            found = client.get_experiment_by_name(name)
+            experiment_id = found.experiment_id if found else client.create_experiment(name)
+            tags = {
+                "fedretrain.compare": str(out.resolve()),
+                "fedretrain.scenario": cfg.scenario.name,
+            }
+            run = client.create_run(experiment_id, run_name=f"compare {out.name}", tags=tags)
+        except Exception as err:  # the comparison goes on untracked
+            log.warning("tracking the comparison at %s failed (%s); it goes on", uri, err)
+            return None
+        return cls(client, run.info.run_id)
+
+    def close(self, out: Path, complete: bool) -> None:
+        """Keep the comparison's files and end the run (KILLED when interrupted)."""
+        try:
+            for name in ("comparison.json", "comparison.png"):
+                if (out / name).is_file():
+                    self.client.log_artifact(self.run_id, str(out / name))
+            self.client.set_terminated(self.run_id, status="FINISHED" if complete else "KILLED")
+        except Exception as err:
+            log.warning("tracking the comparison failed (%s); its folder %s holds it", err, out)
 
 
 def absolute(uri: str) -> str:

@@ -75,7 +75,7 @@ def test_compare_is_listed_in_the_top_level_help(capsys: pytest.CaptureFixture[s
 # ------------------------------------------------------------------ running the children
 
 FAKE_CHILD = """
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 policy, seed, run_dir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 print(f"period 0 of {policy}", flush=True)
@@ -84,7 +84,8 @@ if policy == "never" and seed == 1:
 accuracy = {"never": 0.5, "periodic": 0.7}[policy] + seed / 100
 run_dir.mkdir(parents=True, exist_ok=True)
 (run_dir / "summary.json").write_text(json.dumps(
-    {"mean_prequential_accuracy": accuracy, "retrains": seed, "detection_delays": [seed]}))
+    {"mean_prequential_accuracy": accuracy, "retrains": seed, "detection_delays": [seed],
+     "parent": os.environ.get("FEDRETRAIN_MLFLOW_PARENT_RUN")}))
 print("done", flush=True)
 """
 
@@ -135,3 +136,23 @@ def test_a_bad_config_stops_compare_before_any_run(
     code, out, err = exit_of(compare.main, argv, capsys)
     assert code == 2 and "invalid configuration: " in err and problem in err, err
     assert not (tmp_path / "cmp").exists()  # nothing started, nothing written
+
+
+def test_with_mlflow_the_runs_nest_under_one_comparison_run(
+    fake_children: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mlflow = pytest.importorskip("mlflow.tracking")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["scenario=sine_flip", "--policies", "periodic", "--seeds", "0,2"]
+    compare.main([*argv, "tracking=mlflow", f"tracking.uri={uri}", "--out", str(tmp_path / "c")])
+    client = mlflow.MlflowClient(uri)
+    [parent] = client.search_runs([client.get_experiment_by_name("fedretrain").experiment_id])
+    assert (
+        parent.info.status == "FINISHED" and parent.data.tags["fedretrain.scenario"] == "sine_flip"
+    )
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
+        "comparison.json",
+        "comparison.png",
+    }
+    record = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    assert [r["parent"] for r in record["runs"]] == [parent.info.run_id] * 2  # told to nest

@@ -20,7 +20,7 @@ from fedretrain.preflight import to_typed  # noqa: E402
 from fedretrain.registry import Registry, Status  # noqa: E402
 from fedretrain.report import RoundRow  # noqa: E402
 from fedretrain.timeline import PeriodRow  # noqa: E402
-from fedretrain.tracking import MlflowTracker, build_tracker  # noqa: E402
+from fedretrain.tracking import PARENT_ENV, MlflowTracker, build_tracker  # noqa: E402
 
 
 def _tracker(run_dir: Path, uri: str) -> MlflowTracker:
@@ -124,3 +124,12 @@ def test_a_tracking_server_that_does_not_answer_costs_one_warning(
     assert len(warnings) == 1
     message = warnings[0].getMessage()
     assert "http://127.0.0.1:9 failed" in message and "the run goes on" in message
+
+
+def test_a_run_of_a_comparison_nests_under_its_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PARENT_ENV, "parent-run-id")
+    tracker = _tracker(tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = MlflowClient(tracker.uri).get_run(tracker.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == "parent-run-id"
