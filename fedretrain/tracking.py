@@ -99,6 +99,7 @@ class MlflowTracker:
         self.client: Any = None
         self.run_id = ""
         self.mirrored: dict[str, str] = {}  # fedretrain version -> MLflow model version
+        self._statuses: dict[str, str] = {}  # the status tag last set on each version
         # A server that does not answer should cost seconds, not MLflow's minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -189,11 +190,10 @@ class MlflowTracker:
             except MlflowException as err:
                 if "already exists" not in str(err).lower():
                     raise
-        run = self.client.get_run(self.run_id)
-        for version in versions:
+        new = [v for v in versions if str(v.version) not in self.mirrored]
+        artifact_uri = self.client.get_run(self.run_id).info.artifact_uri if new else ""
+        for version in new:
             key = str(version.version)
-            if key in self.mirrored:
-                continue
             path = registry.model_path(version.version)
             self.client.log_artifact(self.run_id, str(path), artifact_path="models")
             tags = {
@@ -207,19 +207,19 @@ class MlflowTracker:
             }
             created = self.client.create_model_version(
                 self.model_name,
-                source=f"{run.info.artifact_uri}/models/{path.name}",
+                source=f"{artifact_uri}/models/{path.name}",
                 run_id=self.run_id,
                 tags=tags,
             )
             self.mirrored[key] = str(created.version)
             self._save_state()
         for version in versions:  # statuses change: promoted, rejected, rolled back
-            self.client.set_model_version_tag(
-                self.model_name,
-                self.mirrored[str(version.version)],
-                "fedretrain.status",
-                version.status.value,
-            )
+            key, status = str(version.version), version.status.value
+            if self._statuses.get(key) != status:
+                self.client.set_model_version_tag(
+                    self.model_name, self.mirrored[key], "fedretrain.status", status
+                )
+                self._statuses[key] = status
         aliases = registry.aliases()
         for ours, theirs in (("champion", "champion"), ("candidate", "challenger")):
             if ours in aliases:
