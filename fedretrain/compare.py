@@ -378,7 +378,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "fedretrain-compare") ->
         Job(p, s, out / p if s is None else out / p / f"seed-{s}") for p in policies for s in seeds
     ]
     print(f"[fedretrain-compare] {len(jobs)} runs, {plan.jobs} at a time, in {out}", flush=True)
-    parent = ParentRun.open(plan.config, out)  # tracking=mlflow: the runs nest under one
+    config = plan.config  # tracking=mlflow: the runs nest under one parent run
+    parent = ParentRun.open(config.tracking, config.scenario.name, out, f"compare {out.name}")
     outcomes, interrupted = run_all(jobs, overrides, plan.jobs, parent.env if parent else None)
     rows = aggregate(outcomes, policies)
     table = format_table(rows) if rows else "(no run finished)"
@@ -400,7 +401,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "fedretrain-compare") ->
     (out / "comparison.json").write_text(json.dumps(record, indent=2, default=str))
     plot(rows, out / "comparison.png")
     if parent is not None:
-        parent.close(out, complete=interrupted is None and len(outcomes) == len(jobs))
+        complete = interrupted is None and len(outcomes) == len(jobs)
+        parent.close(out, complete, ("comparison.json", "comparison.png"))
     print(f"[fedretrain-compare] runs, comparison.json and comparison.png in {out}")
     if interrupted is not None:
         raise SystemExit(interrupted.code)

@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fedretrain.atomic import atomic_replace
 
 if TYPE_CHECKING:
-    from fedretrain.config import RunConfig
+    from fedretrain.config import RunConfig, TrackingConfig
     from fedretrain.registry import Registry
     from fedretrain.report import RoundRow
     from fedretrain.timeline import PeriodRow
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_FILE = "tracking.json"
-PARENT_ENV = "FEDRETRAIN_MLFLOW_PARENT_RUN"  # set by fedretrain compare for its runs
+PARENT_ENV = "FEDRETRAIN_MLFLOW_PARENT_RUN"  # set by fedretrain compare and -m sweeps
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACTS = (
     "summary.json",
@@ -259,8 +259,8 @@ class MlflowTracker:
 
 
 class ParentRun:
-    """The MLflow run of a ``fedretrain compare``: each policy's run nests under it, and it
-    keeps the comparison's table and plot. Tracking failures cost a warning, as for a run."""
+    """The MLflow run of a ``fedretrain compare`` or a ``-m`` sweep: each run nests under it,
+    and it keeps their table. Tracking failures cost a warning, as for a run."""
 
     def __init__(self, client: Any, run_id: str) -> None:
         self.client = client
@@ -272,34 +272,34 @@ class ParentRun:
         return {PARENT_ENV: self.run_id}
 
     @classmethod
-    def open(cls, cfg: RunConfig, out: Path) -> ParentRun | None:
-        """The parent run for the comparison in ``out``; None without ``tracking=mlflow`` or
-        when MLflow cannot be reached (then each run tracks on its own, or warns)."""
-        if cfg.tracking.backend.value == "none":
+    def open(
+        cls, tracking: TrackingConfig, scenario: str, out: Path, name: str
+    ) -> ParentRun | None:
+        """The parent run ``name`` for the runs in ``out``; None without ``tracking=mlflow``
+        or when MLflow cannot be reached (then each run tracks on its own, or warns)."""
+        if tracking.backend.value == "none":
             return None
-        uri = absolute(cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+        uri = absolute(tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
         try:
             from mlflow.tracking import MlflowClient
 
             logging.getLogger("mlflow").setLevel(logging.WARNING)
             client = MlflowClient(tracking_uri=uri)
-            name = cfg.tracking.experiment
-            found = client.get_experiment_by_name(name)
-            experiment_id = found.experiment_id if found else client.create_experiment(name)
-            tags = {
-                "fedretrain.compare": str(out.resolve()),
-                "fedretrain.scenario": cfg.scenario.name,
-            }
-            run = client.create_run(experiment_id, run_name=f"compare {out.name}", tags=tags)
-        except Exception as err:  # the comparison goes on untracked
-            log.warning("tracking the comparison at %s failed (%s); it goes on", uri, err)
+            found = client.get_experiment_by_name(tracking.experiment)
+            experiment_id = (
+                found.experiment_id if found else client.create_experiment(tracking.experiment)
+            )
+            tags = {"fedretrain.runs": str(out.resolve()), "fedretrain.scenario": scenario}
+            run = client.create_run(experiment_id, run_name=name, tags=tags)
+        except Exception as err:  # the runs go on, each tracked on its own
+            log.warning("tracking the runs of %s at %s failed (%s); they go on", out, uri, err)
             return None
         return cls(client, run.info.run_id)
 
-    def close(self, out: Path, complete: bool) -> None:
-        """Keep the comparison's files and end the run (KILLED when interrupted)."""
+    def close(self, out: Path, complete: bool, files: Sequence[str]) -> None:
+        """Keep ``files`` of ``out`` and end the run (KILLED when interrupted)."""
         try:
-            for name in ("comparison.json", "comparison.png"):
+            for name in files:
                 if (out / name).is_file():
                     self.client.log_artifact(self.run_id, str(out / name))
             self.client.set_terminated(self.run_id, status="FINISHED" if complete else "KILLED")
