@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from hydra.utils import instantiate
 
@@ -34,6 +34,8 @@ from fedretrain.flower.records import (
     DATA_DIR_KEY,
     DATA_REPORT_KEY,
     LEDGER_DIR_KEY,
+    MODEL_SCORES_KEY,
+    MODELS_KEY,
     SITE_ID_KEY,
     Instruction,
     data_report_record,
@@ -41,6 +43,8 @@ from fedretrain.flower.records import (
     edges_from_record,
     epsilon_metrics,
     eval_metrics,
+    model_record_name,
+    serving_cluster,
     stats_record,
     to_numpy,
     to_record,
@@ -292,10 +296,14 @@ def monitor_handler(msg: Message, context: Context) -> Message:
     unless ``privacy.reproducible``. Under DP-SGD each release is recorded in the site's
     ledger before it leaves (:func:`_ledgered_stats`).
     """
-    instruction = Instruction.from_record(msg.content.config_records["config"])
+    config = msg.content.config_records["config"]
+    instruction = Instruction.from_record(config)
     cfg, site, folder_report = _site_for(instruction, context)
-    site.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    canary = msg.content.config_records["config"].get(CANARY_KEY)
+    cluster = serving_cluster(config, site.partition_id)
+    scores = None if cluster is None else _model_scores(msg, site)  # adaptation=clustered
+    served = "arrays" if cluster is None else model_record_name(cluster)
+    site.model.load_state_dict(msg.content.array_records[served].to_torch_state_dict())
+    canary = config.get(CANARY_KEY)
     if canary is not None and site.partition_id in cast(list[int], canary):
         candidate = msg.content.array_records["candidate"]  # this site serves the candidate
         site.model.load_state_dict(candidate.to_torch_state_dict())
@@ -310,9 +318,28 @@ def monitor_handler(msg: Message, context: Context) -> Message:
     else:
         record = stats_record(_private_stats(cfg, site, instruction, edges))
     content = RecordDict({"stats": record, "site": MetricRecord(whom)})  # type: ignore[arg-type]
+    if scores is not None:
+        content[MODEL_SCORES_KEY] = ArrayRecord({"table": Array(scores)})
     if folder_report is not None:
         content[DATA_REPORT_KEY] = data_report_record(folder_report)
     return Message(content=content, reply_to=msg)
+
+
+def _model_scores(msg: Message, site: Site) -> np.ndarray:
+    """Every live model's (cluster, correct, examples) on the site's new window: summable
+    counts, the only thing about the other models that leaves the site."""
+    config = msg.content.config_records["config"]
+    rows = []
+    for cluster in cast(list[int], config[MODELS_KEY]):
+        record = msg.content.array_records[model_record_name(int(cluster))]
+        site.model.load_state_dict(record.to_torch_state_dict())
+        correct = examples = 0
+        for data in (site.train_data, site.holdout):
+            probs, _ = predict(site.model, data, site.device)
+            correct += int((probs.argmax(axis=1) == data.y).sum()) if len(data) else 0
+            examples += len(data)
+        rows.append((int(cluster), correct, examples))
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
 def _private_stats(

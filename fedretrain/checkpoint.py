@@ -76,6 +76,7 @@ class RunState:
     # False for a run begun under checkpoint format 1, whose monitor started afresh after every
     # retrain, even one the gate rejected: its replay, and its later periods, keep that rule.
     keep_reference_on_reject: bool = True
+    clusters: dict[str, Any] | None = None  # adaptation=clustered: ClusterState.to_dict()
 
     def capture_random(self) -> None:
         version, internal, gauss = random.getstate()

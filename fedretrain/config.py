@@ -284,6 +284,63 @@ class ReleaseConfig:
         )
 
 
+class AdaptationMode(str, Enum):
+    single = "single"  # one global model, retrained by the policy (the default)
+    clustered = "clustered"  # one model per concept; each site served its cluster's model
+
+
+@dataclass
+class AdaptationConfig:
+    """How many models serve the federation (:mod:`fedretrain.retraining.clusters`).
+
+    ``clustered``: every period each site scores every live model on its new window. A site
+    whose own model's accuracy fell below its reference (the scores it had under that model)
+    by more than ``min_drop`` and by more than ``z`` standard errors has drifted: it moves to
+    a stored model that fits it (a recurring concept, no training), or with the other drifted
+    sites that no model fits it gets a new model trained on their data only. Clusters whose
+    models are interchangeable on each other's sites (FedDrift's distance at most
+    ``merge_margin``) are merged. ``max_models``: the most models sent to the sites (the least
+    recently served are dropped). ``refine_on_join``: a cluster that sites join is fine-tuned
+    on all its sites' data, and kept only if the gate prefers it on them.
+    """
+
+    mode: AdaptationMode = AdaptationMode.single
+    z: float = 3.7
+    min_drop: float = 0.05
+    merge_margin: float = 0.05
+    reference_periods: int = 3
+    max_models: int = 8
+    refine_on_join: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, AdaptationMode):
+            try:
+                self.mode = AdaptationMode(self.mode)
+            except ValueError:
+                valid = [m.value for m in AdaptationMode]
+                raise ConfigError(
+                    [f"adaptation.mode={self.mode!r}: must be one of {valid}"]
+                ) from None
+        a = "adaptation."
+        raise_failed(
+            (self.z > 0, f"{a}z={self.z}: must be > 0 (standard errors of a drop in accuracy)"),
+            (0 <= self.min_drop < 1, f"{a}min_drop={self.min_drop}: must lie in [0, 1)"),
+            (
+                0 <= self.merge_margin < 1,
+                f"{a}merge_margin={self.merge_margin}: must lie in [0, 1)",
+            ),
+            (
+                self.reference_periods >= 1,
+                f"{a}reference_periods={self.reference_periods}: must be >= 1",
+            ),
+            (self.max_models >= 2, f"{a}max_models={self.max_models}: must be >= 2"),
+        )
+
+    @property
+    def clustered(self) -> bool:
+        return self.mode is AdaptationMode.clustered
+
+
 class TrackingBackend(str, Enum):
     none = "none"
     mlflow = "mlflow"  # pip install 'fedretrain[mlflow]' (mlflow-skinny)
@@ -344,6 +401,7 @@ class RunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
 
 
 def register_schema() -> None:
@@ -434,6 +492,7 @@ GROUPS = (
     "privacy",
     "release",
     "tracking",
+    "adaptation",
 )
 
 
@@ -470,6 +529,30 @@ def cross_checks(cfg: DictConfig, typed: dict[str, Any]) -> list[str]:
     if cfg.privacy.user_level:
         problems += _check_user_level_dp(cfg)
     problems += _check_stats_bound(cfg)
+    if cfg.adaptation.mode == AdaptationMode.clustered.value:
+        problems += _check_clustered(cfg)
+    return problems
+
+
+def _check_clustered(cfg: DictConfig) -> list[str]:
+    """What adaptation=clustered does not combine with (yet)."""
+    problems = []
+    if cfg.scenario.num_periods <= 1 or cfg.scenario.stream is None:
+        problems.append(
+            "adaptation=clustered: needs a drift scenario (monitoring periods), e.g. "
+            "scenario=sine_staggered"
+        )
+    if cfg.privacy.enabled or cfg.privacy.stats_noise_multiplier is not None:
+        problems.append(
+            "adaptation=clustered: the per-model scores sites send are not yet noised or "
+            "accounted, so it does not run with privacy=dpsgd or privacy.stats_noise_multiplier: "
+            "use privacy=none, or adaptation=single"
+        )
+    if cfg.release.canary_fraction > 0:
+        problems.append(
+            "adaptation=clustered: each cluster's model is gated on its own sites, without a "
+            "canary: set release.canary_fraction=0, or use adaptation=single"
+        )
     return problems
 
 

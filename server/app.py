@@ -40,6 +40,7 @@ from fedretrain.monitor.trigger import TriggerPolicy
 from fedretrain.preflight import to_typed
 from fedretrain.registry import config_hash
 from fedretrain.report import RunReport
+from fedretrain.retraining.clustered import ClusteredController
 from fedretrain.retraining.controller import Controller
 from fedretrain.retraining.drift_watch import DriftWatch
 from fedretrain.site import TaskModels, build_pool
@@ -157,7 +158,8 @@ def run(
         epsilon=epsilon,
         ledger_dir=ledger_dir,
     )
-    controller = Controller(
+    kind = ClusteredController if cfg.adaptation.clustered else Controller
+    controller = kind(
         cfg,
         federation,
         drift,

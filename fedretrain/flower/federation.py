@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -23,7 +24,12 @@ from fedretrain.config import RunConfig
 from fedretrain.errors import FederationError
 from fedretrain.flower.records import (
     CANARY_KEY,
+    DEFAULT_CLUSTER_KEY,
+    MODEL_SCORES_KEY,
+    MODELS_KEY,
     MONITOR_QUERY,
+    SERVE_CLUSTERS_KEY,
+    SERVE_SITES_KEY,
     SERVER_ROUND_KEY,
     SITE_ID_KEY,
     data_report,
@@ -33,6 +39,8 @@ from fedretrain.flower.records import (
     error_summary,
     eval_result,
     instruction_config,
+    model_record_name,
+    model_scores_problem,
     site_scores,
     stats_from_record,
     to_numpy,
@@ -51,6 +59,7 @@ from fedretrain.retraining.port import (
     CanaryRequest,
     CollectedStats,
     Evaluation,
+    Serving,
     TrainedRound,
     Weights,
 )
@@ -113,6 +122,7 @@ class FlowerFederation:
         self.periods = periods
         self.epsilon = epsilon
         self.ledger_dir = ledger_dir
+        self._site_of_node: dict[int, int] = {}  # learnt from the statistics replies
 
     def train_round(
         self,
@@ -120,14 +130,19 @@ class FlowerFederation:
         weights: Weights,
         period: int,
         drifted: frozenset[int] = frozenset(),
+        sites: frozenset[int] | None = None,
     ) -> TrainedRound:
+        nodes = None if sites is None else self._nodes_of(sites)
         if isinstance(self.strategy, ValidatedStrategy):
             self.strategy.drifted = drifted
+            self.strategy.only_nodes = nodes
         config = instruction_config(
             self.config_yaml, self.num_rounds, self._period(period), self.ledger_dir
         )
         arrays = to_record(weights)
         messages = self.strategy.configure_train(server_round, arrays, config, self.grid)
+        if nodes is not None:  # a cluster's round (ValidatedStrategy already left the rest out)
+            messages = [m for m in messages if m.metadata.dst_node_id in nodes]
         replies = trained_replies(
             self.grid.send_and_receive(messages, timeout=self.cfg.validation.reply_timeout_s),
             self.report,
@@ -146,6 +161,10 @@ class FlowerFederation:
         left_out = self.report.rejected_nodes(server_round, "train")
         examples = trained_examples(replies, left_out)
         return TrainedRound(to_numpy(new_arrays), loss, trained, examples)
+
+    def _nodes_of(self, sites: frozenset[int]) -> frozenset[int]:
+        """The nodes of ``sites``, as their latest statistics replies named them."""
+        return frozenset(n for n, s in self._site_of_node.items() if s in sites)
 
     def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:
         config = instruction_config(self.config_yaml, self.num_rounds, self._period(period))
@@ -191,8 +210,12 @@ class FlowerFederation:
         period: int,
         edges: HistogramEdges,
         canary: CanaryRequest | None = None,
+        serving: Serving | None = None,
     ) -> CollectedStats:
-        """Every site's statistics for ``period``; malformed ones are rejected and recorded."""
+        """Every site's statistics for ``period``; malformed ones are rejected and recorded.
+
+        With ``serving`` every live model travels with the query and each site's reply also
+        scores each of them; a site whose scores are malformed is rejected as a whole."""
         cfg = self.cfg
         nodes = wait_for_nodes(
             self.grid, cfg.runtime.num_clients, cfg.validation.node_wait_timeout_s
@@ -205,6 +228,14 @@ class FlowerFederation:
         if canary is not None:
             content["candidate"] = to_record(canary.weights)
             config[CANARY_KEY] = list(canary.sites)
+        if serving is not None:
+            for cluster, model in serving.models.items():
+                content[model_record_name(cluster)] = to_record(model)
+            config[MODELS_KEY] = sorted(serving.models)
+            config[SERVE_SITES_KEY] = sorted(serving.assignment)
+            config[SERVE_CLUSTERS_KEY] = [serving.assignment[s] for s in sorted(serving.assignment)]
+            config[DEFAULT_CLUSTER_KEY] = serving.default
+        model_scores: dict[int, dict[int, tuple[int, int]]] = {}
         messages = [
             Message(content=content, message_type=MONITOR_QUERY, dst_node_id=n) for n in nodes
         ]
@@ -235,6 +266,12 @@ class FlowerFederation:
                     reason = check_stats(
                         stats, self.num_features, edges.bins, self.num_classes, cfg.privacy
                     )
+                    if reason is None and serving is not None:
+                        scored = _model_scores(reply, serving, site, stats)
+                        if isinstance(scored, str):
+                            reason = scored
+                        else:
+                            model_scores[site] = scored
                     if reason is None and self.epsilon is not None and ledgered(cfg.privacy):
                         reason, cost = self._audit_stats(reply, period)
                         phase = AUDIT_PHASE
@@ -246,6 +283,7 @@ class FlowerFederation:
                 reasons.add(reason)
                 continue
             sites[site] = stats
+            self._site_of_node[node] = site
             if cost is not None:
                 costs.append(cost)
             self._record_data_report(server_round, period, node, site, data_report(reply))
@@ -260,9 +298,9 @@ class FlowerFederation:
         # A deployed site with no new files this period has nothing to report; a period with
         # no data anywhere keeps the empty reports (the controller skips it).
         with_data = {s: w for s, w in sites.items() if w.n > 0}
-        return CollectedStats(
-            PeriodStats(period, dict(sorted((with_data or sites).items()))), rejected
-        )
+        kept = dict(sorted((with_data or sites).items()))
+        scores = {s: model_scores[s] for s in kept if s in model_scores}
+        return CollectedStats(PeriodStats(period, kept), rejected, scores)
 
     def _audit_stats(self, reply: Message, period: int) -> tuple[str | None, EpsilonReport | None]:
         """Under DP-SGD a site's noisy statistics say what their release cost it; checked as a
@@ -311,6 +349,25 @@ class FlowerFederation:
         for problem in problems:
             log.warning("period %d: %s", period, problem)
             self.report.reject(Rejection(server_round, f"data p{period}", node, problem))
+
+
+def _model_scores(
+    reply: Message, serving: Serving, site: int, stats: WindowStats
+) -> dict[int, tuple[int, int]] | str:
+    """A site's (correct, examples) under every live model, or why they cannot be used."""
+    record = reply.content.array_records.get(MODEL_SCORES_KEY)
+    if record is None or "table" not in record:
+        return (
+            "the reply has no per-model scores (adaptation=clustered needs fedretrain's "
+            "ClientApp at every site)"
+        )
+    table = record["table"].numpy()
+    cluster = serving.assignment.get(site, serving.default)
+    served = (cluster, int(round(float(np.trace(stats.confusion)))))
+    problem = model_scores_problem(table, list(serving.models), stats.n, served)
+    if problem is not None:
+        return problem
+    return {int(c): (int(k), int(n)) for c, k, n in table}
 
 
 def seed_sampling(seed: int) -> None:

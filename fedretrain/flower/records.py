@@ -25,6 +25,13 @@ PERIOD_KEY = "period"  # the monitoring period whose window a site uses; absent 
 MONITOR_QUERY = "query.monitor"  # message type of the per-period statistics query
 LEDGER_DIR_KEY = "ledger-dir"  # simulation: the folder of the sites' privacy ledgers
 CANARY_KEY = "canary-sites"  # the sites that serve the candidate sent along in a monitor query
+# adaptation=clustered: a monitor query carries every live model as ArrayRecord "model-<k>";
+# its config lists the clusters, the assigned sites with their clusters, and the default one.
+MODELS_KEY = "models"
+SERVE_SITES_KEY = "serve-sites"
+SERVE_CLUSTERS_KEY = "serve-clusters"
+DEFAULT_CLUSTER_KEY = "default-cluster"
+MODEL_SCORES_KEY = "model-scores"  # the reply's (clusters, 3) array: cluster, correct, examples
 SITE_ID_KEY = "site-id"  # which site a reply is from: node ids change, site ids do not
 DECLINED_KEY = "declined"  # a train reply that trained nothing: {"reason": why, "phase": ...}
 # Deployment: a site's node config names its data folder (and its site id, SITE_ID_KEY); its
@@ -276,3 +283,57 @@ def sum_eval_metrics(replies: list[RecordDict], weighting_key: str) -> MetricRec
         confusion=sum_confusion(r.confusion for r in results),
     )
     return eval_metrics(total)
+
+
+def model_record_name(cluster: int) -> str:
+    return f"model-{cluster}"
+
+
+def serving_cluster(config: ConfigRecord, site: int) -> int | None:
+    """The cluster whose model ``site`` serves, from a monitor query's config; None when the
+    query carries one model (adaptation=single)."""
+    if config.get(MODELS_KEY) is None:
+        return None
+    sites = cast(list[int], config.get(SERVE_SITES_KEY, []))
+    assigned = cast(list[int], config.get(SERVE_CLUSTERS_KEY, []))
+    default = int(cast(int, config[DEFAULT_CLUSTER_KEY]))
+    return int(dict(zip(sites, assigned, strict=True)).get(site, default))
+
+
+def model_scores_problem(
+    table: np.ndarray, clusters: list[int], window: int, served: tuple[int, int] | None
+) -> str | None:
+    """Why a site's per-model scores cannot be used, or None.
+
+    ``table`` must hold one row (cluster, correct, examples) per model sent, whole numbers with
+    ``0 <= correct <= examples == window``; ``served``: the served model's (cluster, correct)
+    from the site's exact statistics, which its row must match.
+
+    >>> model_scores_problem(np.array([[0, 7, 10], [1, 3, 10]]), [0, 1], 10, (0, 7))
+    >>> model_scores_problem(np.array([[0, 7, 10]]), [0, 1], 10, None)
+    'per-model scores name clusters [0], not the models sent [0, 1]'
+    >>> model_scores_problem(np.array([[0, 11, 10], [1, 3, 10]]), [0, 1], 10, None)
+    'per-model scores must be whole numbers with 0 <= correct <= examples = 10 (the window)'
+    >>> model_scores_problem(np.array([[0, 9, 10], [1, 3, 10]]), [0, 1], 10, (0, 7))
+    "per-model scores give the served cluster 0's model 9 correct, its statistics 7"
+    """
+    counts = "per-model scores must be whole numbers with 0 <= correct <= examples = "
+    if table.ndim != 2 or table.shape[1] != 3:
+        return f"per-model scores have shape {table.shape}, not (models, 3)"
+    if not np.all(np.isfinite(table)) or not np.array_equal(table, np.round(table)):
+        return f"{counts}{window} (the window)"
+    named = sorted(int(c) for c in table[:, 0])
+    if named != sorted(clusters):
+        return f"per-model scores name clusters {named}, not the models sent {sorted(clusters)}"
+    correct, examples = table[:, 1], table[:, 2]
+    if np.any(correct < 0) or np.any(correct > examples) or np.any(examples != window):
+        return f"{counts}{window} (the window)"
+    if served is not None:
+        cluster, exact = served
+        row = table[table[:, 0] == cluster][0]
+        if int(row[1]) != exact:
+            return (
+                f"per-model scores give the served cluster {cluster}'s model {int(row[1])} "
+                f"correct, its statistics {exact}"
+            )
+    return None

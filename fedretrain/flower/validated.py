@@ -83,6 +83,7 @@ class ValidatedStrategy(Strategy):
         self._reference: dict[str, np.ndarray] = {}
         self._sampled = 0
         self.drifted: frozenset[int] = frozenset()
+        self.only_nodes: frozenset[int] | None = None  # a cluster's round: these nodes alone
         self._clip = replace(rules, norm_policy=NormPolicy.clip)
 
     def summary(self) -> None:
@@ -97,6 +98,8 @@ class ValidatedStrategy(Strategy):
         self._reference = {k: v.numpy() for k, v in arrays.items()}
         try:
             messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+            if self.only_nodes is not None:
+                messages = [m for m in messages if m.metadata.dst_node_id in self.only_nodes]
         except PrivacyBudgetExhausted as err:
             self.record(Rejection(server_round, "train", 0, f"round skipped: {err}"))
             messages = []

@@ -46,6 +46,7 @@ from fedretrain.retraining.port import (
     Evaluation,
     Federation,
     ModelFactory,
+    Serving,
     TrainedRound,
     Weights,
     digest,
@@ -153,6 +154,7 @@ class Controller:
         self._last_validation = math.nan
         self._evaluations: dict[tuple[int, str], Evaluation] = {}
         self._drifted: frozenset[int] = frozenset()  # the sites the period's alarms named
+        self._train_sites: frozenset[int] | None = None  # a cluster's sites, while it trains
 
     @property
     def server_round(self) -> int:
@@ -261,11 +263,7 @@ class Controller:
         collected = replayed or self._collect(period, self._champion(), edges)
         stats = collected.stats
         if _no_data(stats):
-            log.warning("period %d: no site has new data; nothing to monitor", period)
-            self.timeline.decision({"period": period, "retrain": False, "reason": NO_DATA})
-            serving = self.lifecycle.champion_version()
-            self._add_row(period_row(collected, None, False, NO_DATA, None, serving, start))
-            self._complete(period)
+            self._idle_period(collected, start)
             return
         plateau = self.state.plateau
         if plateau is None or plateau.period != period:  # a resumed retrain did these already
@@ -286,6 +284,15 @@ class Controller:
             collected, observation, decision.retrain, decision.reason, retrained, serving, start
         )
         self._add_row(replace(row, change_point=period in self.change_points))
+        self._complete(period)
+
+    def _idle_period(self, collected: CollectedStats, start: float) -> None:
+        """A period in which no site had new data: nothing to monitor or train."""
+        period = collected.stats.period
+        log.warning("period %d: no site has new data; nothing to monitor", period)
+        self.timeline.decision({"period": period, "retrain": False, "reason": NO_DATA})
+        serving = self.lifecycle.champion_version()
+        self._add_row(period_row(collected, None, False, NO_DATA, None, serving, start))
         self._complete(period)
 
     def _pace(self, period: int) -> None:
@@ -469,7 +476,12 @@ class Controller:
         server_round = self.state.server_round
         started = time.perf_counter()
         drifted = self._drifted if period > 0 else frozenset()
-        trained = self.federation.train_round(server_round, weights, period, drifted)
+        if self._train_sites is None:
+            trained = self.federation.train_round(server_round, weights, period, drifted)
+        else:  # a cluster's model: only its sites train
+            trained = self.federation.train_round(
+                server_round, weights, period, drifted, sites=self._train_sites
+            )
         evaluation = self._evaluate(period, trained.weights)
         seconds = time.perf_counter() - started
         self._add_round(
@@ -482,12 +494,20 @@ class Controller:
                 seconds,
             )
         )
-        self._last_validation = evaluation.accuracy
+        self._last_validation = self._accuracy(evaluation)
         return trained
 
     def _validate(self, period: int, weights: Weights) -> float:
-        """Federated accuracy of ``weights`` on the sites' holdouts for ``period``."""
-        return self._evaluate(period, weights).accuracy
+        """Federated accuracy of ``weights`` on the sites' holdouts for ``period`` (on the
+        training sites' alone while a cluster's model trains)."""
+        return self._accuracy(self._evaluate(period, weights))
+
+    def _accuracy(self, evaluation: Evaluation) -> float:
+        if self._train_sites is None:
+            return evaluation.accuracy
+        picked = [evaluation.scores[s] for s in self._train_sites if s in evaluation.scores]
+        total = sum(n for _, n in picked)
+        return sum(c for c, _ in picked) / total if total else math.nan
 
     def _evaluate(self, period: int, weights: Weights) -> Evaluation:
         """The federated evaluation of ``weights`` on ``period``'s holdouts.
@@ -506,15 +526,22 @@ class Controller:
     # ------------------------------------------------------------------ registry
 
     def _register(
-        self, outcome: Outcome, period: int, trigger: str, reason: str, parent: int | None
+        self,
+        outcome: Outcome,
+        period: int,
+        trigger: str,
+        reason: str,
+        parent: int | None,
+        key: str | None = None,
     ) -> int:
-        """The outcome as a candidate in the registry (once, even across a resume)."""
+        """The outcome as a candidate in the registry (once, even across a resume); ``key``
+        defaults to the period's (one retrain a period)."""
         scores = self._evaluate(period, outcome.weights).scores
         # Lineage: the retrain's rounds that trained (aggregated some site's update) and each
         # site's training examples in them; the holdout scores are its validation.
         entry = self.registry.register(
             {k: np.asarray(v) for k, v in outcome.weights.items()},
-            key=f"p{period}",
+            key=key or f"p{period}",
             trigger=trigger,
             reason=reason,
             period=period,
@@ -545,9 +572,21 @@ class Controller:
         During a canary the candidate travels too, and the canary sites serve it.
         """
         canary = self.lifecycle.canary_request(period, self.registry.load)
-        collected = self.federation.collect_stats(self.server_round, weights, period, edges, canary)
+        serving = self._serving()
+        if serving is None:
+            collected = self.federation.collect_stats(
+                self.server_round, weights, period, edges, canary
+            )
+        else:
+            collected = self.federation.collect_stats(
+                self.server_round, weights, period, edges, canary, serving=serving
+            )
         self.checkpoints.save_stats(collected.stats)
         return collected
+
+    def _serving(self) -> Serving | None:
+        """What the statistics query carries besides the champion: nothing for one model."""
+        return None
 
     def _add_row(self, row: PeriodRow) -> None:
         if self.epsilon is not None:

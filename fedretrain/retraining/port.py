@@ -66,11 +66,26 @@ class CanaryRequest:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """``adaptation=clustered``: the live concept models travel with the statistics query;
+    a site serves ``models[assignment[site]]`` (``models[default]`` when it has no cluster
+    yet) and scores every one of them on its new window."""
+
+    models: Mapping[int, Weights]
+    assignment: Mapping[int, int]
+    default: int
+
+
+@dataclass(frozen=True)
 class CollectedStats:
-    """Every site's statistics for a period, and how many sites' were rejected."""
+    """Every site's statistics for a period, and how many sites' were rejected.
+
+    ``model_scores``: with a :class:`Serving`, each site's (correct, examples) under every
+    live model on its new window, by cluster."""
 
     stats: PeriodStats
     rejected: int
+    model_scores: Mapping[int, Mapping[int, tuple[int, int]]] = field(default_factory=dict)
 
 
 class Federation(Protocol):
@@ -84,12 +99,14 @@ class Federation(Protocol):
         weights: Weights,
         period: int,
         drifted: frozenset[int] = frozenset(),
+        sites: frozenset[int] | None = None,
     ) -> TrainedRound:
         """Sample sites, train ``weights`` on their windows of ``period``, aggregate.
 
         ``drifted``: the sites the monitor found drifted in ``period``. Their updates are
         large for a reason (their data changed), so reply validation bounds them instead of
-        throwing them out as attacks."""
+        throwing them out as attacks. ``sites``: only these sites train (a cluster's model);
+        None: any site."""
         ...
 
     def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:
@@ -103,9 +120,12 @@ class Federation(Protocol):
         period: int,
         edges: HistogramEdges,
         canary: CanaryRequest | None = None,
+        serving: Serving | None = None,
     ) -> CollectedStats:
         """Every site scores the model it serves on its new window of ``period`` and sends
-        summable statistics on ``edges`` (no edges: period 0, before they are fixed)."""
+        summable statistics on ``edges`` (no edges: period 0, before they are fixed).
+        With ``serving``, sites serve their cluster's model instead of ``weights`` and score
+        every live model."""
         ...
 
 

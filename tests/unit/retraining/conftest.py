@@ -22,7 +22,13 @@ import pytest
 from omegaconf import OmegaConf
 from safetensors.numpy import save_file
 
-from fedretrain.config import ReleaseConfig, RetrainConfig, RunConfig, ScenarioConfig
+from fedretrain.config import (
+    AdaptationConfig,
+    ReleaseConfig,
+    RetrainConfig,
+    RunConfig,
+    ScenarioConfig,
+)
 from fedretrain.metrics import EvalResult
 from fedretrain.monitor.base import Detector
 from fedretrain.monitor.monitor import Monitor
@@ -30,12 +36,14 @@ from fedretrain.monitor.stats import HistogramEdges, PeriodStats, WindowStats
 from fedretrain.monitor.trigger import TriggerConfig, TriggerPolicy
 from fedretrain.registry import Event, ModelVersion, Registry
 from fedretrain.report import RunReport
+from fedretrain.retraining.clustered import ClusteredController
 from fedretrain.retraining.controller import Controller
 from fedretrain.retraining.drift_watch import DriftWatch
 from fedretrain.retraining.port import (
     CanaryRequest,
     CollectedStats,
     Evaluation,
+    Serving,
     TrainedRound,
     Weights,
 )
@@ -72,6 +80,8 @@ class FakeFederation:
     canaries: dict[int, tuple[int, ...]] = field(default_factory=dict)  # period -> canary sites
     trained_rounds: int = 0
     drifted: dict[int, frozenset[int]] = field(default_factory=dict)  # round -> drifted sites
+    trained_sites: list[tuple[int, ...] | None] = field(default_factory=list)  # each round's
+    served: dict[int, dict[int, float]] = field(default_factory=dict)  # period -> site -> w
 
     @property
     def num_sites(self) -> int:
@@ -88,19 +98,22 @@ class FakeFederation:
         weights: Weights,
         period: int,
         drifted: frozenset[int] = frozenset(),
+        sites: frozenset[int] | None = None,
     ) -> TrainedRound:
         self._called("train", period)
         self.drifted[self.trained_rounds] = drifted
+        self.trained_sites.append(None if sites is None else tuple(sorted(sites)))
         spent = self.budget_rounds is not None and self.trained_rounds >= self.budget_rounds
         if self.skip_rounds or spent:
             return TrainedRound(weights, float("nan"), 0)
         self.trained_rounds += 1
         w, age = float(weights["w"][0]), int(weights["age"][0])
-        target = float(self.concepts[:, period].mean())
+        training = sorted(sites) if sites is not None else list(range(self.num_sites))
+        target = float(self.concepts[training, period].mean())
         move = target - w if age == 0 else float(np.clip(target - w, -self.step, self.step))
         new = {"w": np.array([w + move]), "age": np.array([age + 1])}
-        examples = dict.fromkeys(range(self.num_sites), self.train_n)
-        return TrainedRound(new, abs(target - w), self.num_sites, examples)
+        examples = dict.fromkeys(training, self.train_n)
+        return TrainedRound(new, abs(target - w), len(training), examples)
 
     def scores(self, w: float, period: int) -> dict[int, tuple[int, int]]:
         return {
@@ -123,14 +136,23 @@ class FakeFederation:
         period: int,
         edges: HistogramEdges,
         canary: CanaryRequest | None = None,
+        serving: Serving | None = None,
     ) -> CollectedStats:
         self._called("stats", period)
         if canary is not None:
             self.canaries[period] = canary.sites
         sites = {}
+        model_scores: dict[int, dict[int, tuple[int, int]]] = {}
         for s in range(self.num_sites):
             served = canary.weights if canary is not None and s in canary.sites else weights
             theta = float(self.concepts[s, period])
+            if serving is not None:
+                served = serving.models[serving.assignment.get(s, serving.default)]
+                model_scores[s] = {
+                    c: (round(self.n * accuracy(float(m["w"][0]), theta)), self.n)
+                    for c, m in serving.models.items()
+                }
+            self.served.setdefault(period, {})[s] = float(served["w"][0])
             correct = round(self.n * accuracy(float(served["w"][0]), theta))
             sites[s] = WindowStats(
                 n=self.n,
@@ -143,7 +165,7 @@ class FakeFederation:
                 loss_sum=float(self.n - correct),
                 maxprob_sum=0.9 * self.n,
             )
-        return CollectedStats(PeriodStats(period, sites), 0)
+        return CollectedStats(PeriodStats(period, sites), 0, model_scores)
 
 
 class FakeModels:
@@ -161,6 +183,7 @@ def config(
     num_sites: int,
     retrain: dict[str, Any] | None = None,
     release: dict[str, Any] | None = None,
+    adaptation: dict[str, Any] | None = None,
 ) -> RunConfig:
     """A run config for the fake: the oracle policy (retrain at the true change points)."""
     cfg = RunConfig(
@@ -172,6 +195,7 @@ def config(
         retrain=RetrainConfig(**{"max_rounds": 10, "patience": 2, **(retrain or {})}),
         release=ReleaseConfig(**{"site_margin": 1.0, **(release or {})}),
         strategy=OmegaConf.create({"_target_": "fake.FedAvg"}),
+        adaptation=AdaptationConfig(**(adaptation or {})),
     )
     cfg.runtime.num_clients = num_sites
     return cfg
@@ -198,15 +222,17 @@ def build_controller(
     fixed_rounds: int | None = None,
     detectors: list[Detector] | None = None,
     site_changes: dict[int, list[tuple[int, int]]] | None = None,
+    adaptation: dict[str, Any] | None = None,
 ) -> tuple[Controller, FakeFederation]:
     concepts = np.asarray(concepts, dtype=np.float64)
-    cfg = config(concepts.shape[1], concepts.shape[0], retrain, release)
+    cfg = config(concepts.shape[1], concepts.shape[0], retrain, release, adaptation)
     run_dir = run_dir or base / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     federation = federation or FakeFederation(concepts)
     points = change_points(concepts) if points is None else points
     out = io.StringIO()
-    controller = Controller(
+    kind = ClusteredController if cfg.adaptation.clustered else Controller
+    controller = kind(
         cfg,
         federation,
         DriftWatch(Monitor(detectors or []), TriggerPolicy(cfg.policy, points)),

@@ -1,0 +1,332 @@
+"""``adaptation=clustered``: one model per concept, each site served its cluster's model.
+
+:class:`ClusteredController` runs the periods of :class:`~fedretrain.retraining.controller.
+Controller` with a set of concept models instead of one. Period 0 trains the first model on
+every site (cluster 0). From then on each period's statistics query carries every live model
+(:class:`~fedretrain.retraining.port.Serving`); each site serves its cluster's model and
+scores all of them, and :func:`~fedretrain.retraining.clusters.plan_period` decides the moves,
+merges and new concepts. A new concept's model is trained by its sites only, warm from the
+model that does best on them (re-initialised when that stalls, as a single model's retrain
+is), and kept only if the gate prefers it to what those sites serve; a cluster that sites
+joined is fine-tuned on all its sites the same way. Every decision is a line of
+``decisions.jsonl``; ``clusters.csv`` records each site's cluster and model every period.
+
+The registry's ``champion`` is the model serving the most sites; every serving model is a
+registered version, and each period's assignment is a ``clusters`` event.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from fedretrain.atomic import atomic_replace
+from fedretrain.checkpoint import Plateau
+from fedretrain.errors import FederationError
+from fedretrain.monitor.stats import HistogramEdges
+from fedretrain.registry import gate
+from fedretrain.retraining.clusters import ClusterState, PeriodPlan, Score, plan_period
+from fedretrain.retraining.controller import Controller, _no_data
+from fedretrain.retraining.outcome import REJECTED, Outcome
+from fedretrain.retraining.port import CollectedStats, Serving, SiteScores, Weights
+from fedretrain.retraining.summary import period_row
+
+log = logging.getLogger(__name__)
+
+CLUSTERS_CSV = "clusters.csv"
+DRIFT_TEST = "cluster_drift"  # the alarms column of a period in which sites drifted
+
+
+class ClusteredController(Controller):
+    """A :class:`Controller` whose sites are served one model per concept cluster."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.resume:
+            raise FederationError(
+                "resuming an adaptation=clustered run is not supported yet: start it again"
+            )
+        self.clusters = ClusterState()
+        self._assignments: list[tuple[int, int, int, int]] = []  # period, site, cluster, version
+        self._model_scores: Mapping[int, Mapping[int, Score]] = {}  # the period's, by site
+
+    # ------------------------------------------------------------------ periods
+
+    def _initial_period(self, replayed: CollectedStats | None) -> None:
+        """Period 0 as for one model; its model is cluster 0, served by every site."""
+        super()._initial_period(replayed)
+        version = self.lifecycle.champion_version()
+        scores = self._evaluate(0, self.registry.load(version)).scores
+        quality = _pooled_accuracy(scores, scores)
+        self.clusters, _ = ClusterState().founded(0, version, scores, quality)
+        self._record_assignment(0)
+
+    def _period(self, period: int, replayed: CollectedStats | None) -> None:
+        start = time.perf_counter()
+        edges = HistogramEdges(np.asarray(self.state.edges, dtype=np.float64))
+        collected = replayed or self._collect(period, self._champion(), edges)
+        if _no_data(collected.stats):
+            self._idle_period(collected, start)
+            return
+        plan = plan_period(self.clusters, period, collected.model_scores, self.cfg.adaptation)
+        self.clusters = plan.state
+        for record in plan.decisions(period):
+            self.timeline.decision(record)
+            log.info("period %d: %s", period, record["reason"])
+        self._drifted = plan.drifted
+        outcomes = []
+        if plan.new_concept:
+            outcomes.append(self._new_concept(period, plan))
+        if self.cfg.adaptation.refine_on_join:
+            for cluster in plan.joined:  # joined by sites its model never trained on
+                if self.clusters.untrained(cluster):
+                    outcomes.append(self._refine(period, cluster))
+        self._serve_largest(period)
+        reason = _reason(plan)
+        self.timeline.decision({"period": period, "retrain": bool(outcomes), "reason": reason})
+        outcome = _combined(outcomes)
+        serving = self.lifecycle.champion_version()
+        row = period_row(collected, None, bool(outcomes), reason, outcome, serving, start)
+        alarms = ";".join(str(site) for site in sorted(plan.drifted))
+        row = replace(
+            row,
+            change_point=period in self.change_points,
+            alarms=DRIFT_TEST if plan.drifted else "",
+            alarm_sites=alarms,
+        )
+        self._add_row(row)
+        self._record_assignment(period)
+        self._complete(period)
+
+    def _serving(self) -> Serving | None:
+        state = self.clusters
+        if not state.clusters:
+            return None  # period 0: the one initial model
+        live = state.live(self.cfg.adaptation.max_models)
+        models = {c: self.registry.load(state.clusters[c].version) for c in live}
+        champion = self.lifecycle.champion_version()
+        default = next((c for c in live if state.clusters[c].version == champion), live[0])
+        return Serving(models, dict(state.assignment), default)
+
+    def _complete(self, period: int) -> None:
+        self.state.clusters = self.clusters.to_dict()
+        super()._complete(period)
+
+    # ------------------------------------------------------------------ training
+
+    def _new_concept(self, period: int, plan: PeriodPlan) -> Outcome:
+        """A model for the drifted sites no stored model fits, trained by them alone."""
+        sites = plan.new_concept
+        state = self.clusters
+        # Warm from the live model that does best on these sites' windows this period.
+        start_cluster = max(
+            state.live(self.cfg.adaptation.max_models),
+            key=lambda c: (_accuracy_of(self._window_scores(c, sites)), -c),
+        )
+        start = state.clusters[start_cluster]
+        key = f"p{period}-new"
+        reason = f"new concept at sites {list(sites)}, warm from cluster {start_cluster}"
+        trigger = f"cluster {state.next_id}: new concept"
+        outcome, version = self._train_cluster(
+            period, sites, start.version, start.quality, key, reason, trigger
+        )
+        # The gate: the new model against what each of these sites serves now.
+        baseline = self._serving_scores(period, sites)
+        candidate = self._holdout(period, version, sites)
+        if not self._gate(period, version, candidate, baseline, key):
+            return replace(outcome, action=f"new concept{REJECTED}")
+        quality = _accuracy_of(candidate)
+        self.clusters, cluster = self.clusters.founded(period, version, candidate, quality)
+        self.timeline.decision(
+            {
+                "period": period,
+                "cluster": "founded",
+                "id": cluster,
+                "version": version,
+                "sites": list(sites),
+                "reason": f"cluster {cluster} (v{version}) serves sites {list(sites)}: "
+                f"{quality:.3f} on their holdouts against {_accuracy_of(baseline):.3f}",
+            }
+        )
+        return replace(outcome, action=f"new cluster {cluster}")
+
+    def _refine(self, period: int, cluster: int) -> Outcome:
+        """Fine-tune ``cluster``'s model on all its sites; kept if the gate prefers it."""
+        sites = self.clusters.sites_of(cluster)
+        current = self.clusters.clusters[cluster]
+        key = f"p{period}-c{cluster}"
+        reason = f"sites joined cluster {cluster}: fine-tuned on its {len(sites)} sites"
+        outcome, version = self._train_cluster(
+            period, sites, current.version, None, key, reason, f"cluster {cluster}: refine"
+        )
+        baseline = self._holdout(period, current.version, sites)
+        candidate = self._holdout(period, version, sites)
+        if not self._gate(period, version, candidate, baseline, key):
+            return replace(outcome, action=f"refine {cluster}{REJECTED}")
+        self.clusters = self.clusters.refined(
+            cluster, period, version, candidate, _accuracy_of(candidate)
+        )
+        return replace(outcome, action=f"refine {cluster}")
+
+    def _train_cluster(
+        self,
+        period: int,
+        sites: tuple[int, ...],
+        parent: int,
+        target: float | None,
+        key: str,
+        reason: str,
+        trigger: str,
+    ) -> tuple[Outcome, int]:
+        """Rounds on ``sites`` alone from ``parent``'s weights to a plateau; the candidate."""
+        self._train_sites = frozenset(sites)
+        try:
+            weights = self.registry.load(parent)
+            baseline = self._validate(period, weights)
+            plateau = Plateau(period=period, action="warm", baseline=baseline, target=target)
+            self.state.plateau = plateau
+            outcome = self._train_to_plateau(plateau, weights, target)
+            version = self._register(outcome, period, trigger, reason, parent, key=key)
+        finally:
+            self._train_sites = None
+            self.state.plateau = None
+        return outcome, version
+
+    def _gate(
+        self, period: int, version: int, candidate: SiteScores, baseline: SiteScores, key: str
+    ) -> bool:
+        c = self.cfg.release
+        decision = gate(
+            candidate, baseline, c.global_margin, c.site_margin, min_site_total=c.min_site_examples
+        )
+        self.registry.record(
+            "gate", period=period, version=version, payload=decision.to_dict(), key=f"{key}-gate"
+        )
+        if not decision.promote:
+            self.registry.reject(
+                version, reason=decision.reason, period=period, key=f"{key}-reject"
+            )
+        return decision.promote
+
+    def _serve_largest(self, period: int) -> None:
+        """The registry's champion is the model that serves the most sites."""
+        counts: dict[int, int] = {}
+        for cluster in self.clusters.assignment.values():
+            version = self.clusters.clusters[cluster].version
+            counts[version] = counts.get(version, 0) + 1
+        largest = max(counts, key=lambda v: (counts[v], v))
+        if largest != self.lifecycle.champion_version():
+            reason = f"serves the most sites ({counts[largest]} of {sum(counts.values())})"
+            self.registry.promote(largest, reason=reason, period=period, key=f"p{period}-promote")
+        self.registry.record(
+            "clusters",
+            period=period,
+            payload={
+                "assignment": {str(s): c for s, c in sorted(self.clusters.assignment.items())},
+                "versions": {str(k): c.version for k, c in sorted(self.clusters.clusters.items())},
+            },
+            key=f"p{period}-clusters",
+        )
+
+    # ------------------------------------------------------------------ scores
+
+    def _holdout(self, period: int, version: int, sites: tuple[int, ...]) -> SiteScores:
+        scores = self._evaluate(period, self.registry.load(version)).scores
+        return {s: scores[s] for s in sites if s in scores}
+
+    def _serving_scores(self, period: int, sites: tuple[int, ...]) -> SiteScores:
+        """Each site's holdout score under the model it serves now."""
+        out: SiteScores = {}
+        for site in sites:
+            cluster = self.clusters.assignment.get(site)
+            if cluster is None:
+                continue
+            out |= self._holdout(period, self.clusters.clusters[cluster].version, (site,))
+        return out
+
+    def _window_scores(self, cluster: int, sites: tuple[int, ...]) -> dict[int, Score]:
+        """``cluster``'s model's scores on ``sites``' windows of the period (prequential)."""
+        scores = self._model_scores
+        return {s: scores[s][cluster] for s in sites if cluster in scores.get(s, {})}
+
+    def _collect(self, period: int, weights: Weights, edges: HistogramEdges) -> CollectedStats:
+        collected = super()._collect(period, weights, edges)
+        self._model_scores = collected.model_scores
+        return collected
+
+    # ------------------------------------------------------------------ records
+
+    def _record_assignment(self, period: int) -> None:
+        state = self.clusters
+        for site, cluster in sorted(state.assignment.items()):
+            self._assignments.append((period, site, cluster, state.clusters[cluster].version))
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["period", "site", "cluster", "version"])
+        writer.writerows(self._assignments)
+        atomic_replace(self.run_dir / CLUSTERS_CSV, lambda tmp: tmp.write_text(buffer.getvalue()))
+
+    def _finish(self) -> dict[str, object]:
+        serving = self.clusters.serving
+        self.summary_extras = _with(
+            self.summary_extras,
+            {
+                "adaptation": "clustered",
+                "clusters_founded": len(self.clusters.clusters),
+                "clusters_serving": len(serving),
+                "cluster_by_site": " ".join(
+                    f"{s}:{c}" for s, c in sorted(self.clusters.assignment.items())
+                ),
+            },
+        )
+        return super()._finish()
+
+
+def _with(extras: Any, more: Mapping[str, object]) -> Any:
+    return lambda: {**extras(), **more}
+
+
+def _accuracy_of(scores: Mapping[int, Score]) -> float:
+    total = sum(n for _, n in scores.values())
+    return sum(c for c, _ in scores.values()) / total if total else math.nan
+
+
+def _pooled_accuracy(scores: Mapping[int, Score], sites: Mapping[int, Any]) -> float:
+    return _accuracy_of({s: scores[s] for s in sites if s in scores})
+
+
+def _reason(plan: PeriodPlan) -> str:
+    parts = []
+    if plan.merges:
+        parts.append(f"{len(plan.merges)} merge(s)")
+    recurrences = [m for m in plan.moves if m.kind == "recurrence"]
+    elsewhere = [m for m in plan.moves if m.kind == "better elsewhere"]
+    if recurrences:
+        parts.append("recurring concept at sites " + ",".join(str(m.site) for m in recurrences))
+    if elsewhere:
+        parts.append("better served elsewhere: sites " + ",".join(str(m.site) for m in elsewhere))
+    if plan.new_concept:
+        parts.append("new concept at sites " + ",".join(str(s) for s in plan.new_concept))
+    if not parts:
+        drifted = len(plan.drifted)
+        return f"{drifted} site(s) drifted" if drifted else "every site fits its cluster's model"
+    return "; ".join(parts)
+
+
+def _combined(outcomes: list[Outcome]) -> Outcome | None:
+    if not outcomes:
+        return None
+    last = outcomes[-1]
+    return replace(
+        last,
+        action="; ".join(o.action for o in outcomes),
+        rounds=sum(o.rounds for o in outcomes),
+    )

@@ -1,0 +1,135 @@
+"""adaptation=clustered through the numpy fake federation (issue 14, item 2).
+
+Site concepts θ are 0 or 1; a model ``w`` scores ``1 - |w - θ|``, so one global model can only
+serve both concepts at the mean, while one model per concept serves each site fully. The
+expected clusters are the true concepts: checked with scikit-learn's adjusted Rand index.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from fedretrain.drift.schedule import Schedule
+from fedretrain.errors import FederationError
+from fedretrain.registry import Registry
+
+from conftest import MakeController, events, versions
+
+CLUSTERED = {"mode": "clustered"}
+
+
+def staggered() -> np.ndarray:
+    """Sites 0-1 flip at period 2 and back at 7, sites 2-3 flip at 4, sites 4-5 never."""
+    concepts = np.zeros((6, 10))
+    concepts[0:2, 2:7] = 1
+    concepts[2:4, 4:] = 1
+    return concepts
+
+
+def changes(concepts: np.ndarray) -> dict[int, list[tuple[int, int]]]:
+    return Schedule(concepts.astype(int)).site_changes()
+
+
+def rounds_in(run_dir, period: int) -> int:
+    with open(run_dir / "timeline.csv") as f:
+        return next(int(r["rounds"]) for r in csv.DictReader(f) if int(r["period"]) == period)
+
+
+def assignment(run_dir, period: int) -> dict[int, int]:
+    with open(run_dir / "clusters.csv") as f:
+        return {
+            int(r["site"]): int(r["cluster"])
+            for r in csv.DictReader(f)
+            if int(r["period"]) == period
+        }
+
+
+def test_staggered_concepts_are_served_one_model_each(make_controller: MakeController) -> None:
+    concepts = staggered()
+    single, _ = make_controller(concepts, site_changes=changes(concepts))
+    single_summary = single.run()
+    controller, federation = make_controller(
+        concepts,
+        adaptation=CLUSTERED,
+        run_dir=single.run_dir.parent / "c",
+        site_changes=changes(concepts),
+    )
+    summary = controller.run()
+    run_dir = controller.run_dir
+    # Every period from 1 on, the sites' clusters are their true concepts.
+    for period in range(3, 10):
+        found = assignment(run_dir, period)
+        truth = concepts[:, period]
+        if period in (4, 7):  # a change period is scored before the sites move
+            continue
+        assert adjusted_rand_score(truth, [found[s] for s in range(6)]) == 1.0, period
+    assert summary["mean_prequential_accuracy"] > single_summary["mean_prequential_accuracy"] + 0.2
+    assert summary["clusters_serving"] == 2
+    # Each round trained at the sites of the cluster it was for, and nowhere else.
+    periods = [period for what, period in federation.calls if what == "train"]
+    trained = set(zip(periods, federation.trained_sites, strict=True))
+    assert trained == {(0, None), (2, (0, 1)), (4, (0, 1, 2, 3))}
+    # Period 7: sites 0-1 return to cluster 0, which was trained on them: no round at all.
+    assert rounds_in(run_dir, 7) == 0
+    assert assignment(run_dir, 7)[0] == 0
+    decisions = [
+        json.loads(line) for line in (run_dir / "decisions.jsonl").read_text().splitlines()
+    ]
+    kinds = {(d["period"], d.get("cluster")) for d in decisions}
+    assert {(2, "new concept"), (2, "founded"), (4, "recurrence"), (7, "recurrence")} <= kinds
+    assert all(d["reason"] for d in decisions)
+    # Per-site detection is scored from the clusters' drift tests.
+    assert summary["site_detection"]["detected"] == summary["site_detection"]["changes"] == 6
+    assert summary["site_detection"]["false_alarms"] == 0
+
+
+def test_synchronous_drift_collapses_to_one_model(make_controller: MakeController) -> None:
+    concepts = np.zeros((5, 6))
+    concepts[:, 3:] = 1
+    controller, _ = make_controller(concepts, adaptation=CLUSTERED, site_changes=changes(concepts))
+    summary = controller.run()
+    assert summary["clusters_serving"] == 1 and summary["clusters_founded"] == 2
+    assert set(assignment(controller.run_dir, 5).values()) == {1}
+    assert summary["site_detection"]["detected"] == 5
+
+
+def test_a_stationary_federation_trains_once_and_never_alarms(
+    make_controller: MakeController,
+) -> None:
+    controller, _ = make_controller(np.zeros((4, 8)), adaptation=CLUSTERED, points=[])
+    summary = controller.run()
+    assert summary["retrain_rounds"] == 0 and summary["clusters_founded"] == 1
+    assert summary["alarm_periods"] == []
+
+
+def test_the_registry_holds_every_cluster_model_and_stays_consistent(
+    make_controller: MakeController,
+) -> None:
+    controller, _ = make_controller(staggered(), adaptation=CLUSTERED)
+    controller.run()
+    with Registry(controller.run_dir) as registry:
+        assert registry.check_invariants() == []
+        champion = registry.champion()
+    served = assignment(controller.run_dir, 9)
+    kinds = [e.payload for e in events(controller.run_dir, "clusters")]
+    final = kinds[-1]
+    assert {int(s): c for s, c in final["assignment"].items()} == served
+    # The champion is the version serving the most sites: cluster 0, 4 of 6 at the end.
+    assert sorted(served.values()).count(0) == 4
+    assert champion is not None and champion.version == final["versions"]["0"]
+    trained = [v for v in versions(controller.run_dir) if v.trigger.startswith("cluster")]
+    assert trained and all(v.rounds > 0 for v in trained)
+
+
+def test_resume_of_a_clustered_run_is_refused_in_words(make_controller: MakeController) -> None:
+    controller, _ = make_controller(np.zeros((3, 4)), adaptation=CLUSTERED)
+    controller.run()
+    with pytest.raises(FederationError, match="clustered run is not supported"):
+        make_controller(
+            np.zeros((3, 4)), adaptation=CLUSTERED, run_dir=controller.run_dir, resume=True
+        )
