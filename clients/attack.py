@@ -14,7 +14,8 @@ For an attacking site (chosen per run by the seed, :func:`fedretrain.attacks.att
   ``sign_flip``, ``gaussian``: :func:`fedretrain.attacks.poison`) and, for
   ``num_examples_lie``, its ``num-examples``;
 - for ``bad_stats``, corrupts a monitor reply's statistics
-  (:func:`fedretrain.attacks.corrupt_stats`).
+  (:func:`fedretrain.attacks.corrupt_stats`); for ``bad_scores``, its per-model scores
+  (:func:`fedretrain.attacks.corrupt_scores`, adaptation=clustered).
 
 A train update is poisoned with the generator seeded by (seed, site, round), the one the
 handler seeds its batch order from, so an attack is repeatable.
@@ -29,10 +30,18 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedretrain.attacks import AttackKind, attackers, corrupt_stats, drops_out, poison
+from fedretrain.attacks import (
+    AttackKind,
+    attackers,
+    corrupt_scores,
+    corrupt_stats,
+    drops_out,
+    poison,
+)
 from fedretrain.config import AttackConfig, from_yaml
 from fedretrain.flower.records import (
     DATA_DIR_KEY,
+    MODEL_SCORES_KEY,
     MONITOR_QUERY,
     NUM_EXAMPLES_KEY,
     SITE_ID_KEY,
@@ -113,15 +122,22 @@ def _monitor(
     msg: Message, context: Context, call_next: ClientAppCallable, attack: AttackConfig, seed: int
 ) -> Message:
     reply = call_next(msg, context)
-    if attack.kind is not AttackKind.bad_stats:
+    if attack.kind not in (AttackKind.bad_stats, AttackKind.bad_scores):
         return reply
     if not _is_attacker(attack, seed, _site_id(context), context):
         return reply
-    if reply.has_error() or "stats" not in reply.content.array_records:
+    records = reply.content.array_records if not reply.has_error() else {}
+    content = RecordDict(dict(reply.content.items())) if records else None
+    if attack.kind is AttackKind.bad_stats and content is not None and "stats" in records:
+        bad = corrupt_stats({k: v.numpy() for k, v in records["stats"].items()})
+        content["stats"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in bad.items()})
+    elif (
+        attack.kind is AttackKind.bad_scores and content is not None and MODEL_SCORES_KEY in records
+    ):
+        table = corrupt_scores(records[MODEL_SCORES_KEY]["table"].numpy())
+        content[MODEL_SCORES_KEY] = ArrayRecord({"table": Array(table)})
+    else:
         return reply
-    bad = corrupt_stats({k: v.numpy() for k, v in reply.content.array_records["stats"].items()})
-    content = RecordDict(dict(reply.content.items()))
-    content["stats"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in bad.items()})
     return Message(content=content, reply_to=msg)
 
 

@@ -32,6 +32,7 @@ class AttackKind(str, Enum):
     num_examples_lie = "num_examples_lie"  # honest update, claims `claimed_examples`
     label_flip = "label_flip"  # trains honestly on labels mapped y -> K-1-y
     bad_stats = "bad_stats"  # drift statistics with negative counts and a NaN sum
+    bad_scores = "bad_scores"  # adaptation=clustered: more correct answers than examples
 
 
 def corrupt_stats(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -47,6 +48,19 @@ def corrupt_stats(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out["hist"] = out["hist"] - 1001
     if "x_sum" in out:
         out["x_sum"] = np.full_like(out["x_sum"], np.nan, dtype=np.float64)
+    return out
+
+
+def corrupt_scores(table: np.ndarray) -> np.ndarray:
+    """What a ``bad_scores`` attacker sends as its per-model scores (cluster, correct,
+    examples): every model right on more examples than the window holds, which would make any
+    model look perfect there.
+
+    >>> corrupt_scores(np.array([[0, 7, 10], [1, 2, 10]])).tolist()
+    [[0, 20, 10], [1, 20, 10]]
+    """
+    out = np.array(table, copy=True)
+    out[:, 1] = 2 * out[:, 2]
     return out
 
 
