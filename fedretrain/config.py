@@ -287,6 +287,7 @@ class ReleaseConfig:
 class AdaptationMode(str, Enum):
     single = "single"  # one global model, retrained by the policy (the default)
     clustered = "clustered"  # one model per concept; each site served its cluster's model
+    oracle = "oracle"  # simulation baseline: clustered, with each site's true concept known
 
 
 @dataclass
@@ -338,7 +339,12 @@ class AdaptationConfig:
 
     @property
     def clustered(self) -> bool:
-        return self.mode is AdaptationMode.clustered
+        """One model per cluster (``clustered``, or the ``oracle`` baseline)."""
+        return self.mode is not AdaptationMode.single
+
+    @property
+    def oracle(self) -> bool:
+        return self.mode is AdaptationMode.oracle
 
 
 class TrackingBackend(str, Enum):
@@ -529,14 +535,19 @@ def cross_checks(cfg: DictConfig, typed: dict[str, Any]) -> list[str]:
     if cfg.privacy.user_level:
         problems += _check_user_level_dp(cfg)
     problems += _check_stats_bound(cfg)
-    if cfg.adaptation.mode == AdaptationMode.clustered.value:
+    if cfg.adaptation.mode != AdaptationMode.single.value:
         problems += _check_clustered(cfg)
     return problems
 
 
 def _check_clustered(cfg: DictConfig) -> list[str]:
-    """What adaptation=clustered does not combine with (yet)."""
+    """What adaptation=clustered (and its oracle) does not combine with (yet)."""
     problems = []
+    if cfg.adaptation.mode == AdaptationMode.oracle.value and cfg.scenario.name == "deployed":
+        problems.append(
+            "adaptation=oracle: knows each site's true concept, which only a simulated "
+            "scenario has: use adaptation=clustered in a deployment"
+        )
     if cfg.scenario.num_periods <= 1 or cfg.scenario.stream is None:
         problems.append(
             "adaptation=clustered: needs a drift scenario (monitoring periods), e.g. "

@@ -122,7 +122,7 @@ def run(
     if static:
         pool = build_pool(cfg.task.dataset)
         input_shape, num_classes, change_points = pool.input_shape, pool.num_classes, []
-        deployed, site_changes = False, None
+        deployed, site_changes, truth = False, None, None
     else:
         stream = instantiate(cfg.scenario.stream)
         input_shape, num_classes = stream.input_shape, stream.num_classes
@@ -134,6 +134,7 @@ def run(
         )
         change_points = schedule.change_points()
         site_changes = None if deployed else schedule.site_changes()
+        truth = None if deployed else schedule.concepts
     m = cfg.monitor
     detectors = (
         []
@@ -177,5 +178,6 @@ def run(
         out=out,
         resume=resume,
         tracker=build_tracker(cfg, run_dir, config_yaml),
+        **({"truth": truth} if cfg.adaptation.clustered else {}),
     )
     return controller.run()

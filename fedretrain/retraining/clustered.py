@@ -33,7 +33,7 @@ from fedretrain.checkpoint import Plateau
 from fedretrain.errors import FederationError
 from fedretrain.monitor.stats import HistogramEdges
 from fedretrain.registry import gate
-from fedretrain.retraining.clusters import ClusterState, PeriodPlan, Score, plan_period
+from fedretrain.retraining.clusters import ClusterState, Move, PeriodPlan, Score, plan_period
 from fedretrain.retraining.controller import Controller, _no_data
 from fedretrain.retraining.outcome import REJECTED, Outcome
 from fedretrain.retraining.port import CollectedStats, Serving, SiteScores, Weights
@@ -48,8 +48,16 @@ DRIFT_TEST = "cluster_drift"  # the alarms column of a period in which sites dri
 class ClusteredController(Controller):
     """A :class:`Controller` whose sites are served one model per concept cluster."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, truth: np.ndarray | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # adaptation=oracle: the true concept of each site and period (sites x periods).
+        self.truth = truth if self.cfg.adaptation.oracle else None
+        if self.cfg.adaptation.oracle and truth is None:
+            raise FederationError(
+                "adaptation=oracle assigns sites by their true concepts, which only a "
+                "simulated scenario knows: use adaptation=clustered in a deployment"
+            )
+        self._concept_cluster: dict[int, int] = {}  # oracle: true concept -> its cluster
         if self.resume:
             raise FederationError(
                 "resuming an adaptation=clustered run is not supported yet: start it again"
@@ -66,7 +74,10 @@ class ClusteredController(Controller):
         version = self.lifecycle.champion_version()
         scores = self._evaluate(0, self.registry.load(version)).scores
         quality = _pooled_accuracy(scores, scores)
-        self.clusters, _ = ClusterState().founded(0, version, scores, quality)
+        self.clusters, cluster = ClusterState().founded(0, version, scores, quality)
+        if self.truth is not None:  # cluster 0 is the concept most sites start on
+            first = np.bincount(self.truth[:, 0].astype(np.int64)).argmax()
+            self._concept_cluster[int(first)] = cluster
         self._record_assignment(0)
 
     def _period(self, period: int, replayed: CollectedStats | None) -> None:
@@ -76,15 +87,17 @@ class ClusteredController(Controller):
         if _no_data(collected.stats):
             self._idle_period(collected, start)
             return
-        plan = plan_period(self.clusters, period, collected.model_scores, self.cfg.adaptation)
+        if self.truth is None:
+            plan = plan_period(self.clusters, period, collected.model_scores, self.cfg.adaptation)
+            groups = [plan.new_concept] if plan.new_concept else []
+        else:
+            plan, groups = self._oracle_plan(period, collected)
         self.clusters = plan.state
         for record in plan.decisions(period):
             self.timeline.decision(record)
             log.info("period %d: %s", period, record["reason"])
         self._drifted = plan.drifted
-        outcomes = []
-        if plan.new_concept:
-            outcomes.append(self._new_concept(period, plan))
+        outcomes = [self._new_concept(period, sites) for sites in groups]
         if self.cfg.adaptation.refine_on_join:
             for cluster in plan.joined:  # joined by sites its model never trained on
                 if self.clusters.untrained(cluster):
@@ -106,6 +119,40 @@ class ClusteredController(Controller):
         self._record_assignment(period)
         self._complete(period)
 
+    def _oracle_plan(
+        self, period: int, collected: CollectedStats
+    ) -> tuple[PeriodPlan, list[tuple[int, ...]]]:
+        """adaptation=oracle: every reporting site goes to its true concept's cluster; the
+        sites of a concept with no cluster yet are a new concept's group (one per concept)."""
+        assert self.truth is not None
+        state = self.clusters
+        assignment = dict(state.assignment)
+        moves: list[Move] = []
+        groups: dict[int, list[int]] = {}
+        drifted: set[int] = set()
+        for site in sorted(collected.stats.sites):
+            concept = int(self.truth[site, period])
+            target = self._concept_cluster.get(concept)
+            own = assignment.get(site)
+            if target is None:
+                groups.setdefault(concept, []).append(site)
+                drifted.add(site)
+            elif own != target:
+                reason = f"site {site} follows concept {concept} now: cluster {target}'s model"
+                moves.append(Move(site, -1 if own is None else own, target, reason, "oracle"))
+                assignment[site] = target
+                drifted.add(site)
+        plan = PeriodPlan(
+            replace(state, assignment=assignment),
+            frozenset(drifted),
+            (),
+            tuple(sorted({m.target for m in moves})),
+            tuple(moves),
+            (),
+            {},
+        )
+        return plan, [tuple(g) for _, g in sorted(groups.items())]
+
     def _serving(self) -> Serving | None:
         state = self.clusters
         if not state.clusters:
@@ -122,9 +169,8 @@ class ClusteredController(Controller):
 
     # ------------------------------------------------------------------ training
 
-    def _new_concept(self, period: int, plan: PeriodPlan) -> Outcome:
+    def _new_concept(self, period: int, sites: tuple[int, ...]) -> Outcome:
         """A model for the drifted sites no stored model fits, trained by them alone."""
-        sites = plan.new_concept
         state = self.clusters
         # Warm from the live model that does best on these sites' windows this period.
         start_cluster = max(
@@ -132,7 +178,7 @@ class ClusteredController(Controller):
             key=lambda c: (_accuracy_of(self._window_scores(c, sites)), -c),
         )
         start = state.clusters[start_cluster]
-        key = f"p{period}-new"
+        key = f"p{period}-new-{sites[0]}"
         reason = f"new concept at sites {list(sites)}, warm from cluster {start_cluster}"
         trigger = f"cluster {state.next_id}: new concept"
         outcome, version = self._train_cluster(
@@ -145,6 +191,8 @@ class ClusteredController(Controller):
             return replace(outcome, action=f"new concept{REJECTED}")
         quality = _accuracy_of(candidate)
         self.clusters, cluster = self.clusters.founded(period, version, candidate, quality)
+        if self.truth is not None:
+            self._concept_cluster[int(self.truth[sites[0], period])] = cluster
         self.timeline.decision(
             {
                 "period": period,
@@ -279,7 +327,7 @@ class ClusteredController(Controller):
         self.summary_extras = _with(
             self.summary_extras,
             {
-                "adaptation": "clustered",
+                "adaptation": self.cfg.adaptation.mode.value,
                 "clusters_founded": len(self.clusters.clusters),
                 "clusters_serving": len(serving),
                 "cluster_by_site": " ".join(

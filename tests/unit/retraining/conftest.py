@@ -246,6 +246,7 @@ def build_controller(
         fixed_rounds=fixed_rounds,
         out=out,
         resume=resume,
+        **({"truth": concepts.astype(np.int64)} if cfg.adaptation.oracle else {}),
     )
     return controller, federation
 

@@ -12,13 +12,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import MakeController, events, versions
 from sklearn.metrics import adjusted_rand_score
 
 from fedretrain.drift.schedule import Schedule
 from fedretrain.errors import FederationError
 from fedretrain.registry import Registry
-
-from conftest import MakeController, events, versions
 
 CLUSTERED = {"mode": "clustered"}
 
@@ -133,3 +132,29 @@ def test_resume_of_a_clustered_run_is_refused_in_words(make_controller: MakeCont
         make_controller(
             np.zeros((3, 4)), adaptation=CLUSTERED, run_dir=controller.run_dir, resume=True
         )
+
+
+def test_the_oracle_assigns_every_site_its_true_concept(make_controller: MakeController) -> None:
+    concepts = staggered()
+    concepts[4, 5:] = 2  # a third concept at one site
+    oracle, federation = make_controller(concepts, adaptation={"mode": "oracle"})
+    summary = oracle.run()
+    for period in range(1, 10):
+        found = assignment(oracle.run_dir, period)
+        assert adjusted_rand_score(concepts[:, period], [found[s] for s in range(6)]) == 1.0
+    assert summary["clusters_serving"] == 3 and summary["adaptation"] == "oracle"
+    periods = [period for what, period in federation.calls if what == "train"]
+    trained = set(zip(periods, federation.trained_sites, strict=True))
+    assert (5, (4,)) in trained  # the third concept trained at its one site
+
+
+def test_clustered_detection_matches_the_oracle_on_clean_concepts(
+    make_controller: MakeController, tmp_path
+) -> None:
+    concepts = staggered()
+    clustered, _ = make_controller(concepts, adaptation=CLUSTERED, run_dir=tmp_path / "c")
+    oracle, _ = make_controller(concepts, adaptation={"mode": "oracle"}, run_dir=tmp_path / "o")
+    found, best = clustered.run(), oracle.run()
+    assert found["mean_prequential_accuracy"] == pytest.approx(
+        best["mean_prequential_accuracy"], abs=0.02
+    )
