@@ -12,6 +12,11 @@ Examples
     fedretrain-compare scenario=sine_flip
     fedretrain-compare scenario=sea_thresholds --policies periodic,triggered --out runs/sea
     fedretrain-compare scenario=sine_flip --seeds 0,1,2 --jobs 2
+    fedretrain-compare scenario=sine_staggered --policies triggered,clustered,concept_oracle
+
+``--policies`` takes the single-model policies (``policy=P``) and ``clustered`` (one model per
+concept, ``adaptation=clustered``) with ``concept_oracle`` (``adaptation=oracle``, the true
+concepts known).
 """
 
 from __future__ import annotations
@@ -38,7 +43,14 @@ from fedretrain.tracking import ParentRun
 if TYPE_CHECKING:
     from fedretrain.config import RunConfig
 
-POLICIES = ("never", "periodic", "triggered", "oracle")
+POLICIES = ("never", "periodic", "triggered", "oracle")  # the default: one global model
+# What each name given to --policies runs: the single-model policies, and one model per
+# concept (adaptation=clustered) with its baseline that knows the true concepts.
+ARMS = {
+    **{p: (f"policy={p}",) for p in POLICIES},
+    "clustered": ("adaptation=clustered",),
+    "concept_oracle": ("adaptation=oracle",),
+}
 COLUMNS = (
     ("policy", "policy", "{}"),
     ("mean prequential acc", "mean_prequential_accuracy", "{:.4f}"),
@@ -84,7 +96,7 @@ def command(job: Job, overrides: Sequence[str]) -> list[str]:
         "-m",
         "fedretrain",
         *overrides,
-        f"policy={job.policy}",
+        *ARMS[job.policy],
         *seed,
         f"hydra.run.dir={job.run_dir}",
     ]
@@ -312,7 +324,11 @@ def parse(argv: Sequence[str] | None, prog: str = "fedretrain-compare") -> Plan:
         description="Run a drift scenario under several retraining policies and compare them.",
         epilog="Other arguments are Hydra overrides for every run, e.g. scenario=sine_flip.",
     )
-    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated")
+    parser.add_argument(
+        "--policies",
+        default=",".join(POLICIES),
+        help=f"comma-separated, of {', '.join(ARMS)} (default: {','.join(POLICIES)})",
+    )
     parser.add_argument("--out", type=Path, help="folder for the runs (default: outputs/...)")
     parser.add_argument(
         "--seeds", help="comma-separated runtime.seed values: each policy's mean and spread"
@@ -325,9 +341,9 @@ def parse(argv: Sequence[str] | None, prog: str = "fedretrain-compare") -> Plan:
     )
     args, overrides = parser.parse_known_args(argv)
     policies = [p for p in args.policies.split(",") if p]
-    unknown = [p for p in policies if p not in POLICIES]
+    unknown = [p for p in policies if p not in ARMS]
     if unknown:
-        parser.error(f"unknown policies {unknown}; choose from {list(POLICIES)}")
+        parser.error(f"unknown policies {unknown}; choose from {list(ARMS)}")
     if not any(o.startswith("scenario=") for o in overrides):
         parser.error("name a drift scenario, e.g. scenario=sine_flip (see conf/scenario/)")
     seeds: list[int | None] = [None]
@@ -342,9 +358,19 @@ def parse(argv: Sequence[str] | None, prog: str = "fedretrain-compare") -> Plan:
             parser.error("give the seeds with --seeds or runtime.seed=, not both")
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be at least 1")
-    config = checked_config([*overrides, f"policy={policies[0]}"])
-    if isinstance(config, list):
-        parser.error("invalid configuration: " + "; ".join(config))
+    configs = [checked_config([*overrides, *ARMS[p]]) for p in policies]  # each arm's own
+    arms_of: dict[str, list[str]] = {}
+    for policy, checked in zip(policies, configs, strict=True):
+        for problem in checked if isinstance(checked, list) else ():
+            arms_of.setdefault(problem, []).append(policy)
+    if arms_of:
+        problems = [
+            p if len(arms) == len(policies) else f"{p} (in {', '.join(arms)})"
+            for p, arms in arms_of.items()
+        ]
+        parser.error("invalid configuration: " + "; ".join(problems))
+    config = configs[0]
+    assert not isinstance(config, list)
     return Plan(policies, seeds, args.jobs, args.out, list(overrides), config)
 
 

@@ -156,3 +156,24 @@ def test_with_mlflow_the_runs_nest_under_one_comparison_run(
     }
     record = json.loads((tmp_path / "c" / "comparison.json").read_text())
     assert [r["parent"] for r in record["runs"]] == [parent.info.run_id] * 2  # told to nest
+
+
+def test_clustered_arms_run_their_adaptation_and_are_checked_as_they_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = compare.parse(
+        ["scenario=sine_staggered", "--policies", "triggered,clustered,concept_oracle"]
+    )
+    commands = {
+        p: compare.command(compare.Job(p, None, tmp_path / p), plan.overrides)
+        for p in plan.policies
+    }
+    assert "policy=triggered" in commands["triggered"]
+    assert "adaptation=clustered" in commands["clustered"]
+    assert "adaptation=oracle" in commands["concept_oracle"]
+    assert not any(a.startswith("policy=") for a in commands["clustered"])
+    # A config only the clustered arm refuses is named with that arm, before any run.
+    argv = ["scenario=sine_staggered", "privacy=dpsgd", "--policies", "triggered,clustered"]
+    code, _, err = exit_of(compare.main, [*argv, "--out", str(tmp_path / "cmp")], capsys)
+    assert code == 2 and "(in clustered)" in err and "privacy=dpsgd" in err
+    assert not (tmp_path / "cmp").exists()
