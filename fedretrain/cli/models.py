@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     sub = action("list", _list, "every version, its status and aliases")
     sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_argument(
+        "--cluster",
+        action="store_true",
+        help="adaptation=clustered: the clusters each version served and the sites it serves",
+    )
     sub = action("show", _show, "one version's lineage, metrics, file check and events")
     sub.add_argument("version", metavar="VERSION", help="3, v3, champion or candidate")
     sub.add_argument("--json", action="store_true", help="print JSON")
@@ -67,11 +73,43 @@ def _list(args: argparse.Namespace) -> int:
     with Registry(args.run_dir) as registry:
         versions = registry.versions()
         aliases = _aliases_by_version(registry)
+        clusters = _clusters_by_version(registry) if args.cluster else None
+    if args.cluster and not clusters:
+        print(
+            f"{args.run_dir}: no clusters recorded (only an adaptation=clustered run has them)",
+            file=sys.stderr,
+        )
+        return 1
     if args.json:
-        print(json.dumps([_with_aliases(v, aliases) for v in versions], indent=2))
+        rows_json = [_with_aliases(v, aliases) for v in versions]
+        for row in rows_json:
+            if clusters:
+                row |= clusters.get(row["version"], {"clusters": [], "serves": []})
+        print(json.dumps(rows_json, indent=2))
         return 0
     if not versions:
         print(f"{args.run_dir}: no versions registered")
+        return 0
+    if clusters:
+        headers = ["version", "status", "alias", "clusters", "serves sites", "period", "trigger"]
+        print(
+            table(
+                [*headers, "rounds"],
+                [
+                    [
+                        f"v{v.version}",
+                        v.status.value,
+                        ",".join(aliases.get(v.version, [])),
+                        ",".join(map(str, clusters.get(v.version, {}).get("clusters", []))),
+                        ",".join(map(str, clusters.get(v.version, {}).get("serves", []))),
+                        v.period,
+                        v.trigger,
+                        v.rounds,
+                    ]
+                    for v in versions
+                ],
+            )
+        )
         return 0
     headers = ["version", "status", "alias", "parent", "period", "trigger", "rounds", "sites"]
     rows = [
@@ -255,6 +293,24 @@ def _resolve(registry: Registry, text: str) -> int:
     if not digits.isdigit():
         raise CliError(f"{text!r} is not a version: give a number (3 or v3) or {ALIASES}")
     return registry.get(int(digits)).version
+
+
+def _clusters_by_version(registry: Registry) -> dict[int, dict[str, list[int]]]:
+    """From the ``clusters`` events of an adaptation=clustered run: per version, the clusters
+    it ever served and the sites it serves at the last recorded period."""
+    recorded = registry.events(kind="clusters")
+    out: dict[int, dict[str, list[int]]] = {}
+    for event in recorded:
+        for cluster, version in event.payload["versions"].items():
+            entry = out.setdefault(int(version), {"clusters": [], "serves": []})
+            if int(cluster) not in entry["clusters"]:
+                entry["clusters"].append(int(cluster))
+    if recorded:
+        last = recorded[-1].payload
+        for site, cluster in last["assignment"].items():
+            version = int(last["versions"][str(cluster)])
+            out.setdefault(version, {"clusters": [], "serves": []})["serves"].append(int(site))
+    return out
 
 
 def _aliases_by_version(registry: Registry) -> dict[int, list[str]]:
