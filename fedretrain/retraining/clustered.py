@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from fedretrain.retraining.summary import period_row
 log = logging.getLogger(__name__)
 
 CLUSTERS_CSV = "clusters.csv"
+CLUSTERS_PNG = "clusters.png"
 DRIFT_TEST = "cluster_drift"  # the alarms column of a period in which sites drifted
 
 
@@ -58,6 +60,7 @@ class ClusteredController(Controller):
                 "simulated scenario knows: use adaptation=clustered in a deployment"
             )
         self._concept_cluster: dict[int, int] = {}  # oracle: true concept -> its cluster
+        self.truth_for_plot = truth  # clusters.png draws the true concepts where known
         if self.resume:
             raise FederationError(
                 "resuming an adaptation=clustered run is not supported yet: start it again"
@@ -335,7 +338,42 @@ class ClusteredController(Controller):
                 ),
             },
         )
-        return super()._finish()
+        summary = super()._finish()
+        try:
+            plot_clusters(self._assignments, self.truth_for_plot, self.run_dir / CLUSTERS_PNG)
+        except (OSError, ValueError) as err:
+            log.warning("could not draw %s: %s", CLUSTERS_PNG, err)
+        return summary
+
+
+def plot_clusters(
+    assignments: list[tuple[int, int, int, int]], truth: np.ndarray | None, path: Path
+) -> None:
+    """Sites x periods coloured by the cluster each site served, beside the true concepts
+    when the scenario knows them."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state to touch
+
+    sites = 1 + max(site for _, site, _, _ in assignments)
+    periods = 1 + max(period for period, _, _, _ in assignments)
+    found = np.full((sites, periods), np.nan)
+    for period, site, cluster, _ in assignments:
+        found[site, period] = cluster
+    panels = [("cluster assigned at the end of the period", found)]
+    if truth is not None:
+        panels.insert(0, ("true concept", truth.astype(np.float64)))
+    fig = Figure(figsize=(5 * len(panels), 0.35 * sites + 1.6))
+    for axis, (title, matrix) in zip(
+        np.atleast_1d(fig.subplots(1, len(panels))), panels, strict=True
+    ):
+        axis.imshow(matrix, aspect="auto", cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+        axis.set(title=title, xlabel="monitoring period", ylabel="site")
+        axis.set_xticks(range(periods))
+        axis.set_yticks(range(sites))
+        for (site, period), value in np.ndenumerate(matrix):
+            if not np.isnan(value):
+                axis.text(period, site, int(value), ha="center", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def _with(extras: Any, more: Mapping[str, object]) -> Any:

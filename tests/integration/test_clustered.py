@@ -55,6 +55,7 @@ def test_each_concept_gets_its_model_and_each_site_its_concepts(staggered_run: P
     assert timeline.loc[8, "rounds"] == 0
     assert "recurring concept" in timeline.loc[8, "reason"]
     assert summary["site_detection"]["false_alarms"] == 0
+    assert (staggered_run / "clusters.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_impossible_scores_are_rejected_and_recorded(staggered_run: Path) -> None:

@@ -121,6 +121,7 @@ def test_the_registry_holds_every_cluster_model_and_stays_consistent(
     # The champion is the version serving the most sites: cluster 0, 4 of 6 at the end.
     assert sorted(served.values()).count(0) == 4
     assert champion is not None and champion.version == final["versions"]["0"]
+    assert (controller.run_dir / "clusters.png").read_bytes()[:4] == b"\x89PNG"
     trained = [v for v in versions(controller.run_dir) if v.trigger.startswith("cluster")]
     assert trained and all(v.rounds > 0 for v in trained)
 
