@@ -106,7 +106,7 @@ class ClusteredController(Controller):
                 if self.clusters.untrained(cluster):
                     outcomes.append(self._refine(period, cluster))
         self._serve_largest(period)
-        reason = _reason(plan)
+        reason = _reason(plan, groups)
         self.timeline.decision({"period": period, "retrain": bool(outcomes), "reason": reason})
         outcome = _combined(outcomes)
         serving = self.lifecycle.champion_version()
@@ -389,7 +389,7 @@ def _pooled_accuracy(scores: Mapping[int, Score], sites: Mapping[int, Any]) -> f
     return _accuracy_of({s: scores[s] for s in sites if s in scores})
 
 
-def _reason(plan: PeriodPlan) -> str:
+def _reason(plan: PeriodPlan, groups: list[tuple[int, ...]]) -> str:
     parts = []
     if plan.merges:
         parts.append(f"{len(plan.merges)} merge(s)")
@@ -399,8 +399,13 @@ def _reason(plan: PeriodPlan) -> str:
         parts.append("recurring concept at sites " + ",".join(str(m.site) for m in recurrences))
     if elsewhere:
         parts.append("better served elsewhere: sites " + ",".join(str(m.site) for m in elsewhere))
-    if plan.new_concept:
-        parts.append("new concept at sites " + ",".join(str(s) for s in plan.new_concept))
+    followed = [m for m in plan.moves if m.kind == "oracle"]
+    if followed:
+        parts.append(
+            "to their true concept's model: sites " + ",".join(str(m.site) for m in followed)
+        )
+    for sites in groups:
+        parts.append("new concept at sites " + ",".join(str(s) for s in sites))
     if not parts:
         drifted = len(plan.drifted)
         return f"{drifted} site(s) drifted" if drifted else "every site fits its cluster's model"
