@@ -151,7 +151,8 @@ def outcome(job: Job) -> dict[str, Any]:
 
 def end(jobs: Sequence[Job]) -> None:
     """SIGTERM every running child's process group, then SIGKILL what is left after
-    :data:`GRACE_S`; returns when all have exited."""
+    :data:`GRACE_S`; returns when every child and every process of its group has exited
+    (Ray's daemons can outlive the child that started them by a few seconds)."""
     running = [j.process for j in jobs if j.process is not None and j.process.poll() is None]
     for process in running:
         _signal_group(process, signal.SIGTERM)
@@ -162,11 +163,43 @@ def end(jobs: Sequence[Job]) -> None:
         except subprocess.TimeoutExpired:
             _signal_group(process, signal.SIGKILL)
             process.wait()
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(process.pid):
+            _signal_group(process, signal.SIGKILL)
+            kill_deadline = time.monotonic() + 5.0
+            while _group_alive(process.pid) and time.monotonic() < kill_deadline:
+                time.sleep(0.1)
 
 
 def _signal_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
         os.killpg(process.pid, sig)  # start_new_session: the group id is the child's pid
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a live (not zombie) process is left in process group ``group``.
+
+    Zombies are left out: a daemon reparented to a PID 1 that does not reap (a container's
+    shell) stays a zombie in the group for good, and it no longer runs.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: any member, zombie or not
+        try:
+            os.killpg(group, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            return True
+    return False
 
 
 def run_all(

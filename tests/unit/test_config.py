@@ -46,7 +46,7 @@ def test_every_group_option_composes_and_builds(path: Path, table_csv: Path) -> 
     node = OmegaConf.load(path)
     if "dataset" in node and OmegaConf.is_missing(node.dataset, "path"):
         overrides.append(f"task.dataset.path={table_csv}")
-    if node.get("mode") == "clustered":  # one model per concept needs concepts that drift
+    if node.get("mode") in ("clustered", "oracle"):  # one model per concept needs drift
         overrides.append("scenario=sine_staggered")
     cfg = compose(overrides)
     run = to_typed(cfg)  # builds dataset, partition, model and strategy

@@ -184,6 +184,7 @@ def config(
     retrain: dict[str, Any] | None = None,
     release: dict[str, Any] | None = None,
     adaptation: dict[str, Any] | None = None,
+    policy: TriggerConfig | None = None,
 ) -> RunConfig:
     """A run config for the fake: the oracle policy (retrain at the true change points)."""
     cfg = RunConfig(
@@ -191,7 +192,7 @@ def config(
         scenario=ScenarioConfig(name="fake", num_periods=num_periods)
         if num_periods > 1
         else ScenarioConfig(),
-        policy=TriggerConfig(name="oracle", on_drift=False, on_change_points=True),
+        policy=policy or TriggerConfig(name="oracle", on_drift=False, on_change_points=True),
         retrain=RetrainConfig(**{"max_rounds": 10, "patience": 2, **(retrain or {})}),
         release=ReleaseConfig(**{"site_margin": 1.0, **(release or {})}),
         strategy=OmegaConf.create({"_target_": "fake.FedAvg"}),
@@ -223,9 +224,10 @@ def build_controller(
     detectors: list[Detector] | None = None,
     site_changes: dict[int, list[tuple[int, int]]] | None = None,
     adaptation: dict[str, Any] | None = None,
+    policy: TriggerConfig | None = None,
 ) -> tuple[Controller, FakeFederation]:
     concepts = np.asarray(concepts, dtype=np.float64)
-    cfg = config(concepts.shape[1], concepts.shape[0], retrain, release, adaptation)
+    cfg = config(concepts.shape[1], concepts.shape[0], retrain, release, adaptation, policy)
     run_dir = run_dir or base / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     federation = federation or FakeFederation(concepts)
