@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 
 from clients.attack import LABEL_MAP_KEY, REVERSED_LABELS, attack_mod
 from fedretrain.config import RunConfig, from_yaml
+from fedretrain.flower.cohorts import cohort_mod
 from fedretrain.flower.records import (
     CANARY_KEY,
     DATA_DIR_KEY,
@@ -66,7 +67,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-app = ClientApp(mods=[attack_mod])  # simulation's attack harness; a no-op unless attack is set
+# In simulation a node runs a cohort of sites per message (cohort_mod, outermost), each through
+# the attack harness (a no-op unless the run config sets attack) and its handler on its own.
+app = ClientApp(mods=[cohort_mod, attack_mod])
 
 
 @lru_cache(maxsize=2)
@@ -76,7 +79,7 @@ def _federation(config_yaml: str, num_partitions: int) -> SimulatedFederation:
     return SimulatedFederation(cfg, num_partitions)
 
 
-@lru_cache(maxsize=1024)  # a worker serves any of the run's sites, so keep them all
+@cache  # a worker serves any of the run's sites, so keep them all
 def _site(config_yaml: str, partition_id: int, num_partitions: int) -> tuple[RunConfig, Site]:
     federation = _federation(config_yaml, num_partitions)
     return federation.cfg, federation.site(partition_id)

@@ -110,6 +110,8 @@ class RuntimeConfig:
     device: Device = Device.auto
     torch_threads: int = 1
     seed: int = 0
+    workers: int | None = None
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         gpus = self.gpus_per_client
@@ -135,6 +137,11 @@ class RuntimeConfig:
             (
                 self.torch_threads >= 1,
                 f"runtime.torch_threads={self.torch_threads}: must be at least 1",
+            ),
+            (
+                self.workers is None or self.workers >= 1,
+                f"runtime.workers={self.workers}: must be at least 1, or null for one per "
+                "Ray slot (runtime.cpus_per_client CPUs each)",
             ),
         )
 

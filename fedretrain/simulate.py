@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from fedretrain.config import RunConfig, check_override_keys, compose, register_schema, to_yaml
-from fedretrain.errors import ConfigError
+from fedretrain.errors import ConfigError, FederationError
 from fedretrain.preflight import to_typed
 
 FOLDER_STREAM = "fedretrain.deploy.stream.FolderStream"
@@ -42,12 +42,17 @@ def _run(cfg: DictConfig, checked: bool = False) -> float:
     log.info(starting_line(run, run_dir))
     # Flower and Ray are imported only once the config is known to be good.
     from clients.app import app as client_app
-    from fedretrain.flower.simulation import simulate
+    from fedretrain.flower.simulation import connect, simulate
     from server.app import build_server_app
 
     _quiet_libraries()
-    server_app = build_server_app(to_yaml(cfg), run_dir)
-    simulate(server_app, client_app, run.runtime)
+    try:
+        nodes = connect(run.runtime)
+    except FederationError as err:
+        print(f"fedretrain-simulate: {err}", file=sys.stderr)
+        sys.exit(2)
+    server_app = build_server_app(to_yaml(cfg), run_dir, workers=nodes)
+    simulate(server_app, client_app, run.runtime, workers=nodes)
     summary_file = run_dir / "summary.json"
     if not summary_file.exists():
         print("fedretrain-simulate: the federation ended without a summary", file=sys.stderr)
@@ -87,7 +92,6 @@ def resume(run_dir: Path) -> int:
     except ConfigError as err:
         print(f"fedretrain resume: {config_file}: {err}", file=sys.stderr)
         return 2
-    from fedretrain.errors import FederationError
     from fedretrain.retraining.resume import check_resumable
 
     try:  # before Ray starts and any site trains (a DP site pays for every round)
@@ -98,11 +102,17 @@ def resume(run_dir: Path) -> int:
         return 2
 
     from clients.app import app as client_app
-    from fedretrain.flower.simulation import simulate
+    from fedretrain.flower.simulation import connect, simulate
     from server.app import build_server_app
 
     _quiet_libraries()
-    simulate(build_server_app(config_yaml, run_dir.resolve(), resume=True), client_app, run.runtime)
+    try:
+        nodes = connect(run.runtime)
+    except FederationError as err:
+        print(f"fedretrain resume: {err}", file=sys.stderr)
+        return 2
+    server_app = build_server_app(config_yaml, run_dir.resolve(), resume=True, workers=nodes)
+    simulate(server_app, client_app, run.runtime, workers=nodes)
     return 0 if (run_dir / "summary.json").exists() else 1
 
 

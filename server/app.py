@@ -32,6 +32,7 @@ from fedretrain.config import (
     to_yaml,
 )
 from fedretrain.deploy.stream import FolderStream
+from fedretrain.flower.cohorts import CohortGrid
 from fedretrain.flower.federation import FlowerFederation, privacy_accounting, seed_sampling
 from fedretrain.flower.strategies import build_strategy
 from fedretrain.monitor.monitor import Monitor, build_detectors
@@ -47,6 +48,10 @@ from fedretrain.site import TaskModels, build_pool
 from fedretrain.tracking import build_tracker
 
 app = ServerApp()
+
+# Flower's in-memory grid sleeps 0.1 s between polls for replies, twice a round; its node side
+# (the simulation engine's queue feeder, Flower's private code) keeps its own 0.1 s.
+PULL_INTERVAL_S = 0.005
 
 
 @app.main()
@@ -93,27 +98,40 @@ def _federation_size(grid: Grid, timeout_s: float = 30.0, settle_s: float = 0.5)
     return count
 
 
-def build_server_app(config_yaml: str, run_dir: Path, resume: bool = False) -> ServerApp:
-    """A ServerApp bound to an already composed and validated config."""
+def build_server_app(
+    config_yaml: str, run_dir: Path, resume: bool = False, workers: int | None = None
+) -> ServerApp:
+    """A ServerApp bound to an already composed and validated config; in a simulation on
+    ``workers`` Flower nodes, fewer than the sites, each node runs a cohort of sites."""
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run(grid, config_yaml, run_dir, resume)
+        run(grid, config_yaml, run_dir, resume, workers=workers)
 
     return server_app
 
 
 def run(
-    grid: Grid, config_yaml: str, run_dir: Path, resume: bool = False, out: TextIO = sys.stdout
+    grid: Grid,
+    config_yaml: str,
+    run_dir: Path,
+    resume: bool = False,
+    out: TextIO = sys.stdout,
+    workers: int | None = None,
 ) -> dict[str, object]:
     """Build the retraining controller for the config and run it; the run's summary.
 
     A drift scenario runs in monitoring periods; without one, a static run is one period of
     exactly ``runtime.num_rounds`` rounds. ``resume`` continues either from its folder's last
-    checkpoint.
+    checkpoint. ``workers``: a simulation's Flower nodes, when fewer than its sites (each runs
+    a cohort of sites, :class:`~fedretrain.flower.cohorts.CohortGrid`).
     """
     cfg = from_yaml(config_yaml)  # parsed once here; config_yaml is what travels to the sites
+    if hasattr(grid, "pull_interval"):  # simulation's in-memory grid polls for replies
+        grid.pull_interval = PULL_INTERVAL_S
+    if workers is not None and workers < cfg.runtime.num_clients:
+        grid = CohortGrid(grid, cfg.runtime.num_clients, workers)
     static = not cfg.scenario.enabled
     seed_sampling(cfg.runtime.seed)
     report = RunReport(run_dir, cfg.runtime.num_rounds if static else 0, out)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import socket
+import sys
 import warnings
 
 import torch
@@ -11,6 +14,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedretrain.config import Device, RuntimeConfig
+from fedretrain.errors import FederationError
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +30,96 @@ def backend_config(runtime: RuntimeConfig) -> dict[str, dict[str, float | int | 
     }
 
 
-def simulate(server_app: ServerApp, client_app: ClientApp, runtime: RuntimeConfig) -> None:
-    """Run one federation of ``runtime.num_clients`` simulated sites to completion."""
+def connect(runtime: RuntimeConfig) -> int:
+    """Join the running Ray cluster that ``runtime.ray_address`` (or Ray's own ``RAY_ADDRESS``)
+    names, if one does; the number of Flower nodes the simulation will run (:func:`workers`,
+    from the cluster's CPUs and GPUs when it joined one).
+
+    Flower then runs on this connection instead of starting Ray here.
+    """
+    address = runtime.ray_address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        return workers(runtime)
+    problem = _unreachable(address)
+    if problem is not None:  # ray.init would retry for minutes
+        raise FederationError(
+            f"runtime.ray_address={address}: no Ray cluster answers there ({problem}); start "
+            "one with `ray start --head` or leave runtime.ray_address unset to start Ray here"
+        )
+    import ray
+
+    # As Flower starts Ray: its workers import fedretrain, clients and server from our path.
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    try:
+        ray.init(
+            address=address,
+            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
+    except ConnectionError as err:
+        raise FederationError(
+            f"runtime.ray_address={address}: no Ray cluster answers there ({err}); start one "
+            "with `ray start --head` or leave runtime.ray_address unset to start Ray here"
+        ) from err
+    resources = ray.cluster_resources()
+    log.info("joined the Ray cluster at %s: %s", address, _resources(resources))
+    return workers(runtime, cpus=resources.get("CPU", 1.0), gpus=resources.get("GPU", 0.0))
+
+
+def _unreachable(address: str, timeout_s: float = 10.0) -> str | None:
+    """Why nothing listens at ``host:port``, or None (also for forms other than host:port,
+    such as ``auto`` or ``ray://``, which Ray resolves itself).
+
+    >>> _unreachable("auto") is None
+    True
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        return str(err)
+    return None
+
+
+def _resources(resources: dict[str, float]) -> str:
+    return ", ".join(f"{resources[k]:g} {k}" for k in ("CPU", "GPU") if k in resources)
+
+
+def workers(runtime: RuntimeConfig, cpus: float | None = None, gpus: float | None = None) -> int:
+    """The Flower nodes a simulation runs: ``runtime.workers``, by default one per Ray slot
+    (``cpus``, by default those this process may use, over ``runtime.cpus_per_client``; with
+    ``runtime.gpus_per_client``, no more than ``gpus``, by default the visible GPUs, over it);
+    never more than the sites.
+
+    Each node runs a cohort of sites per message (:mod:`fedretrain.flower.cohorts`); with as
+    many workers as sites, each site is a node of its own, as in plain Flower.
+    """
+    if runtime.workers is not None:
+        return min(runtime.workers, runtime.num_clients)
+    cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
+    slots = max(1, math.floor(cpus / runtime.cpus_per_client))
+    if runtime.gpus_per_client > 0:
+        if gpus is None:
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus:
+            slots = min(slots, max(1, math.floor(gpus / runtime.gpus_per_client)))
+    return min(slots, runtime.num_clients)
+
+
+def simulate(
+    server_app: ServerApp, client_app: ClientApp, runtime: RuntimeConfig, workers: int | None = None
+) -> None:
+    """Run one federation of ``runtime.num_clients`` simulated sites to completion, on
+    ``workers`` Flower nodes (default: one per site). With fewer nodes than sites, the server
+    app must wrap its grid in a :class:`~fedretrain.flower.cohorts.CohortGrid` (as
+    :func:`server.app.build_server_app` does when given the same ``workers``) and the client
+    app must run :func:`~fedretrain.flower.cohorts.cohort_mod` (as ``clients.app`` does)."""
     from flwr.simulation import run_simulation
 
     if (
@@ -47,6 +139,6 @@ def simulate(server_app: ServerApp, client_app: ClientApp, runtime: RuntimeConfi
         run_simulation(
             server_app=server_app,
             client_app=client_app,
-            num_supernodes=runtime.num_clients,
+            num_supernodes=runtime.num_clients if workers is None else workers,
             backend_config=backend_config(runtime),  # type: ignore[arg-type]
         )

@@ -31,11 +31,13 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, astuple, dataclass, fields, replace
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from fedretrain.privacy.rdp import SampledGaussian, epsilon
 from fedretrain.run_logs import cut_csv, from_row, write_rows
+
+if TYPE_CHECKING:  # pandas only to plot: a site's worker imports this module for its types
+    import pandas as pd
 
 TRAINING, STATISTICS = "training", "statistics"  # what a site released, in privacy.csv
 
@@ -200,6 +202,8 @@ class EpsilonTracker:
     def plot(self, path: Path) -> None:
         """Write each site's ε over rounds to ``path`` (PNG); nothing if no site trained."""
         if self.rows:
+            import pandas as pd
+
             plot_epsilon(pd.DataFrame([asdict(r) for r in self.rows]), path)
 
     def summary(self) -> dict[str, object]:
@@ -235,6 +239,7 @@ def plot_epsilon(table: pd.DataFrame, path: Path) -> None:
 def same_curves(table: pd.DataFrame) -> dict[str, tuple[list[int], list[float]]]:
     """The sites' ε curves, sites with identical curves together, labelled by their ids.
 
+    >>> import pandas as pd
     >>> rows = pd.DataFrame({"site": [0, 1, 2, 0, 1, 2], "server_round": [1, 1, 1, 2, 2, 2],
     ...                      "epsilon": [0.5, 0.5, 0.7, 1.0, 1.0, 1.4]})
     >>> same_curves(rows)
