@@ -23,7 +23,7 @@ workers in parallel the ideal is 1/W, above 1 the framework costs more than it s
 
 Points:
 
-``heavy8``    8 sites, about 0.5 s of work each (``train.local_epochs`` raised): R_sim <= 1.05
+``heavy8``    8 sites, about 0.5 s of work each (``train.local_epochs=1200``): R_sim <= 1.05
 ``step32``    32 sites, one SGD step each: R_sim <= 1.2
 ``sweep``     8, 32 and 128 sites at the default training: the fixed and per-site costs per arm,
               from a least-squares line through the round times: fixed <= 0.1 s, per-site
@@ -35,7 +35,8 @@ Points:
 
 The machine's load average is recorded with every run. Results go to
 ``benchmarks/results/throughput.json``, rewritten after every run, so a failed or interrupted
-arm keeps what ran before it.
+arm keeps what ran before it; a run of some ``--points`` replaces those points' results and
+keeps the others'.
 
 Usage
 -----
@@ -68,7 +69,7 @@ ROUND_LINE = re.compile(r"\bround (\d+)/(\d+)")
 
 # point name -> (sites, sites per round, rounds, extra overrides)
 POINTS: dict[str, list[tuple[int, int, int, list[str]]]] = {
-    "heavy8": [(8, 8, 5, ["train.local_epochs=300"])],
+    "heavy8": [(8, 8, 5, ["train.local_epochs=1200"])],
     "step32": [(32, 32, 6, ["train.local_epochs=1", "train.batch_size=64"])],
     "sweep": [(n, n, 5, []) for n in (8, 32, 128)],
     "scale": [(10_000, 1_000, 50, [])],
@@ -223,16 +224,21 @@ def main() -> int:
     unknown = sorted(set(chosen) - set(POINTS))
     if unknown:
         parser.error(f"unknown points {unknown}; choose from {list(POINTS)}")
-    results: dict[str, Any] = {
-        "machine": {
-            "cpus": slots(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "runs": [],
-        "own_work_s": {},
+    results: dict[str, Any] = {"runs": [], "own_work_s": {}}
+    if RESULTS.exists():  # a run of some points keeps the others' results
+        results = json.loads(RESULTS.read_text())
+        results["runs"] = [r for r in results["runs"] if r["point"].split(":")[0] not in chosen]
+        results["own_work_s"] = {
+            k: v for k, v in results["own_work_s"].items() if k.split(":")[0] not in chosen
+        }
+    results["machine"] = {
+        "cpus": slots(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
     }
+    results.setdefault("started", {}).update(
+        {name: time.strftime("%Y-%m-%dT%H:%M:%S") for name in chosen}
+    )
 
     def keep() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
