@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from hydra.utils import instantiate
 
@@ -34,6 +42,7 @@ from fedretrain.flower.records import (
     CANARY_KEY,
     DATA_DIR_KEY,
     DATA_REPORT_KEY,
+    INCOMING_EVAL_KEY,
     LEDGER_DIR_KEY,
     MODEL_SCORES_KEY,
     MODELS_KEY,
@@ -169,13 +178,15 @@ def train_handler(msg: Message, context: Context) -> Message:
     seed = np.random.SeedSequence([cfg.runtime.seed, site.partition_id, instruction.server_round])
     generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
     data = _train_data(site, context)
+    scored = _incoming_eval(site) if instruction.evaluate_incoming else {}
     if not cfg.privacy.enabled:
         result = train(
             site.model, data, cfg.train, lr, site.device, generator, instruction.proximal_mu
         )
         metrics = train_metrics(result, site.partition_id)
         arrays = ArrayRecord(site.model.state_dict())
-        return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+        content = RecordDict({"arrays": arrays, "metrics": metrics, **scored})
+        return Message(content=content, reply_to=msg)
     # DP-SGD: a round asked for again (the server resumed after a crash) is answered with the
     # update already released, at no new ε (fedretrain.privacy.releases).
     folder = _ledger_folder(site, instruction, context)
@@ -187,8 +198,11 @@ def train_handler(msg: Message, context: Context) -> Message:
     released = cache.get(key)
     if released is None:
         outcome = _dp_train(cfg, site, data, instruction, lr, generator, folder, key)
-        if isinstance(outcome, str):
-            return declined_reply(msg, outcome)
+        if isinstance(outcome, str):  # it still scored the model it was sent
+            declined = declined_reply(msg, outcome)
+            for name, record in scored.items():
+                declined.content[name] = record
+            return declined
         metrics = train_metrics(outcome.train, site.partition_id)
         spent, total = outcome.epsilon_spent, outcome.epsilon_total
         ran = outcome.entry.mechanism
@@ -204,7 +218,17 @@ def train_handler(msg: Message, context: Context) -> Message:
         )
     arrays = to_record(released.arrays)
     metrics = MetricRecord(released.metrics)  # type: ignore[arg-type]
-    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    content = RecordDict({"arrays": arrays, "metrics": metrics, **scored})
+    return Message(content=content, reply_to=msg)
+
+
+def _incoming_eval(site: Site) -> dict[str, ConfigRecord]:
+    """The model just loaded, scored on the site's holdout as the evaluate handler scores it:
+    it travels in the train reply (a config record, so that the reply keeps the one metric
+    record Flower's strategies aggregate)."""
+    result = evaluate(site.model, site.holdout, site.device)
+    metrics = eval_metrics(result, site.partition_id)
+    return {INCOMING_EVAL_KEY: ConfigRecord(dict(metrics))}  # type: ignore[arg-type]
 
 
 def _dp_train(

@@ -60,6 +60,9 @@ class Plateau:
     reused: int | None = None  # the former champion chosen for reuse, released before training
     trained: int = 0  # rounds that aggregated some site's update (``rounds`` counts them all)
     samples: dict[str, int] = field(default_factory=dict)  # site -> training examples in them
+    # A static run's round whose evaluation is still to come (one message wave per round):
+    # [round, train loss or None, sites that trained, seconds]; its metrics.csv row waits.
+    pending: list[Any] | None = None
 
 
 @dataclass

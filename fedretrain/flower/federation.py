@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -25,6 +26,7 @@ from fedretrain.errors import FederationError
 from fedretrain.flower.records import (
     CANARY_KEY,
     DEFAULT_CLUSTER_KEY,
+    INCOMING_EVAL_KEY,
     MODEL_SCORES_KEY,
     MODELS_KEY,
     MONITOR_QUERY,
@@ -67,6 +69,10 @@ from fedretrain.validation import AUDIT_PHASE, Rejection, eval_problem
 
 log = logging.getLogger(__name__)
 
+NO_INCOMING_EVAL = (
+    "the train reply holds no evaluation of the model sent: a static run evaluates in its "
+    "train replies, which needs fedretrain's ClientApp (clients.app) at every site"
+)
 NO_MONITOR = "No query function registered with name 'monitor'"  # Flower's error, verbatim
 
 
@@ -131,20 +137,30 @@ class FlowerFederation:
         period: int,
         drifted: frozenset[int] = frozenset(),
         sites: frozenset[int] | None = None,
+        evaluate_incoming: bool = False,
     ) -> TrainedRound:
         nodes = None if sites is None else self._nodes_of(sites)
         if isinstance(self.strategy, ValidatedStrategy):
             self.strategy.drifted = drifted
             self.strategy.only_nodes = nodes
         config = instruction_config(
-            self.config_yaml, self.num_rounds, self._period(period), self.ledger_dir
+            self.config_yaml,
+            self.num_rounds,
+            self._period(period),
+            self.ledger_dir,
+            evaluate_incoming=evaluate_incoming,
         )
         arrays = to_record(weights)
         messages = self.strategy.configure_train(server_round, arrays, config, self.grid)
         if nodes is not None:  # a cluster's round (ValidatedStrategy already left the rest out)
             messages = [m for m in messages if m.metadata.dst_node_id in nodes]
+        received = list(
+            self.grid.send_and_receive(messages, timeout=self.cfg.validation.reply_timeout_s)
+        )
+        # The weights sent are the previous round's model: its evaluation counts there.
+        incoming = self._incoming(server_round - 1, received) if evaluate_incoming else None
         replies = trained_replies(
-            self.grid.send_and_receive(messages, timeout=self.cfg.validation.reply_timeout_s),
+            received,
             self.report,
             server_round,
             self.epsilon,
@@ -157,10 +173,33 @@ class FlowerFederation:
         has_loss = metrics is not None and "train-loss" in metrics
         loss = float(metrics["train-loss"]) if has_loss else math.nan  # type: ignore[arg-type,index]
         if new_arrays is None:  # skipped: nothing was aggregated
-            return TrainedRound(weights, loss, 0)
+            return TrainedRound(weights, loss, 0, incoming=incoming)
         left_out = self.report.rejected_nodes(server_round, "train")
         examples = trained_examples(replies, left_out)
-        return TrainedRound(to_numpy(new_arrays), loss, trained, examples)
+        return TrainedRound(to_numpy(new_arrays), loss, trained, examples, incoming)
+
+    def _incoming(self, server_round: int, replies: list[Message]) -> Evaluation:
+        """The evaluations of the weights sent that came with a round's train replies, as
+        :meth:`evaluate` would have had them: each as its site's evaluate reply, validated,
+        summed and recorded under ``server_round``. A failed train reply, or one without an
+        evaluation (a stock ClientApp), is an evaluate reply that failed; a site that declined
+        to train (its privacy budget) still sent its evaluation."""
+        evaluations = []
+        for reply in replies:
+            if reply.has_error():
+                evaluations.append(_like(reply, error=reply.error))
+                continue
+            record = reply.content.config_records.get(INCOMING_EVAL_KEY)
+            if record is None and decline_reason(reply) is not None:
+                continue  # it declined before it evaluated (no data this period)
+            if record is None:
+                error = Error(ErrorCode.UNKNOWN, NO_INCOMING_EVAL)
+                evaluations.append(_like(reply, error=error))
+                continue
+            metrics = MetricRecord(dict(record))  # type: ignore[arg-type]
+            content = RecordDict({"metrics": metrics})
+            evaluations.append(_like(reply, content=content))
+        return self._evaluation(server_round, evaluations)
 
     def _nodes_of(self, sites: frozenset[int]) -> frozenset[int]:
         """The nodes of ``sites``, as their latest statistics replies named them."""
@@ -175,6 +214,10 @@ class FlowerFederation:
             self.grid.send_and_receive(messages, timeout=self.cfg.validation.reply_timeout_s),
             "evaluate",
         )
+        return self._evaluation(server_round, replies)
+
+    def _evaluation(self, server_round: int, replies: list[Message]) -> Evaluation:
+        """Evaluate replies summed into one :class:`Evaluation`; the unusable ones recorded."""
         if self.cfg.validation.enabled:  # the validation wrapper rejects and records them
             metrics = self.strategy.aggregate_evaluate(server_round, replies)
             evaluated = accepted_count(replies, self.report, server_round, "evaluate")
@@ -368,6 +411,11 @@ def _model_scores(
     if problem is not None:
         return problem
     return {int(c): (int(k), int(n)) for c, k, n in table}
+
+
+def _like(reply: Message, **content_or_error: Any) -> Message:
+    """A message from the same site, with the same metadata, and other content (or error)."""
+    return Message(metadata=reply.metadata, **content_or_error)  # type: ignore[call-overload,no-any-return]
 
 
 def seed_sampling(seed: int) -> None:

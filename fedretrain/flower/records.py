@@ -23,6 +23,8 @@ NUM_EXAMPLES_KEY = "num-examples"  # the weighting key of Flower's strategies
 SERVER_ROUND_KEY = "server-round"  # the request's round, as Flower's strategies write it
 PERIOD_KEY = "period"  # the monitoring period whose window a site uses; absent in static runs
 MONITOR_QUERY = "query.monitor"  # message type of the per-period statistics query
+EVALUATE_INCOMING_KEY = "evaluate-incoming"  # a train instruction: score the model sent, first
+INCOMING_EVAL_KEY = "incoming-eval"  # a train reply: that score (eval_metrics, as a ConfigRecord)
 LEDGER_DIR_KEY = "ledger-dir"  # simulation: the folder of the sites' privacy ledgers
 CANARY_KEY = "canary-sites"  # the sites that serve the candidate sent along in a monitor query
 # adaptation=clustered: a monitor query carries every live model as ArrayRecord "model-<k>";
@@ -72,9 +74,16 @@ def instruction_config(
     num_rounds: int,
     period: int | None = None,
     ledger_dir: str | None = None,
+    evaluate_incoming: bool = False,
 ) -> ConfigRecord:
-    """A fresh ConfigRecord for one round's instructions (Flower's strategies write into it)."""
+    """A fresh ConfigRecord for one round's instructions (Flower's strategies write into it).
+
+    ``evaluate_incoming``: a train instruction also asks each site to evaluate the model it
+    is sent on its holdout before training, and to send that with its update (one message
+    wave where there would be two)."""
     record = ConfigRecord({CONFIG_KEY: config_yaml, NUM_ROUNDS_KEY: num_rounds})
+    if evaluate_incoming:
+        record[EVALUATE_INCOMING_KEY] = True
     if period is not None:
         record[PERIOD_KEY] = period
     if ledger_dir is not None:
@@ -92,6 +101,7 @@ class Instruction:
     proximal_mu: float  # set by Flower's FedProx, 0 otherwise
     period: int | None = None  # the window to use in a drift scenario
     ledger_dir: str | None = None  # simulation: where sites keep their privacy ledgers
+    evaluate_incoming: bool = False  # train: also evaluate the model sent, before training
 
     @classmethod
     def from_record(cls, config: ConfigRecord) -> Instruction:
@@ -104,6 +114,7 @@ class Instruction:
             proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))),
             period=None if period is None else int(cast(int, period)),
             ledger_dir=None if ledger_dir is None else str(ledger_dir),
+            evaluate_incoming=bool(config.get(EVALUATE_INCOMING_KEY, False)),
         )
 
 

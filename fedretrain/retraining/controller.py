@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -155,6 +155,16 @@ class Controller:
         self._evaluations: dict[tuple[int, str], Evaluation] = {}
         self._drifted: frozenset[int] = frozenset()  # the sites the period's alarms named
         self._train_sites: frozenset[int] | None = None  # a cluster's sites, while it trains
+        # A static run's rounds do not wait on their evaluation, so each round's train
+        # instruction also evaluates the model it sends (the previous round's): one message
+        # wave per round instead of two, where the evaluation would reach the same sites (the
+        # same sampling; no simulated dropout, which skips a site's train message only).
+        r = cfg.runtime
+        self._one_wave = (
+            fixed_rounds is not None
+            and r.fraction_evaluate == r.fraction_train
+            and cfg.attack.dropout == 0
+        )
 
     @property
     def server_round(self) -> int:
@@ -213,13 +223,16 @@ class Controller:
         initial = self.models.fresh(self.cfg.runtime.seed)
         plateau = self.state.plateau
         if plateau is None:  # not a resume after the initial evaluation
-            started = time.perf_counter()
-            evaluation = self._evaluate(0, initial)
-            seconds = time.perf_counter() - started
-            self._add_round(
-                RoundRow.from_eval(0, evaluation.result, math.nan, 0, evaluation.sites, seconds)
-            )
             plateau = Plateau(period=0, action="initial")
+            if self._one_wave:  # round 0's evaluation comes with round 1's train replies
+                plateau.pending = [0, None, 0, 0.0]
+            else:
+                started = time.perf_counter()
+                evaluation = self._evaluate(0, initial)
+                seconds = time.perf_counter() - started
+                self._add_round(
+                    RoundRow.from_eval(0, evaluation.result, math.nan, 0, evaluation.sites, seconds)
+                )
             self.state.plateau = plateau
             self._checkpoint({"start": initial, "current": initial, "best": initial})
         outcome = self._train_to_plateau(plateau, initial, None)
@@ -453,6 +466,11 @@ class Controller:
                 p.action, p.since_best = "reinit", 0
             self.state.plateau = p
             self._checkpoint({"start": start, "current": current, "best": best})
+        if fixed and p.pending is not None:  # one wave per round: the last model's evaluation
+            started = time.perf_counter()
+            evaluation = self._evaluate(p.period, current)
+            self._add_pending(p.pending, evaluation, time.perf_counter() - started)
+            p.pending = None
         spent = None
         if self.epsilon is not None and p.epsilon_mark is not None:
             mark = {int(k): v for k, v in p.epsilon_mark.items()}
@@ -476,6 +494,8 @@ class Controller:
         server_round = self.state.server_round
         started = time.perf_counter()
         drifted = self._drifted if period > 0 else frozenset()
+        if self._one_wave:
+            return self._train_round_evaluating(server_round, weights, period, started)
         if self._train_sites is None:
             trained = self.federation.train_round(server_round, weights, period, drifted)
         else:  # a cluster's model: only its sites train
@@ -496,6 +516,46 @@ class Controller:
         )
         self._last_validation = self._accuracy(evaluation)
         return trained
+
+    def _train_round_evaluating(
+        self, server_round: int, weights: Weights, period: int, started: float
+    ) -> TrainedRound:
+        """A static run's round in one message wave: the sites evaluate ``weights`` (the
+        previous round's model) and then train. The previous round's row, kept pending in the
+        checkpoint, is written with that evaluation; this round's is pending until the next
+        round, or the final evaluation, brings its own."""
+        plateau = self.state.plateau
+        assert plateau is not None
+        trained = self.federation.train_round(server_round, weights, period, evaluate_incoming=True)
+        seconds = time.perf_counter() - started
+        if trained.incoming is not None and trained.incoming.result is not None:
+            self._remember(period, weights, trained.incoming)
+        if plateau.pending is not None:  # None: resumed from a checkpoint of two waves a round
+            self._add_pending(plateau.pending, trained.incoming, 0.0)
+        loss = None if math.isnan(trained.loss) else trained.loss
+        plateau.pending = [server_round, loss, trained.sites, seconds]
+        return trained
+
+    def _add_pending(
+        self, pending: list[Any], evaluation: Evaluation | None, seconds: float
+    ) -> None:
+        """Write the row of a round whose evaluation has come: ``pending`` is its (round,
+        train loss, sites that trained, seconds), ``seconds`` what its evaluation took on top."""
+        server_round, loss, sites, took = pending
+        result = None if evaluation is None else evaluation.result
+        evaluated = 0 if evaluation is None else evaluation.sites
+        train_loss = math.nan if loss is None else float(loss)
+        self._add_round(
+            RoundRow.from_eval(
+                int(server_round), result, train_loss, int(sites), evaluated, float(took) + seconds
+            )
+        )
+
+    def _remember(self, period: int, weights: Weights, evaluation: Evaluation) -> None:
+        """Keep an evaluation of ``weights`` made elsewhere, as :meth:`_evaluate` keeps its own."""
+        if self._evaluations and next(iter(self._evaluations))[0] != period:
+            self._evaluations.clear()
+        self._evaluations[(period, digest(weights))] = evaluation
 
     def _validate(self, period: int, weights: Weights) -> float:
         """Federated accuracy of ``weights`` on the sites' holdouts for ``period`` (on the

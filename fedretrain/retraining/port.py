@@ -55,6 +55,7 @@ class TrainedRound:
     loss: float
     sites: int
     examples: Mapping[int, int] = field(default_factory=dict)
+    incoming: Evaluation | None = None  # the weights sent, evaluated in the same wave
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,17 @@ class Federation(Protocol):
         period: int,
         drifted: frozenset[int] = frozenset(),
         sites: frozenset[int] | None = None,
+        evaluate_incoming: bool = False,
     ) -> TrainedRound:
         """Sample sites, train ``weights`` on their windows of ``period``, aggregate.
 
         ``drifted``: the sites the monitor found drifted in ``period``. Their updates are
         large for a reason (their data changed), so reply validation bounds them instead of
         throwing them out as attacks. ``sites``: only these sites train (a cluster's model);
-        None: any site."""
+        None: any site. ``evaluate_incoming``: the sampled sites also evaluate ``weights`` on
+        their holdouts before training, returned as :attr:`TrainedRound.incoming` (what
+        :meth:`evaluate` of ``weights`` would return over those sites, without its own
+        message wave)."""
         ...
 
     def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:

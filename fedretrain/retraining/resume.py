@@ -92,16 +92,24 @@ def cut_logs(
     """
     done, next_period = state.completed_period, state.completed_period + 1
     kept = checkpoints.load_stats(next_period)
+    # A static run of one wave per round writes a round's row when the next round's replies
+    # bring its evaluation: the pending round's row, and its evaluation's rejections, come again.
+    pending = (
+        None if state.plateau is None or state.plateau.pending is None else state.plateau.pending
+    )
+    rows_through = state.server_round if pending is None else int(pending[0]) - 1
 
     def keep(r: Rejection) -> bool:
         if r.server_round > state.server_round:
+            return False
+        if pending is not None and r.phase == "evaluate" and r.server_round >= int(pending[0]):
             return False
         if r.phase.startswith(("monitor p", "data p")):
             period = int(r.phase.rsplit(" p", 1)[1])
             return period <= done or (period == next_period and kept is not None)
         return True
 
-    report.restore(state.server_round, keep)
+    report.restore(rows_through, keep)
     timeline.restore(done)
     checkpoints.drop_seeds_after(done)
     if epsilon is not None:

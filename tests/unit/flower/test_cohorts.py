@@ -26,7 +26,7 @@ from fedretrain.flower.cohorts import (
     unpack,
 )
 from fedretrain.flower.federation import FlowerFederation
-from fedretrain.flower.records import MONITOR_QUERY
+from fedretrain.flower.records import INCOMING_EVAL_KEY, MONITOR_QUERY
 from fedretrain.flower.strategies import build_strategy
 from fedretrain.monitor.stats import HistogramEdges
 from fedretrain.preflight import to_typed
@@ -241,3 +241,39 @@ def test_replies_come_from_the_sites_node_ids() -> None:
     assert got == {SITE_NODE_BASE + 3: 3, SITE_NODE_BASE + 1: 1}
     with pytest.raises(ValueError, match="no site at node 7"):
         cohort.send_and_receive([Message(content, 7, "query.echo")])
+
+
+def test_a_train_wave_can_carry_the_evaluation_of_the_model_sent(tmp_path: Path) -> None:
+    """One message wave per round (issue 15, item 2): each site scores the model it is sent
+    before training; summed, that is the evaluation a separate wave would have made."""
+    (alone, _), (cohorts, report), grid = _both(tmp_path)
+    weights = _weights(alone)
+    separate = alone.evaluate(1, weights, 1)
+    for federation in (alone, cohorts):
+        trained = federation.train_round(2, weights, 1, evaluate_incoming=True)
+        assert trained.incoming is not None and separate.result is not None
+        assert trained.incoming.result is not None
+        assert trained.incoming.sites == SITES
+        assert trained.incoming.result.num_examples == separate.result.num_examples
+        assert trained.incoming.result.loss_sum == pytest.approx(separate.result.loss_sum)
+        np.testing.assert_array_equal(trained.incoming.result.confusion, separate.result.confusion)
+        assert trained.incoming.scores == separate.scores
+    assert sorted(n for n, _ in grid.sent) == [201, 202]  # one message per worker, no second wave
+    assert not report.rejections
+
+
+def test_a_train_reply_without_the_evaluation_is_a_failed_evaluation(tmp_path: Path) -> None:
+    def forgetful(message: Message, context: Context) -> Message:
+        reply = _handle(message, context)
+        if context.node_config["partition-id"] == 3:  # an older app: no evaluation sent
+            del reply.content[INCOMING_EVAL_KEY]
+        return reply
+
+    grid = WorkerGrid(handle=forgetful)
+    federation, report = _federation(tmp_path, CohortGrid(grid, SITES, workers=2))
+    trained = federation.train_round(2, _weights(federation), 1, evaluate_incoming=True)
+    assert trained.sites == SITES and trained.incoming is not None
+    assert trained.incoming.sites == SITES - 1
+    [rejection] = report.rejections
+    assert (rejection.server_round, rejection.phase) == (1, "evaluate")  # the model's round
+    assert rejection.node_id == SITE_NODE_BASE + 3 and "clients.app" in rejection.reason

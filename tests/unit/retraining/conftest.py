@@ -99,13 +99,15 @@ class FakeFederation:
         period: int,
         drifted: frozenset[int] = frozenset(),
         sites: frozenset[int] | None = None,
+        evaluate_incoming: bool = False,
     ) -> TrainedRound:
         self._called("train", period)
+        incoming = self._evaluation(weights, period) if evaluate_incoming else None
         self.drifted[self.trained_rounds] = drifted
         self.trained_sites.append(None if sites is None else tuple(sorted(sites)))
         spent = self.budget_rounds is not None and self.trained_rounds >= self.budget_rounds
         if self.skip_rounds or spent:
-            return TrainedRound(weights, float("nan"), 0)
+            return TrainedRound(weights, float("nan"), 0, incoming=incoming)
         self.trained_rounds += 1
         w, age = float(weights["w"][0]), int(weights["age"][0])
         training = sorted(sites) if sites is not None else list(range(self.num_sites))
@@ -113,7 +115,7 @@ class FakeFederation:
         move = target - w if age == 0 else float(np.clip(target - w, -self.step, self.step))
         new = {"w": np.array([w + move]), "age": np.array([age + 1])}
         examples = dict.fromkeys(training, self.train_n)
-        return TrainedRound(new, abs(target - w), len(training), examples)
+        return TrainedRound(new, abs(target - w), len(training), examples, incoming)
 
     def scores(self, w: float, period: int) -> dict[int, tuple[int, int]]:
         return {
@@ -123,6 +125,9 @@ class FakeFederation:
 
     def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:
         self._called("evaluate", period)
+        return self._evaluation(weights, period)
+
+    def _evaluation(self, weights: Weights, period: int) -> Evaluation:
         scores = self.scores(float(weights["w"][0]), period)
         correct = sum(c for c, _ in scores.values())
         total = sum(n for _, n in scores.values())

@@ -23,8 +23,10 @@ def test_a_static_run_trains_exactly_its_rounds_and_registers_the_last_model(
     metrics = pd.read_csv(controller.run_dir / "metrics.csv")
     assert metrics["round"].tolist() == [0, 1, 2, 3, 4]  # round 0: the fresh model
     assert metrics["accuracy"].round(4).tolist() == [0.5, 1.0, 1.0, 1.0, 1.0]
-    # No statistics: a static run has no monitoring periods.
-    assert {what for what, _ in federation.calls} == {"train", "evaluate"}
+    # No statistics: a static run has no monitoring periods. One message wave per round
+    # (issue 15, item 2): each round's sites evaluate the model they are sent, then train;
+    # only the last model needs a wave of its own.
+    assert [what for what, _ in federation.calls] == ["train"] * 4 + ["evaluate"]
     [v1] = versions(controller.run_dir)
     assert (v1.status, v1.rounds, v1.parent, v1.trigger) == (Status.champion, 4, None, "initial")
     # The last round's model, not the best (the fresh one jumped to θ; later rounds age it).
@@ -47,7 +49,7 @@ def test_a_killed_static_run_resumes_to_the_same_end(
             fixed_rounds=6,
             run_dir=killed,
             resume=life > 0,
-            federation=FakeFederation(CONCEPTS, crash_after=3),
+            federation=FakeFederation(CONCEPTS, crash_after=2),
         )
         try:
             controller.run()
