@@ -578,9 +578,8 @@ class Controller:
         """
         key = (period, digest(weights))
         if key not in self._evaluations:
-            if self._evaluations and next(iter(self._evaluations))[0] != period:
-                self._evaluations.clear()
-            self._evaluations[key] = self.federation.evaluate(self.server_round, weights, period)
+            evaluation = self.federation.evaluate(self.server_round, weights, period)
+            self._remember(period, weights, evaluation)
         return self._evaluations[key]
 
     # ------------------------------------------------------------------ registry
