@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from conftest import Crash, FakeFederation, MakeController, champion, versions
 
+from fedretrain.checkpoint import CheckpointStore, Plateau, RunState
 from fedretrain.registry import Status
+from fedretrain.report import RoundRow, RunReport
+from fedretrain.retraining.resume import cut_logs
+from fedretrain.timeline import Timeline
+from fedretrain.validation import Rejection
 
 CONCEPTS = np.full((4, 1), 0.5)  # one period: the static partition
 
@@ -63,3 +70,23 @@ def test_a_killed_static_run_resumes_to_the_same_end(
         assert ours.to_dict("records") == ref.to_dict("records")
     assert champion(killed)[1]["w"].tolist() == champion(tmp_path / "whole")[1]["w"].tolist()
     assert len(versions(killed)) == 1
+
+
+def test_resume_cuts_the_pending_round_and_its_evaluations_rejections(tmp_path: Path) -> None:
+    """One wave per round: round 3's row and its evaluation's rejections are made by round 4's
+    wave. Killed during round 4, after they were written but before its checkpoint (which
+    still says round 3 is pending), resume cuts them, since round 4 runs again and makes them
+    again; round 3's own training rejections stay."""
+    report = RunReport(tmp_path, 6, io.StringIO())
+    for r in range(4):
+        report.add(RoundRow.from_eval(r, None, math.nan, 0, 0, 0.0))
+    report.reject(Rejection(2, "evaluate", 5, "made by round 3's wave"))
+    report.reject(Rejection(3, "train", 7, "made by round 3's wave"))
+    report.reject(Rejection(3, "evaluate", 6, "made by round 4's wave"))
+    plateau = Plateau(period=0, action="initial", rounds=3, pending=[3, 0.5, 4, 0.1])
+    state = RunState(server_round=3, plateau=plateau)
+    timeline = Timeline(tmp_path, 1, io.StringIO())
+    cut_logs(CheckpointStore(tmp_path / "checkpoint"), state, report, timeline, None)
+    assert pd.read_csv(tmp_path / "metrics.csv")["round"].tolist() == [0, 1, 2]
+    kept = pd.read_csv(tmp_path / "rejections.csv")
+    assert list(zip(kept["round"], kept["phase"], strict=True)) == [(2, "evaluate"), (3, "train")]
