@@ -270,7 +270,7 @@ def main() -> int:
 
 def report(results: dict[str, Any]) -> None:
     """The table: per point and arm the median round, R_sim, and a verdict per target."""
-    workers = min(slots(), 10_000)
+    workers = slots()  # the default runtime.workers: one per CPU
     rows, verdicts = [], []
     by_point: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for run in results["runs"]:

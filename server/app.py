@@ -49,8 +49,8 @@ from fedretrain.tracking import build_tracker
 
 app = ServerApp()
 
-# Flower's in-memory grid sleeps 0.1 s between polls for replies, twice a round; its node side
-# (the simulation engine's queue feeder, Flower's private code) keeps its own 0.1 s.
+# Flower's in-memory grid sleeps 0.1 s between polls for replies, once per message wave; its
+# node side (the simulation engine's queue feeder, Flower's private code) keeps its own 0.1 s.
 PULL_INTERVAL_S = 0.005
 
 

@@ -77,13 +77,20 @@ def pack(contents: Sequence[RecordDict], sites: Sequence[int], num_sites: int) -
 def unpack(packed: RecordDict) -> list[tuple[int, RecordDict]]:
     """Each site's content from a :func:`pack`ed message, in the order they were packed."""
     spec = packed.config_records[COHORT_KEY]
+    parts = _split(packed)
+    sites, which = cast(list[int], spec["sites"]), cast(list[int], spec["parts"])
+    return [(int(s), parts.get(int(p), RecordDict())) for s, p in zip(sites, which, strict=True)]
+
+
+def _split(packed: RecordDict) -> dict[int, RecordDict]:
+    """A packed content's records by the number before their name's ``/`` (a part or a site),
+    under their original names."""
     parts: dict[int, RecordDict] = {}
     for name, record in packed.items():
         if name != COHORT_KEY:
-            part, _, original = name.partition(_SEP)
-            parts.setdefault(int(part), RecordDict())[original] = record
-    sites, which = cast(list[int], spec["sites"]), cast(list[int], spec["parts"])
-    return [(int(s), parts.get(int(p), RecordDict())) for s, p in zip(sites, which, strict=True)]
+            prefix, _, original = name.partition(_SEP)
+            parts.setdefault(int(prefix), RecordDict())[original] = record
+    return parts
 
 
 def num_sites_of(packed: RecordDict) -> int:
@@ -133,11 +140,7 @@ def unpack_replies(reply: Message, asked: Sequence[Message]) -> list[Message]:
             strict=True,
         )
     }
-    contents: dict[int, RecordDict] = {}
-    for name, record in reply.content.items():
-        if name != COHORT_KEY:
-            prefix, _, original = name.partition(_SEP)
-            contents.setdefault(int(prefix), RecordDict())[original] = record
+    contents = _split(reply.content)
     out = []
     for message in asked:
         site = int(message.metadata.dst_node_id) - SITE_NODE_BASE

@@ -42,10 +42,7 @@ def connect(runtime: RuntimeConfig) -> int:
         return workers(runtime)
     problem = _unreachable(address)
     if problem is not None:  # ray.init would retry for minutes
-        raise FederationError(
-            f"runtime.ray_address={address}: no Ray cluster answers there ({problem}); start "
-            "one with `ray start --head` or leave runtime.ray_address unset to start Ray here"
-        )
+        raise _no_cluster(address, problem)
     import ray
 
     # As Flower starts Ray: its workers import fedretrain, clients and server from our path.
@@ -61,13 +58,17 @@ def connect(runtime: RuntimeConfig) -> int:
             log_to_driver=False,
         )
     except ConnectionError as err:
-        raise FederationError(
-            f"runtime.ray_address={address}: no Ray cluster answers there ({err}); start one "
-            "with `ray start --head` or leave runtime.ray_address unset to start Ray here"
-        ) from err
+        raise _no_cluster(address, str(err)) from err
     resources = ray.cluster_resources()
     log.info("joined the Ray cluster at %s: %s", address, _resources(resources))
     return workers(runtime, cpus=resources.get("CPU", 1.0), gpus=resources.get("GPU", 0.0))
+
+
+def _no_cluster(address: str, why: str) -> FederationError:
+    return FederationError(
+        f"runtime.ray_address={address}: no Ray cluster answers there ({why}); start one "
+        "with `ray start --head` or leave runtime.ray_address unset to start Ray here"
+    )
 
 
 def _unreachable(address: str, timeout_s: float = 10.0) -> str | None:
