@@ -357,6 +357,7 @@ class AdaptationConfig:
 class TrackingBackend(str, Enum):
     none = "none"
     mlflow = "mlflow"  # pip install 'fedretrain[mlflow]' (mlflow-skinny)
+    tensorboard = "tensorboard"  # pip install 'fedretrain[tensorboard]'
 
 
 @dataclass
@@ -369,8 +370,9 @@ class TrackingConfig:
     registered model ``model_name`` (null: ``fedretrain-<task.name>``) with the aliases
     ``champion`` and ``challenger`` and its lineage as tags. ``uri`` null takes
     ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the folder the run was started
-    from. The run folder stays the record: a tracking failure is one warning, and the run goes
-    on.
+    from. With ``backend=tensorboard`` the run's scalars go to TensorBoard's event files in the
+    run folder's ``tensorboard/`` (the other fields are MLflow's). The run folder stays the
+    record: a tracking failure is one warning, and the run goes on.
     """
 
     backend: TrackingBackend = TrackingBackend.none

@@ -62,6 +62,11 @@ def tracking_problems(cfg: DictConfig) -> list[str]:
             "tracking=mlflow needs MLflow where the run starts: pip install "
             "'fedretrain[mlflow]' (mlflow-skinny), or tracking=none"
         ]
+    if cfg.tracking.backend == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        return [
+            "tracking=tensorboard needs TensorBoard where the run starts: pip install "
+            "'fedretrain[tensorboard]', or tracking=none"
+        ]
     return []
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedretrain.config import RunConfig, check_override_keys, compose, register_schema, to_yaml
@@ -35,6 +36,8 @@ def _run(cfg: DictConfig, checked: bool = False) -> float:
         _check_simulable(cfg, run)
     except ConfigError as err:
         print(f"fedretrain-simulate: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # this job fails; the sweep goes on with the others (sweep.csv says why)
         sys.exit(2)
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -1,4 +1,5 @@
-"""Experiment tracking: the run, as it goes, recorded in MLflow as well as in its folder.
+"""Experiment tracking: the run, as it goes, recorded in MLflow or TensorBoard as well as in its
+folder.
 
 The run folder stays the record (every table, plot, decision and model is there); a tracker
 mirrors it for the tools people compare runs with. :class:`MlflowTracker` writes one MLflow run
@@ -9,8 +10,18 @@ registered model, with the aliases ``champion`` and ``challenger`` (MLflow's sta
 deprecated) and the lineage as tags.
 
 A resumed run goes on in the same MLflow run (``tracking.json`` in the run folder holds its id
-and the versions mirrored so far). A tracking failure (a server down, a bad URI) is one warning,
-and tracking stops for the rest of the run; the run goes on, and nothing is lost.
+and the versions mirrored so far).
+
+:class:`TensorboardTracker` writes the same numbers as TensorBoard scalars in the run folder's
+``tensorboard/``: ``rounds/`` at the server round, ``periods/`` at the period (two TensorBoard
+runs, since the two steps count different things), so ``tensorboard --logdir outputs`` shows
+every run by its folder. A resumed run hides what the crashed process logged past the point it
+resumes from (TensorBoard's purge step), so each chart reads as the uninterrupted run's.
+
+Both log ε per site at each round of a DP-SGD run (``epsilon/site_<id>``, for up to
+:data:`SITE_SERIES` sites; ``epsilon/max`` and ``epsilon/median`` always). A tracking failure (a
+server down, a bad URI, a folder that cannot be written) is one warning, and tracking stops for
+the rest of the run; the run goes on, and nothing is lost.
 """
 
 from __future__ import annotations
@@ -54,12 +65,14 @@ ARTIFACTS = (
     "report.html",
 )
 PARAM_LIMIT = 6000  # MLflow's longest param value
+SITE_SERIES = 64  # sites logged one by one; a larger federation logs ε's max and median only
+TENSORBOARD_DIR = "tensorboard"
 
 
 class Tracker(Protocol):
     """What the retraining controller tells a tracker, as the run goes."""
 
-    def round(self, row: RoundRow) -> None: ...
+    def round(self, row: RoundRow, epsilon: Mapping[int, float]) -> None: ...
 
     def period(self, row: PeriodRow, registry: Registry) -> None: ...
 
@@ -69,7 +82,7 @@ class Tracker(Protocol):
 class NoTracking:
     """The default: the run folder alone."""
 
-    def round(self, row: RoundRow) -> None:
+    def round(self, row: RoundRow, epsilon: Mapping[int, float]) -> None:
         pass
 
     def period(self, row: PeriodRow, registry: Registry) -> None:
@@ -81,12 +94,92 @@ class NoTracking:
 
 def build_tracker(cfg: RunConfig, run_dir: Path, config_yaml: str) -> Tracker:
     """The tracker ``cfg.tracking`` asks for (:class:`NoTracking` for ``backend=none``)."""
-    if cfg.tracking.backend.value == "none":
+    backend = cfg.tracking.backend.value
+    if backend == "none":
         return NoTracking()
+    if backend == "tensorboard":
+        return TensorboardTracker(run_dir)
     return MlflowTracker(cfg, run_dir, config_yaml)
 
 
-class MlflowTracker:
+class _Guarded:
+    """A tracker whose first failure is one warning and ends its tracking, never the run."""
+
+    run_dir: Path
+    failed = False
+
+    def _where(self) -> str:
+        raise NotImplementedError
+
+    def _safely(self, call: Callable[[], None]) -> None:
+        if self.failed:
+            return
+        try:
+            call()
+        except Exception as err:  # a tracking problem must never stop the federation
+            self.failed = True
+            log.warning(
+                "tracking to %s failed (%s: %s); the run goes on without it, and its folder %s "
+                "holds everything",
+                self._where(),
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+                self.run_dir,
+            )
+
+
+class TensorboardTracker(_Guarded):
+    """TensorBoard scalars in ``run_dir/tensorboard`` (see the module's text)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.logdir = run_dir / TENSORBOARD_DIR
+        self._writers: dict[str, Any] = {}
+
+    def round(self, row: RoundRow, epsilon: Mapping[int, float]) -> None:
+        def log_round() -> None:
+            step = int(row.round)
+            writer = self._writer("rounds", step)
+            for key, value in _numbers("round", asdict(row)).items():
+                writer.add_scalar(key, value, step)
+            for key, value in epsilon_series(epsilon).items():
+                writer.add_scalar(key, value, step)
+            writer.flush()
+
+        self._safely(log_round)
+
+    def period(self, row: PeriodRow, registry: Registry) -> None:
+        def log_period() -> None:
+            step = int(row.period)
+            writer = self._writer("periods", step)
+            for key, value in _numbers("period", asdict(row)).items():
+                writer.add_scalar(key, value, step)
+            writer.flush()
+
+        self._safely(log_period)
+
+    def finish(self, summary: Mapping[str, object], registry: Registry) -> None:
+        def close() -> None:
+            for writer in self._writers.values():
+                writer.close()
+
+        self._safely(close)
+
+    def _where(self) -> str:
+        return f"TensorBoard in {self.logdir}"
+
+    def _writer(self, series: str, step: int) -> Any:
+        """The writer of ``series``, made at its first step; a resumed run purges from there."""
+        if series not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            folder = self.logdir / series
+            resumed = folder.is_dir() and any(folder.glob("events.out.tfevents.*"))
+            self._writers[series] = SummaryWriter(str(folder), purge_step=step if resumed else None)
+        return self._writers[series]
+
+
+class MlflowTracker(_Guarded):
     """One MLflow run for the fedretrain run in ``run_dir`` (see the module's text)."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, config_yaml: str) -> None:
@@ -95,7 +188,6 @@ class MlflowTracker:
         self.model_name = t.model_name or f"fedretrain-{cfg.task.name}"
         self.register_models = t.register_models
         self.run_dir = run_dir
-        self.failed = False
         self.client: Any = None
         self.run_id = ""
         self.mirrored: dict[str, str] = {}  # fedretrain version -> MLflow model version
@@ -107,20 +199,20 @@ class MlflowTracker:
 
     # ------------------------------------------------------------------ the Tracker calls
 
-    def round(self, row: RoundRow) -> None:
-        self._safely(lambda: self._metrics("round", asdict(row), int(row.round)))
+    def round(self, row: RoundRow, epsilon: Mapping[int, float]) -> None:
+        numbers = {**_numbers("round", asdict(row)), **epsilon_series(epsilon)}
+        self._safely(lambda: self._metrics(numbers, int(row.round)))
 
     def period(self, row: PeriodRow, registry: Registry) -> None:
         def log_period() -> None:
-            self._metrics("period", asdict(row), int(row.period))
+            self._metrics(_numbers("period", asdict(row)), int(row.period))
             self._mirror(registry)
 
         self._safely(log_period)
 
     def finish(self, summary: Mapping[str, object], registry: Registry) -> None:
         def log_end() -> None:
-            numbers = {k: v for k, v in summary.items() if _number(v) is not None}
-            self._metrics("summary", numbers, 0)
+            self._metrics(_numbers("summary", summary), 0)
             for name in ARTIFACTS:
                 if (self.run_dir / name).is_file():
                     self.client.log_artifact(self.run_id, str(self.run_dir / name))
@@ -161,15 +253,11 @@ class MlflowTracker:
         for start in range(0, len(params), 100):  # MLflow takes 100 params per batch
             self.client.log_batch(self.run_id, params=params[start : start + 100])
 
-    def _metrics(self, prefix: str, values: Mapping[str, object], step: int) -> None:
+    def _metrics(self, numbers: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [
-            Metric(f"{prefix}/{key}", number, now, step)
-            for key, value in values.items()
-            if (number := _number(value)) is not None
-        ]
+        metrics = [Metric(key, number, now, step) for key, number in numbers.items()]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
@@ -229,21 +317,8 @@ class MlflowTracker:
                 with contextlib.suppress(MlflowException):  # it was never set
                     self.client.delete_registered_model_alias(self.model_name, theirs)
 
-    def _safely(self, call: Callable[[], None]) -> None:
-        if self.failed:
-            return
-        try:
-            call()
-        except Exception as err:  # a tracking problem must never stop the federation
-            self.failed = True
-            log.warning(
-                "tracking to MLflow at %s failed (%s: %s); the run goes on without it, and "
-                "its folder %s holds everything",
-                self.uri,
-                type(err).__name__,
-                str(err).splitlines()[0] if str(err) else "",
-                self.run_dir,
-            )
+    def _where(self) -> str:
+        return f"MLflow at {self.uri}"
 
     def _state(self) -> dict[str, Any]:
         path = self.run_dir / STATE_FILE
@@ -340,6 +415,35 @@ def flat_params(config_yaml: str) -> dict[str, str]:
 
     walk(yaml.safe_load(config_yaml), "")
     return out
+
+
+def epsilon_series(epsilon: Mapping[int, float]) -> dict[str, float]:
+    """ε's series at a round: each site's up to :data:`SITE_SERIES` sites, max and median.
+
+    >>> epsilon_series({2: 1.5, 0: 0.5, 1: 1.0})
+    {'epsilon/max': 1.5, 'epsilon/median': 1.0, 'epsilon/site_0': 0.5, 'epsilon/site_1': 1.0, \
+'epsilon/site_2': 1.5}
+    >>> epsilon_series({})
+    {}
+    """
+    if not epsilon:
+        return {}
+    values = sorted(epsilon.values())
+    middle = len(values) // 2
+    median = values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+    out = {"epsilon/max": values[-1], "epsilon/median": median}
+    if len(epsilon) <= SITE_SERIES:
+        out.update({f"epsilon/site_{site}": epsilon[site] for site in sorted(epsilon)})
+    return out
+
+
+def _numbers(prefix: str, values: Mapping[str, object]) -> dict[str, float]:
+    """The finite numbers of ``values``, keyed ``prefix/key``."""
+    return {
+        f"{prefix}/{key}": number
+        for key, value in values.items()
+        if (number := _number(value)) is not None
+    }
 
 
 def _number(value: object) -> float | None:

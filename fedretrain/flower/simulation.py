@@ -46,9 +46,9 @@ def connect(runtime: RuntimeConfig) -> int:
     import ray
 
     # As Flower starts Ray: its workers import fedretrain, clients and server from our path.
-    pythonpath = os.pathsep.join(sys.path)
-    if os.environ.get("PYTHONPATH"):
-        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    # Each job of a sweep joins again: the path is kept once, not grown per job.
+    entries = [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    pythonpath = os.pathsep.join(dict.fromkeys(e for e in entries if e))
     os.environ["PYTHONPATH"] = pythonpath
     try:
         ray.init(

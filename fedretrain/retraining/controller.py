@@ -656,7 +656,7 @@ class Controller:
 
     def _add_round(self, row: RoundRow) -> None:
         self.report.add(row)
-        self.tracker.round(row)
+        self.tracker.round(row, self.epsilon.latest if self.epsilon is not None else {})
         if self.fixed_rounds is not None:  # a static run has no periods to wait for
             self._write_page()
 

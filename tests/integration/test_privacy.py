@@ -39,6 +39,7 @@ def budget_run(tmp_path_factory: pytest.TempPathFactory, simulate: Simulate) -> 
         f"privacy.ledger_dir={ledgers}",
         f"runtime.num_clients={SITES}",
         f"runtime.num_rounds={ROUNDS}",
+        "tracking=tensorboard",
     )
     return out, ledgers
 
@@ -104,6 +105,25 @@ def test_the_run_reports_each_sites_epsilon_as_its_ledger_has_it(
         {int(s): e for s, e in reported.items()}
     )
     assert (out / "privacy.png").stat().st_size > 0
+
+
+def test_tensorboard_shows_each_round_and_each_sites_epsilon_as_its_ledger_has_it(
+    budget_run: tuple[Path, Path],
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, ledgers = budget_run
+    events = EventAccumulator(str(out / "tensorboard" / "rounds"))
+    events.Reload()
+    metrics = pd.read_csv(out / "metrics.csv")
+    accuracy = events.Scalars("round/accuracy")
+    assert [e.step for e in accuracy] == metrics["round"].tolist()
+    assert [e.value for e in accuracy] == pytest.approx(metrics["accuracy"].tolist(), rel=1e-6)
+    for site in range(SITES):
+        ledger = PrivacyLedger.load(ledgers / f"site-{site}.json")
+        last = events.Scalars(f"epsilon/site_{site}")[-1]
+        assert last.step == ROUNDS
+        assert last.value == pytest.approx(ledger.epsilon(DELTA), rel=1e-6)
 
 
 def test_each_version_of_a_drift_run_records_what_it_cost_each_site(

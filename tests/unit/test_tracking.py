@@ -55,7 +55,7 @@ def test_a_run_is_one_mlflow_run_with_its_registry_mirrored(tmp_path: Path) -> N
         status=Status.champion,
     )  # fmt: skip
     for n, accuracy in enumerate((0.1, 0.6, 0.9)):
-        tracker.round(_round(n, accuracy))
+        tracker.round(_round(n, accuracy), {0: float(n)})
     tracker.period(_period(0, 0.9, 1), registry)
     v2 = registry.register(
         _weights(1), key="p1", trigger="warm", reason="drift", period=1, parent=1
@@ -77,6 +77,8 @@ def test_a_run_is_one_mlflow_run_with_its_registry_mirrored(tmp_path: Path) -> N
     history = client.get_metric_history(tracker.run_id, "round/accuracy")
     assert [(m.step, m.value) for m in history] == [(0, 0.1), (1, 0.6), (2, 0.9)]
     assert [m.step for m in client.get_metric_history(tracker.run_id, "period/accuracy")] == [0, 1]
+    epsilon = client.get_metric_history(tracker.run_id, "epsilon/site_0")
+    assert [(m.step, m.value) for m in epsilon] == [(0, 0.0), (1, 1.0), (2, 2.0)]
     assert run.data.metrics["summary/mean_prequential_accuracy"] == 0.7
     artifacts = {a.path for a in client.list_artifacts(tracker.run_id)}
     assert {"summary.json", "models"} <= artifacts
@@ -117,7 +119,7 @@ def test_a_tracking_server_that_does_not_answer_costs_one_warning(
         tracker = _tracker(tmp_path / "run", "http://127.0.0.1:9")  # nothing listens there
         with Registry(tmp_path / "run", create=True) as registry:
             for n in range(3):
-                tracker.round(_round(n, 0.5))
+                tracker.round(_round(n, 0.5), {})
             tracker.period(_period(0, 0.9, 1), registry)
             tracker.finish({}, registry)
     warnings = [r for r in caplog.records if r.name == "fedretrain.tracking"]
