@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -62,3 +63,40 @@ def test_a_sweep_shares_one_ray_cluster_and_tables_its_jobs(tmp_path: Path) -> N
     assert len(children) == 2
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"sweep.csv"}
     assert parent.info.status == "KILLED"  # a job failed: the sweep did not end as asked
+
+
+def test_a_killed_sweep_leaves_no_ray_behind(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    sweep = subprocess.Popen(
+        [
+            sys.executable, "-m", "fedretrain", "-m", "task=sea_mlp", "runtime.num_clients=2",
+            "runtime.num_rounds=500", "train.lr=0.01,0.1", f"hydra.sweep.dir={out}",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+    )  # fmt: skip
+    log = out / "0" / "simulate.log"
+    deadline = time.monotonic() + 600  # generous: a busy machine starts Ray slowly
+    port = None
+    while port is None:
+        assert sweep.poll() is None and time.monotonic() < deadline, "the first job never joined"
+        found = re.search(r"joined the Ray cluster at 127\.0\.0\.1:(\d+)", _text(log))
+        port = int(found.group(1)) if found else None
+        time.sleep(0.5)
+    sweep.kill()  # kill -9: no callback, no atexit
+    sweep.wait()
+    deadline = time.monotonic() + 120
+    while _answers(port):
+        assert time.monotonic() < deadline, "the killed sweep's Ray head is still running"
+        time.sleep(1)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
