@@ -71,7 +71,8 @@ def starting_line(run: RunConfig, run_dir: Path) -> str:
     if run.scenario.enabled:
         what = f"scenario {run.scenario.name}, {run.scenario.num_periods} periods"
     else:
-        what = f"{run.runtime.num_rounds} rounds"
+        rounds = run.runtime.num_rounds
+        what = f"{rounds} round{'s' if rounds != 1 else ''}"
     return f"starting {sites} on Ray ({run.task.name}, {what}); run folder {run_dir}"
 
 
@@ -122,8 +123,10 @@ def resume(run_dir: Path) -> int:
 def _quiet_libraries() -> None:
     # Flower logs every sampling step at INFO and its own deprecation of run_simulation at
     # WARNING; our progress line reports rounds, and fedretrain.flower.federation logs failed
-    # sites.
-    logging.getLogger("flwr").setLevel(logging.ERROR)
+    # sites. Also before Ray is joined: ray.init gives its GPU tip there too.
+    from fedretrain.flower.logs import quiet_flower
+
+    quiet_flower(logging.ERROR)
     for chatty in ("matplotlib", "alembic"):  # font cache, Flower's in-memory state migrations
         logging.getLogger(chatty).setLevel(logging.WARNING)
 

@@ -34,6 +34,7 @@ from fedretrain.config import (
 from fedretrain.deploy.stream import FolderStream
 from fedretrain.flower.cohorts import CohortGrid
 from fedretrain.flower.federation import FlowerFederation, privacy_accounting, seed_sampling
+from fedretrain.flower.logs import quiet_flower
 from fedretrain.flower.strategies import build_strategy
 from fedretrain.monitor.monitor import Monitor, build_detectors
 from fedretrain.monitor.private import noise_std_for
@@ -56,6 +57,7 @@ PULL_INTERVAL_S = 0.005
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    quiet_flower()  # under flwr run: our line per round, no colour codes in the stream
     overrides = shlex.split(str(context.run_config.get("overrides", "")))
     problems = check_override_keys(overrides)
     if problems:

@@ -15,6 +15,7 @@ from flwr.serverapp import ServerApp
 
 from fedretrain.config import Device, RuntimeConfig
 from fedretrain.errors import FederationError
+from fedretrain.flower.logs import quiet_flower
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,7 @@ def simulate(
             "they train on CPU; set runtime.gpus_per_client (e.g. 0.25 for four sites per GPU)"
         )
 
-    # Ray would otherwise warn on every start that it may override accelerator env vars.
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    quiet_flower(level=None)  # fedretrain-simulate has set Flower's level already
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(

@@ -109,7 +109,6 @@ def test_flwr_run_trains_three_sites_in_the_current_environment(tmp_path: Path) 
         "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
         # the CLI starts flower-superlink, which starts flower-superexec, by name
         "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
-        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     }
     command = [
         str(flwr),
@@ -159,3 +158,9 @@ def test_flwr_run_trains_three_sites_in_the_current_environment(tmp_path: Path) 
     # `flwr run .` migrates a [tool.flwr.federations] table by rewriting pyproject.toml
     assert (REPO / "pyproject.toml").read_bytes() == pyproject, "flwr run rewrote pyproject.toml"
     assert not survivors, f"processes left running: {sorted(survivors)}"
+    # From the moment our ServerApp runs (issue 16, item 5): our line per round instead of
+    # Flower's sampling lines, no colour codes in a stream that is no terminal, no Ray tip.
+    ours = output[output.index("[fedretrain] initial model") :]
+    assert "round 2/2" in ours, context
+    assert "\x1b[" not in ours and "Sampled" not in ours, context
+    assert "FutureWarning" not in output, context
