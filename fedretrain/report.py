@@ -161,6 +161,12 @@ class RunReport:
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(r) for r in self._rows])
 
+    def plot(self) -> None:
+        """``metrics.png``, of the rounds so far (none: nothing to draw)."""
+        table = self.table()
+        if not table.empty:
+            plot_metrics(table, self.run_dir / "metrics.png")
+
     def finish(self, extra: dict[str, object]) -> dict[str, object]:
         """Write the plot and ``summary.json``, print the summary, and return it."""
         table = self.table()
@@ -169,7 +175,7 @@ class RunReport:
             "wall_seconds": round(time.perf_counter() - self._start, 2),
             **extra,
         }
-        plot_metrics(table, self.run_dir / "metrics.png")
+        self.plot()
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         print_summary(summary, self.out)
         return summary

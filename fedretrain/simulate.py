@@ -86,7 +86,8 @@ def resume(run_dir: Path) -> int:
         if not needed.exists():
             print(
                 f"fedretrain resume: {run_dir} is not a resumable run folder ({needed.name} "
-                "missing); a run writes both once its first round is done",
+                f"missing); a run writes {config_file.name} and checkpoint/{STATE_FILE} once "
+                "its first round is done",
                 file=sys.stderr,
             )
             return 2

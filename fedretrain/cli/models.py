@@ -169,7 +169,8 @@ def _show(args: argparse.Namespace) -> int:
     print(table(["field", "value"], fields, header=False))
     if v.site_metrics:
         names = sorted({name for m in v.site_metrics.values() for name in m})
-        rows = [[site, *(m.get(n) for n in names)] for site, m in v.site_metrics.items()]
+        by_site = sorted(v.site_metrics.items(), key=lambda item: _site_order(item[0]))
+        rows = [[site, *(m.get(n) for n in names)] for site, m in by_site]
         print("\nper-site metrics")
         print(table(["site", *names], rows))
     if events:
@@ -280,6 +281,11 @@ def _events(args: argparse.Namespace) -> int:
     else:
         print("no events")
     return 0
+
+
+def _site_order(site: str) -> tuple[int, str]:
+    """Sites in number order (10 after 9), any other name after them."""
+    return (int(site), "") if site.isdigit() else (1 << 62, site)
 
 
 def _resolve(registry: Registry, text: str) -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from enum import Enum
 from typing import Any
+
+PAYLOAD_TEXT = 60  # characters of one payload value in a table row
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], header: bool = True) -> str:
@@ -46,9 +47,29 @@ def metrics_cell(values: dict[str, float]) -> str:
 
 
 def events_table(events: Sequence[Any]) -> str:
-    """Registry events, one row each, their payload as JSON."""
+    """Registry events, one row each, their payload in short (``--json`` gives it whole)."""
     rows = [
-        [e.id, e.created, e.kind, e.period, version_label(e.version), json.dumps(e.payload)]
+        [e.id, e.created, e.kind, e.period, version_label(e.version), payload_cell(e.payload)]
         for e in events
     ]
     return table(["id", "created", "kind", "period", "version", "payload"], rows)
+
+
+def payload_cell(payload: dict[str, Any], width: int = PAYLOAD_TEXT) -> str:
+    """An event's payload on one short line: ``key=value`` pairs, long text cut, lists counted.
+
+    >>> payload_cell({"promote": True, "reason": "x" * 100, "rows": [{"site": 0}, {"site": 1}],
+    ...     "candidate_accuracy": 0.96251, "previous": None})
+    'promote=True reason=xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx… \
+rows=[2 items] candidate_accuracy=0.9625 previous=-'
+    """
+
+    def short(value: object) -> str:
+        if isinstance(value, list | tuple) and any(isinstance(v, dict) for v in value):
+            return f"[{len(value)} items]"
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{k}: {short(v)}" for k, v in value.items()) + "}"
+        text = cell(value)
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    return " ".join(f"{key}={short(value)}" for key, value in payload.items()) or "-"

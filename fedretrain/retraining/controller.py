@@ -209,6 +209,7 @@ class Controller:
             if stats_eps is not None:
                 extra["stats_epsilon"] = stats_eps
             points = None if self.deployed else self.change_points
+            self.report.plot()  # the rounds of every retrain, as a static run draws them
             summary = self.timeline.finish(points, extra, self.site_changes)
         else:
             summary = self.report.finish(extra)
@@ -595,7 +596,10 @@ class Controller:
     ) -> int:
         """The outcome as a candidate in the registry (once, even across a resume); ``key``
         defaults to the period's (one retrain a period)."""
-        scores = self._evaluate(period, outcome.weights).scores
+        evaluation = self._evaluate(period, outcome.weights)
+        scores, accuracy = evaluation.scores, outcome.validation_accuracy
+        if self.fixed_rounds is not None and math.isnan(accuracy):
+            accuracy = evaluation.accuracy  # a static run searches no plateau to score it
         # Lineage: the retrain's rounds that trained (aggregated some site's update) and each
         # site's training examples in them; the holdout scores are its validation.
         entry = self.registry.register(
@@ -608,8 +612,8 @@ class Controller:
             rounds=outcome.trained_rounds,
             samples={str(s): n for s, n in sorted(outcome.samples.items())},
             config_hash=self.config_hash,
-            metrics={"validation_accuracy": outcome.validation_accuracy},
-            site_metrics={str(s): {"accuracy": c / n} for s, (c, n) in scores.items() if n},
+            metrics={"validation_accuracy": accuracy},
+            site_metrics={str(s): {"accuracy": c / n} for s, (c, n) in sorted(scores.items()) if n},
             epsilon={str(s): e for s, e in (outcome.epsilon_by_site or {}).items()},
         )
         return entry.version

@@ -156,6 +156,31 @@ def test_events_are_listed_and_filtered(run_dir: Path) -> None:
     assert [line.split()[2] for line in text[1:]] == ["register", "promote", "alias"]
 
 
+def test_a_long_gate_payload_is_one_short_line_and_whole_in_json(run_dir: Path) -> None:
+    rows = [{"site": s, "delta": 0.1, "counted": True, "regressed": False} for s in range(12)]
+    reason = "candidate 0.9625 >= champion 0.7500 - global_margin 0 on 12 sites, " * 3
+    with Registry(run_dir) as reg:
+        reg.record("gate", period=6, version=2, payload={"reason": reason, "rows": rows})
+    text = fedretrain("models", "events", run_dir, "--kind", "gate").stdout.splitlines()
+    assert len(text) == 3 and all(len(line) < 200 for line in text), text  # was 1.5k characters
+    assert "rows=[12 items]" in text[-1] and "reason=candidate 0.9625" in text[-1]
+    whole = json.loads(fedretrain("models", "events", run_dir, "--kind", "gate", "--json").stdout)
+    assert whole[-1]["payload"] == {"reason": reason, "rows": rows}
+
+
+def test_show_lists_sites_in_number_order(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with Registry(run, create=True) as reg:
+        reg.register(
+            weights(0.0), key="p0", trigger="initial", reason="initial", period=0,
+            site_metrics={10: {"accuracy": 0.5}, 2: {"accuracy": 0.6}, 1: {"accuracy": 0.7}},
+            status=Status.champion,
+        )  # fmt: skip
+    shown = fedretrain("models", "show", run, "1").stdout
+    table = shown.split("\nper-site metrics\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split()[0] for line in table[1:]] == ["1", "2", "10"]
+
+
 # ---------------------------------------------------------------------- decisions
 
 

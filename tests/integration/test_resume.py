@@ -181,5 +181,6 @@ def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
         [sys.executable, *_resume(tmp_path)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2
-    assert "not a resumable run folder" in result.stderr
+    assert "not a resumable run folder (config.yaml missing)" in result.stderr
+    assert "writes config.yaml and checkpoint/state.json" in result.stderr  # not "both"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing written

@@ -36,6 +36,10 @@ def test_a_static_run_trains_exactly_its_rounds_and_registers_the_last_model(
     assert [what for what, _ in federation.calls] == ["train"] * 4 + ["evaluate"]
     [v1] = versions(controller.run_dir)
     assert (v1.status, v1.rounds, v1.parent, v1.trigger) == (Status.champion, 4, None, "initial")
+    # Its validation is the final model's pooled holdout accuracy (it was NaN: issue 16, item 6),
+    # its per-site scores in site order.
+    assert v1.metrics["validation_accuracy"] == metrics["accuracy"].iloc[-1]
+    assert list(v1.site_metrics) == ["0", "1", "2", "3"]
     # The last round's model, not the best (the fresh one jumped to θ; later rounds age it).
     _, weights = champion(controller.run_dir)
     assert weights["age"].tolist() == [4]

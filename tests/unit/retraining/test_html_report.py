@@ -42,6 +42,19 @@ def test_the_page_follows_the_run_and_is_final_at_its_end(
     assert "mean_prequential_accuracy" in final and "id=events" in final
 
 
+def test_a_drift_run_draws_its_rounds_in_metrics_png(
+    make_controller: MakeController, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[tuple[int, str]] = []
+    monkeypatch.setattr(
+        "fedretrain.report.plot_metrics", lambda table, path: drawn.append((len(table), path.name))
+    )
+    controller, _ = make_controller(CONCEPTS)
+    controller.run()
+    rounds = len((tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()) - 1
+    assert rounds > 0 and drawn == [(rounds, "metrics.png")]  # once, at the end
+
+
 def test_text_from_the_run_is_escaped(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
