@@ -39,6 +39,7 @@ from clients.attack import LABEL_MAP_KEY, REVERSED_LABELS, attack_mod
 from fedretrain.config import RunConfig, from_yaml
 from fedretrain.flower.cohorts import cohort_mod
 from fedretrain.flower.records import (
+    ALLOWED_TARGETS_KEY,
     CANARY_KEY,
     DATA_DIR_KEY,
     DATA_REPORT_KEY,
@@ -102,10 +103,14 @@ def _scenario(config_yaml: str, num_partitions: int) -> ScenarioFederation:
 
 
 @lru_cache(maxsize=2)
-def _deployed(config_yaml: str) -> tuple[RunConfig, FolderStream, torch.nn.Module, torch.device]:
+def _deployed(
+    config_yaml: str, allowed: tuple[str, ...]
+) -> tuple[RunConfig, FolderStream, torch.nn.Module, torch.device]:
     from fedretrain.deploy.stream import FolderStream  # pandas: deployed sites only
+    from fedretrain.deploy.trust import check_site_config
 
     cfg = from_yaml(config_yaml)
+    check_site_config(cfg, allowed)  # before anything of the config is built
     torch.set_num_threads(cfg.runtime.torch_threads)
     stream = instantiate(cfg.scenario.stream)
     if not isinstance(stream, FolderStream):
@@ -120,11 +125,12 @@ def _deployed(config_yaml: str) -> tuple[RunConfig, FolderStream, torch.nn.Modul
 
 
 def _folder_site(
-    config_yaml: str, directory: Path, site_id: int, period: int
+    config_yaml: str, directory: Path, site_id: int, period: int, allowed: tuple[str, ...]
 ) -> tuple[RunConfig, Site, dict[str, Any]]:
     """A deployed site's window for ``period``: its folder's new files, split into train and
-    holdout as a simulated window is; and the folder's report (quarantined files, bad rows)."""
-    cfg, stream, model, device = _deployed(config_yaml)
+    holdout as a simulated window is; and the folder's report (quarantined files, bad rows).
+    Only targets from the ``allowed`` packages are built."""
+    cfg, stream, model, device = _deployed(config_yaml, allowed)
     taken = stream.folder(directory).take(period)
     data = ArrayDataset(taken.x, taken.y, stream.num_classes)
     rng = np.random.default_rng([cfg.runtime.seed, 2, site_id, period])
@@ -152,9 +158,12 @@ def _site_for(
                 "a deployed site (data-dir in its node config) serves monitoring periods only: "
                 "run a deployment scenario (scenario=deployed)"
             )
+        from fedretrain.deploy.trust import parse_allowed
+
         site_id = int(cast(int, context.node_config.get(SITE_ID_KEY, 0)))
+        allowed = parse_allowed(cast(str | None, context.node_config.get(ALLOWED_TARGETS_KEY)))
         return _folder_site(
-            instruction.config_yaml, Path(str(data_dir)), site_id, instruction.period
+            instruction.config_yaml, Path(str(data_dir)), site_id, instruction.period, allowed
         )
     partition_id = int(cast(int, context.node_config["partition-id"]))
     num_partitions = int(cast(int, context.node_config["num-partitions"]))

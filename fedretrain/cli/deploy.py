@@ -76,6 +76,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     agent.add_argument(
         "--runtime-port", type=int, default=9094, help="the SuperNode's local API port"
     )
+    agent.add_argument(
+        "--allow-targets",
+        default="fedretrain",
+        metavar="PACKAGES",
+        help="comma-separated packages whose _target_s (data stream, model factory) this site "
+        "builds from a run's config (default: fedretrain)",
+    )
     agent.set_defaults(handler=_agent)
 
 
@@ -158,6 +165,7 @@ def _agent(args: argparse.Namespace) -> int:
     import signal
 
     from fedretrain.deploy.agent import AgentOptions, run_agent
+    from fedretrain.deploy.trust import parse_allowed
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -172,5 +180,6 @@ def _agent(args: argparse.Namespace) -> int:
             key=Path(args.key),
             state_dir=Path(args.state_dir) if args.state_dir else None,
             runtime_port=args.runtime_port,
+            allow_targets=parse_allowed(args.allow_targets),
         )
     )

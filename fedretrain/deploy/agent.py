@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedretrain.deploy.launch import Launched, flower_bin, flower_env
+from fedretrain.deploy.trust import DEFAULT_ALLOWED
 
 # What flower-supernode 1.41 logs when the SuperLink will not have it (docs/deployment-notes.md).
 UNKNOWN_KEY = "[code: 2004]"  # not registered (yet): worth waiting for
@@ -47,13 +48,15 @@ class AgentOptions:
     state_dir: Path | None = None
     runtime_port: int = 9094  # the SuperNode's own local API; one per agent on a host
     restart_delay_s: float = 5.0
+    allow_targets: tuple[str, ...] = DEFAULT_ALLOWED  # packages whose _target_s the site builds
 
 
 def node_config(options: AgentOptions, ledger_dir: Path) -> str:
     """The ``--node-config`` string the ClientApp reads."""
     return (
         f'data-dir="{options.data.resolve()}" site-id={options.site_id} '
-        f'ledger-dir="{ledger_dir.resolve()}"'
+        f'ledger-dir="{ledger_dir.resolve()}" '
+        f'allowed-targets="{",".join(options.allow_targets)}"'
     )
 
 

@@ -40,6 +40,8 @@ DECLINED_KEY = "declined"  # a train reply that trained nothing: {"reason": why,
 # monitor reply carries the folder's report (quarantined files, dropped rows) under this key.
 DATA_DIR_KEY = "data-dir"
 DATA_REPORT_KEY = "data-report"
+# The packages whose _target_s a deployed site builds (fedretrain.deploy.trust), comma-separated.
+ALLOWED_TARGETS_KEY = "allowed-targets"
 
 
 def error_summary(reason: str | None) -> str:
