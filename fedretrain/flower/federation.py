@@ -50,7 +50,7 @@ from fedretrain.flower.records import (
     trained_examples,
 )
 from fedretrain.flower.strategies import user_level_epsilon
-from fedretrain.flower.validated import ValidatedStrategy, wait_for_nodes
+from fedretrain.flower.validated import Roster, ValidatedStrategy
 from fedretrain.monitor.private import StatsMechanism, check_stats, ledgered
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats, WindowStats
 from fedretrain.privacy.plan import plan_training
@@ -65,7 +65,7 @@ from fedretrain.retraining.port import (
     TrainedRound,
     Weights,
 )
-from fedretrain.validation import AUDIT_PHASE, Rejection, eval_problem
+from fedretrain.validation import AUDIT_PHASE, Quorum, Rejection, eval_problem
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,14 @@ class FlowerFederation:
         self.periods = periods
         self.epsilon = epsilon
         self.ledger_dir = ledger_dir
+        # The strategy's roster when it validates, so that the query and the rounds agree on
+        # when the federation is under way.
+        v = cfg.validation
+        self.roster: Roster = getattr(strategy, "roster", None) or Roster(
+            cfg.runtime.num_clients,
+            Quorum(v.quorum_fraction, v.quorum_min_replies),
+            v.node_wait_timeout_s,
+        )
         self._site_of_node: dict[int, int] = {}  # learnt from the statistics replies
 
     def train_round(
@@ -260,9 +268,7 @@ class FlowerFederation:
         With ``serving`` every live model travels with the query and each site's reply also
         scores each of them; a site whose scores are malformed is rejected as a whole."""
         cfg = self.cfg
-        nodes = wait_for_nodes(
-            self.grid, cfg.runtime.num_clients, cfg.validation.node_wait_timeout_s
-        )
+        nodes = self.roster.wait(self.grid)
         config = instruction_config(self.config_yaml, self.num_rounds, period, self.ledger_dir)
         config[SERVER_ROUND_KEY] = server_round  # a DP site's release is keyed by its request
         content = RecordDict(

@@ -79,6 +79,8 @@ class ValidatedStrategy(Strategy):
         self.rules = rules
         self.quorum = quorum
         self.node_wait_timeout_s = node_wait_timeout_s
+        self._min_available = int(getattr(inner, "min_available_nodes", 1))
+        self.roster = Roster(self._min_available, quorum, node_wait_timeout_s)
         self.record = record
         self._reference: dict[str, np.ndarray] = {}
         self._sampled = 0
@@ -113,9 +115,12 @@ class ValidatedStrategy(Strategy):
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def _wait_for_nodes(self, grid: Grid) -> None:
-        """Flower's own sampling waits forever for ``min_available_nodes``; we give it a limit."""
-        needed = int(getattr(self.inner, "min_available_nodes", 1))
-        wait_for_nodes(grid, needed, self.node_wait_timeout_s)
+        """Flower's own sampling waits forever for ``min_available_nodes``; the roster gives
+        it a limit, and once the federation is under way it asks whoever is connected (at
+        least a quorum), so that a site that went away does not stall the round."""
+        nodes = self.roster.wait(grid)
+        if hasattr(self.inner, "min_available_nodes"):
+            self.inner.min_available_nodes = min(self._min_available, len(nodes))
 
     # ------------------------------------------------------------------ aggregate
 
@@ -248,12 +253,17 @@ class ValidatedStrategy(Strategy):
         self.record(Rejection(server_round, phase, int(reply.metadata.src_node_id), reason))
 
 
-def wait_for_nodes(grid: Grid, needed: int, timeout_s: float) -> list[int]:
-    """The connected node ids once at least ``needed`` are connected; a clear error after
-    ``timeout_s`` (validation.node_wait_timeout_s) otherwise."""
+def wait_for_nodes(
+    grid: Grid, needed: int, timeout_s: float, enough: int | None = None
+) -> list[int]:
+    """The connected node ids once at least ``needed`` are connected. After ``timeout_s``
+    (validation.node_wait_timeout_s), those connected if they are at least ``enough``, else a
+    clear error."""
     deadline = time.monotonic() + timeout_s
     while len(nodes := list(grid.get_node_ids())) < needed:
         if time.monotonic() > deadline:
+            if enough is not None and len(nodes) >= enough:
+                return nodes
             raise FederationError(
                 f"only {len(nodes)} of {needed} sites connected within {timeout_s:.0f} s "
                 "(validation.node_wait_timeout_s); start the missing SuperNodes or lower "
@@ -261,6 +271,39 @@ def wait_for_nodes(grid: Grid, needed: int, timeout_s: float) -> list[int]:
             )
         time.sleep(0.2)
     return nodes
+
+
+class Roster:
+    """How many sites the federation waits for before it asks any.
+
+    At the start (and after a resume), while sites come online, every one of the ``sites``,
+    for up to ``timeout_s``; if they do not all come, a quorum of them is enough to begin, with
+    a warning. Once the federation is under way, a quorum: a site that goes away (killed,
+    offline, restarting) does not stall the others, and it is asked again once it is back.
+    Fewer than a quorum after ``timeout_s`` is a clear error.
+    """
+
+    def __init__(self, sites: int, quorum: Quorum, timeout_s: float) -> None:
+        self.sites = sites
+        self.quorum = quorum
+        self.timeout_s = timeout_s
+        self.started = False
+
+    def wait(self, grid: Grid) -> list[int]:
+        """The connected node ids, once as many as the federation needs now are connected."""
+        enough = min(self.sites, self.quorum.required(self.sites))
+        needed = enough if self.started else self.sites
+        nodes = wait_for_nodes(grid, needed, self.timeout_s, enough=enough)
+        if not self.started and len(nodes) < self.sites:
+            log.warning(
+                "only %d of %d sites connected within %.0f s (validation.node_wait_timeout_s); "
+                "going on with them: the others are asked once they connect",
+                len(nodes),
+                self.sites,
+                self.timeout_s,
+            )
+        self.started = True
+        return nodes
 
 
 def _common_keys(records: Iterable[MetricRecord]) -> set[str]:

@@ -1,6 +1,8 @@
 """The validation wrapper around real Flower strategies, fed real Flower messages."""
 
 import itertools
+import logging
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedretrain.aggregation import norm_bounded_mean
 from fedretrain.flower.norm_bounded import NormBoundedFedAvg
 from fedretrain.flower.records import eval_metrics
-from fedretrain.flower.validated import FederationError, ValidatedStrategy
+from fedretrain.flower.validated import FederationError, Roster, ValidatedStrategy
 from fedretrain.metrics import confusion_matrix
 from fedretrain.training import EvalResult
 from fedretrain.validation import Quorum, Rejection, UpdateRules
@@ -171,6 +173,38 @@ def test_waiting_for_sites_has_a_deadline() -> None:
     )
     with pytest.raises(FederationError, match="only 2 of 5 sites connected within"):
         strategy.configure_train(1, _record(GLOBAL), ConfigRecord(), FakeGrid([1, 2]))
+
+
+def test_a_site_that_goes_away_does_not_stall_the_federation() -> None:
+    # Issue 18, item 7: a deployed site killed mid-period made every later round wait for
+    # all sites (validation.node_wait_timeout_s, an hour in deployment), then end the run.
+    strategy = ValidatedStrategy(
+        FedAvg(min_available_nodes=3), UpdateRules(), Quorum(), 30.0, record=lambda _: None
+    )
+    assert (
+        len(list(strategy.configure_train(1, _record(GLOBAL), ConfigRecord(), FakeGrid([1, 2, 3]))))
+        == 3
+    )
+    started = time.monotonic()
+    gone = list(strategy.configure_train(2, _record(GLOBAL), ConfigRecord(), FakeGrid([1, 3])))
+    assert sorted(m.metadata.dst_node_id for m in gone) == [1, 3]  # the two still connected
+    assert time.monotonic() - started < 5  # no wait for the missing one
+    back = strategy.configure_train(3, _record(GLOBAL), ConfigRecord(), FakeGrid([1, 2, 3]))
+    assert len(list(back)) == 3  # asked again once it is back
+
+
+def test_the_roster_waits_for_every_site_at_the_start_then_for_a_quorum(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    roster = Roster(4, Quorum(0.5, 1), timeout_s=0.3)
+    with pytest.raises(FederationError, match="only 1 of 4 sites connected"):
+        roster.wait(FakeGrid([1]))  # below a quorum: nothing can start
+    assert not roster.started
+    with caplog.at_level(logging.WARNING, "fedretrain.flower.validated"):
+        assert roster.wait(FakeGrid([1, 2])) == [1, 2]  # a quorum, after the deadline
+    assert "only 2 of 4 sites connected" in caplog.text and roster.started
+    with pytest.raises(FederationError, match="only 1 of 2 sites connected"):
+        roster.wait(FakeGrid([1]))  # under way, below a quorum is still an error
 
 
 def test_malformed_evaluation_statistics_are_not_summed() -> None:
