@@ -10,14 +10,14 @@ SuperLink is up, seconds after agents may have started.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_deploy_e2e import _port, launched  # noqa: F401
+from test_deploy_e2e import pytestmark as PYTESTMARK
 
 from fedretrain.deploy.certs import (
     make_ca,
@@ -31,29 +31,7 @@ from fedretrain.deploy.launch import Launched, flower_env, wait_for_port
 BIN = Path(sys.executable).parent
 CONNECTION = "fedretrain-wait"
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.deploy,
-    pytest.mark.skipif(not Path("/proc").exists(), reason="process trees are read from /proc"),
-    pytest.mark.skipif(
-        not (BIN / "flower-superlink").exists(), reason="flower-superlink not beside python"
-    ),
-]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def launched() -> Iterator[list[Launched]]:
-    started: list[Launched] = []
-    yield started
-    for process in started:
-        process.stop()
-    assert not [p.name for p in started if p.running()]
+pytestmark = PYTESTMARK  # the deployment tests' marks and skips
 
 
 def _until(what: str, condition: object, timeout_s: float, *logs: Launched) -> None:
@@ -66,7 +44,8 @@ def _until(what: str, condition: object, timeout_s: float, *logs: Launched) -> N
 
 
 def test_an_agent_waits_for_its_key_and_joins_once_it_is_registered(
-    tmp_path: Path, launched: list[Launched]
+    tmp_path: Path,
+    launched: list[Launched],  # noqa: F811
 ) -> None:
     creds = tmp_path / "creds"
     ca = make_ca(creds)

@@ -37,13 +37,19 @@ print(n)
 """
 
 
+def _registry(run: Path) -> Registry:
+    """A new registry in ``run`` whose v1 is the champion; open."""
+    registry = Registry(run, create=True)
+    registry.register(
+        {"w": np.zeros(64, np.float32)}, key="p0", trigger="initial", reason="initial",
+        period=0, status=Status.champion,
+    )  # fmt: skip
+    return registry
+
+
 def test_a_promotion_while_the_server_writes_loses_nothing(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    with Registry(run, create=True) as registry:
-        registry.register(
-            {"w": np.zeros(64, np.float32)}, key="p0", trigger="initial", reason="initial",
-            period=0, status=Status.champion,
-        )  # fmt: skip
+    with _registry(run) as registry:
         registry.register(
             {"w": np.ones(64, np.float32)}, key="manual", trigger="warm", reason="offline",
             period=0, parent=1,
@@ -86,11 +92,7 @@ def test_a_promotion_while_the_server_writes_loses_nothing(tmp_path: Path) -> No
 
 def test_a_server_killed_while_it_writes_leaves_a_whole_registry(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    with Registry(run, create=True) as registry:
-        registry.register(
-            {"w": np.zeros(64, np.float32)}, key="p0", trigger="initial", reason="initial",
-            period=0, status=Status.champion,
-        )  # fmt: skip
+    _registry(run).close()
     for kill in range(3):  # SIGKILL mid-write, three times, each after a different delay
         writer = subprocess.Popen(
             [sys.executable, "-c", WRITER.replace('f"w{n}"', f'f"k{kill}-{{n}}"'), str(run),
