@@ -8,6 +8,8 @@ hands the message straight to the handler and returns the handler's reply untouc
 For an attacking site (chosen per run by the seed, :func:`fedretrain.attacks.attackers`) it
 
 - raises :class:`SiteDropout` before a train handler runs (``attack.dropout``, any site);
+- for ``slow``, answers each train message ``attack.delay_s`` late, honestly (a site slower
+  than ``validation.reply_timeout_s``);
 - for ``label_flip``, hands the train handler a node config whose ``label-map`` is
   ``reversed``, so the site trains on labels y -> K-1-y;
 - rewrites a train reply's update after the handler (``nan``, ``inf``, ``scale``,
@@ -23,6 +25,7 @@ handler seeds its batch order from, so an attack is repeatable.
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 from typing import cast
 
@@ -92,6 +95,9 @@ def _train(
     if drops_out(seed, site, instruction.server_round, attack.dropout):
         raise SiteDropout(f"site {site} dropped out (attack.dropout={attack.dropout})")
     if not attacking:
+        return call_next(msg, context)
+    if attack.kind is AttackKind.slow:  # a site slower than the server waits for
+        time.sleep(attack.delay_s)
         return call_next(msg, context)
     if attack.kind is AttackKind.label_flip:
         context = _with_node_config(context, LABEL_MAP_KEY, REVERSED_LABELS)

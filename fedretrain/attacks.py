@@ -33,6 +33,7 @@ class AttackKind(str, Enum):
     label_flip = "label_flip"  # trains honestly on labels mapped y -> K-1-y
     bad_stats = "bad_stats"  # drift statistics with negative counts and a NaN sum
     bad_scores = "bad_scores"  # adaptation=clustered: more correct answers than examples
+    slow = "slow"  # honest, but each train reply comes `delay_s` late
 
 
 def corrupt_stats(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -120,6 +121,7 @@ class AttackConfig:
     noise_std: float = 10.0  # for gaussian
     claimed_examples: int = 1_000_000_000  # for num_examples_lie
     dropout: float = 0.0  # every site skips each round with this probability
+    delay_s: float = 30.0  # for slow: how late each train reply is
     from_period: int = 0  # drift scenarios: attackers behave until this monitoring period
 
     def __post_init__(self) -> None:
@@ -128,4 +130,5 @@ class AttackConfig:
             (self.from_period >= 0, f"attack.from_period={self.from_period}: must be >= 0"),
             (0 <= self.dropout < 1, f"attack.dropout={self.dropout}: must lie in [0, 1)"),
             (self.noise_std >= 0, f"attack.noise_std={self.noise_std}: must be >= 0"),
+            (self.delay_s >= 0, f"attack.delay_s={self.delay_s}: must be >= 0"),
         )

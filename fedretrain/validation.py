@@ -204,6 +204,7 @@ class Quorum:
 # allow the round; a deployed site has no data for the period.
 DECLINED_PHASE = "privacy"
 NO_DATA_PHASE = "no data"
+NO_REPLY_PHASE = "no reply"  # a site that did not answer within validation.reply_timeout_s
 DECLINE_PHASES = (DECLINED_PHASE, NO_DATA_PHASE)
 # A DP-SGD reply that disagrees with the server's own privacy account is rejected under this.
 AUDIT_PHASE = "privacy audit"

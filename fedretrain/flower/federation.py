@@ -65,7 +65,7 @@ from fedretrain.retraining.port import (
     TrainedRound,
     Weights,
 )
-from fedretrain.validation import AUDIT_PHASE, Quorum, Rejection, eval_problem
+from fedretrain.validation import AUDIT_PHASE, NO_REPLY_PHASE, Quorum, Rejection, eval_problem
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +162,7 @@ class FlowerFederation:
         messages = self.strategy.configure_train(server_round, arrays, config, self.grid)
         if nodes is not None:  # a cluster's round (ValidatedStrategy already left the rest out)
             messages = [m for m in messages if m.metadata.dst_node_id in nodes]
-        received = list(
-            self.grid.send_and_receive(messages, timeout=self.cfg.validation.reply_timeout_s)
-        )
+        received = self._send(messages, server_round, "train")
         # The weights sent are the previous round's model: its evaluation counts there.
         incoming = self._incoming(server_round - 1, received) if evaluate_incoming else None
         replies = trained_replies(
@@ -209,6 +207,25 @@ class FlowerFederation:
             evaluations.append(_like(reply, content=content))
         return self._evaluation(server_round, evaluations)
 
+    def _send(self, messages: Iterable[Message], server_round: int, what: str) -> list[Message]:
+        """The replies to ``messages`` within ``validation.reply_timeout_s``; each site that
+        sent none in time (too slow, or gone) is recorded, and the round goes on without it.
+        A reply that comes later is never read: the next round asks afresh."""
+        sent = list(messages)
+        timeout = self.cfg.validation.reply_timeout_s
+        replies = list(self.grid.send_and_receive(sent, timeout=timeout))
+        answered = {int(r.metadata.src_node_id) for r in replies}
+        for message in sent:
+            node = int(message.metadata.dst_node_id)
+            if node not in answered:
+                reason = (
+                    f"no {what} reply within validation.reply_timeout_s={timeout:g} s: the site "
+                    "is too slow or went away; the round went on without it"
+                )
+                log.warning("round %d: node %d: %s", server_round, node, reason)
+                self.report.reject(Rejection(server_round, NO_REPLY_PHASE, node, reason))
+        return replies
+
     def _nodes_of(self, sites: frozenset[int]) -> frozenset[int]:
         """The nodes of ``sites``, as their latest statistics replies named them."""
         return frozenset(n for n, s in self._site_of_node.items() if s in sites)
@@ -218,10 +235,7 @@ class FlowerFederation:
         messages = self.strategy.configure_evaluate(
             server_round, to_record(weights), config, self.grid
         )
-        replies = checked_replies(
-            self.grid.send_and_receive(messages, timeout=self.cfg.validation.reply_timeout_s),
-            "evaluate",
-        )
+        replies = checked_replies(self._send(messages, server_round, "evaluate"), "evaluate")
         return self._evaluation(server_round, replies)
 
     def _evaluation(self, server_round: int, replies: list[Message]) -> Evaluation:
@@ -288,9 +302,9 @@ class FlowerFederation:
         messages = [
             Message(content=content, message_type=MONITOR_QUERY, dst_node_id=n) for n in nodes
         ]
-        replies = self.grid.send_and_receive(messages, timeout=cfg.validation.reply_timeout_s)
+        replies = self._send(messages, server_round, "statistics")
         sites: dict[int, WindowStats] = {}
-        rejected, reasons, costs = 0, set(), []
+        rejected, reasons, costs = len(messages) - len(replies), set(), []
         for reply in replies:
             node = int(reply.metadata.src_node_id)
             declined = decline_reason(reply)
