@@ -85,6 +85,20 @@ def site_public_keys(creds: Path) -> list[SiteKeys]:
     return keys
 
 
+def superlink_command(
+    ca: Path, cert: Path, key: Path, database: Path, host: str, port: int
+) -> list[str]:
+    """The SuperLink a federation runs: TLS, SuperNode authentication, its state in
+    ``database``, apps run in this environment."""
+    return [
+        flower_bin("flower-superlink"),
+        "--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+        "--enable-supernode-auth", "--database", str(database),
+        "--host", host, "--port", str(port),
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+
+
 def serve(options: ServerOptions, out: TextIO = sys.stdout) -> int:
     """Run the deployment to the end of its run; the exit status (0: the run completed)."""
     run_dir = options.run_dir.resolve()
@@ -115,23 +129,14 @@ def serve(options: ServerOptions, out: TextIO = sys.stdout) -> int:
     app = write_app(deploy / "app")
     superlink = Launched.start(
         "superlink",
-        [
-            flower_bin("flower-superlink"),
-            "--ssl-ca-certfile",
-            str(files["ca.crt"]),
-            "--ssl-certfile",
-            str(files["server.pem"]),
-            "--ssl-keyfile",
-            str(files["server.key"]),
-            "--enable-supernode-auth",
-            "--database",
-            str(deploy / "superlink.db"),
-            "--host",
+        superlink_command(
+            files["ca.crt"],
+            files["server.pem"],
+            files["server.key"],
+            deploy / "superlink.db",
             options.host,
-            "--port",
-            str(options.port),
-            "--disable-runtime-dependency-installation",
-        ],
+            options.port,
+        ),
         flower_env(deploy / "superlink-home"),
         deploy / "superlink.log",
     )

@@ -27,6 +27,7 @@ from fedretrain.deploy.certs import (
     write_superlink_connection,
 )
 from fedretrain.deploy.launch import Launched, flower_env, wait_for_port
+from fedretrain.deploy.server import superlink_command
 
 BIN = Path(sys.executable).parent
 CONNECTION = "fedretrain-wait"
@@ -54,13 +55,9 @@ def test_an_agent_waits_for_its_key_and_joins_once_it_is_registered(
     port = _port()
     superlink = Launched.start(
         "superlink",
-        [
-            str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(ca.cert),
-            "--ssl-certfile", str(server.cert), "--ssl-keyfile", str(server.key),
-            "--enable-supernode-auth", "--database", str(tmp_path / "superlink.db"),
-            "--host", "127.0.0.1", "--port", str(port),
-            "--disable-runtime-dependency-installation",
-        ],
+        superlink_command(
+            ca.cert, server.cert, server.key, tmp_path / "superlink.db", "127.0.0.1", port
+        ),
         flower_env(tmp_path / "superlink-home"),
         tmp_path / "logs" / "superlink.log",
     )  # fmt: skip

@@ -52,6 +52,7 @@ from fedretrain.deploy.certs import (
     write_superlink_connection,
 )
 from fedretrain.deploy.launch import Launched, flower_env, wait_for_port
+from fedretrain.deploy.server import superlink_command
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -171,13 +172,9 @@ def test_sites_reach_the_fleet_api_through_nginx_and_never_the_control_api(
 
     superlink = Launched.start(
         "superlink",
-        [
-            str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(ca.cert),
-            "--ssl-certfile", str(server.cert), "--ssl-keyfile", str(server.key),
-            "--enable-supernode-auth", "--database", str(tmp_path / "superlink.db"),
-            "--host", "127.0.0.1", "--port", str(port),
-            "--disable-runtime-dependency-installation",
-        ],
+        superlink_command(
+            ca.cert, server.cert, server.key, tmp_path / "superlink.db", "127.0.0.1", port
+        ),
         flower_env(tmp_path / "superlink-home"),
         tmp_path / "logs" / "superlink.log",
     )  # fmt: skip
