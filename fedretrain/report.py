@@ -20,7 +20,7 @@ from typing import TextIO
 import pandas as pd
 
 from fedretrain.metrics import scores
-from fedretrain.run_logs import cut_csv, from_row, write_rows
+from fedretrain.run_logs import append_row, cut_csv, restore_rows
 from fedretrain.training import EvalResult
 from fedretrain.validation import DECLINE_PHASES, Rejection
 
@@ -92,8 +92,9 @@ class RunReport:
     def restore(self, server_round: int, keep: Callable[[Rejection], bool]) -> None:
         """Resume: keep the rows of rounds up to ``server_round`` and the rejections ``keep``
         accepts, in memory and on disk (a killed run may have written later ones)."""
-        rows = cut_csv(self.run_dir / "metrics.csv", lambda r: int(r["round"]) <= server_round)
-        self._rows = [from_row(RoundRow, r) for r in rows]
+        self._rows = restore_rows(
+            self.run_dir / "metrics.csv", RoundRow, lambda r: int(r["round"]) <= server_round
+        )
 
         def rejection(row: dict[str, str]) -> Rejection:
             return Rejection(int(row["round"]), row["phase"], int(row["node_id"]), row["reason"])
@@ -140,7 +141,7 @@ class RunReport:
         skipped = any(r.node_id == 0 for r in this_round)
         row = replace(row, rejected=rejected, skipped=skipped, declined=declined)
         self._rows.append(row)
-        write_rows(self.run_dir / "metrics.csv", self._rows)
+        append_row(self.run_dir / "metrics.csv", row)
         of = f"/{self.num_rounds}" if self.num_rounds else ""  # 0: rounds run to a plateau
         label = "initial model" if row.round == 0 else f"round {row.round}{of}"
         train = "" if math.isnan(row.train_loss) else f"train loss {row.train_loss:.4f} | "

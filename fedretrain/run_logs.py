@@ -1,14 +1,17 @@
-"""The run's CSV and JSON-lines logs: written whole and atomically, cut back on resume.
+"""The run's CSV and JSON-lines logs: appended a row at a time, cut back on resume.
 
 ``metrics.csv``, ``timeline.csv``, ``privacy.csv``, ``rejections.csv`` and ``decisions.jsonl``
-grow a row at a time. A CSV is rewritten whole (:func:`write_rows`, atomically, so a kill leaves
-the old file or the new one); resume cuts each log back to the last checkpoint with
-:func:`cut_csv` and :func:`cut_jsonl` and reads rows back with :func:`from_row`.
+grow a row at a time (:func:`append_row`: one write per row, so a period costs the same at the
+thousandth period as at the first; a kill can at worst tear the last line). Resume cuts each
+log back to the last checkpoint with :func:`restore_rows`, :func:`cut_csv` and
+:func:`cut_jsonl`, which drop a torn line, and reads rows back with :func:`from_row`;
+:func:`write_rows` writes a whole CSV atomically.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import types
@@ -48,18 +51,53 @@ def write_rows(path: Path, rows: Sequence[Any], kind: type | None = None) -> Non
         return
     header = [f.name for f in fields(kind or rows[0])]
 
-    def cell(value: Any) -> Any:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return ""
-        return value
-
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as out:
             writer = csv.writer(out)
             writer.writerow(header)
-            writer.writerows([cell(getattr(row, name)) for name in header] for row in rows)
+            writer.writerows([_cell(getattr(row, name)) for name in header] for row in rows)
 
     atomic_replace(path, write)
+
+
+def append_row(path: Path, row: Any) -> None:
+    """Append the dataclass ``row`` to the CSV at ``path`` in one write, with a header of its
+    field names first when the file is new or empty; cells as :func:`write_rows` writes them.
+
+    >>> import tempfile
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Row:
+    ...     a: int
+    ...     b: float
+    >>> path = Path(tempfile.mkdtemp()) / "rows.csv"
+    >>> append_row(path, Row(1, 0.5)); append_row(path, Row(2, math.nan))
+    >>> print(path.read_text(), end="")
+    a,b
+    1,0.5
+    2,
+    """
+    header = [f.name for f in fields(row)]
+    text = io.StringIO()
+    writer = csv.writer(text)
+    if not path.exists() or path.stat().st_size == 0:
+        writer.writerow(header)
+    writer.writerow([_cell(getattr(row, name)) for name in header])
+    with path.open("a", newline="") as handle:
+        handle.write(text.getvalue())
+
+
+def restore_rows(path: Path, kind: type[T], keep: Callable[[dict[str, str]], bool]) -> list[T]:
+    """Resume: cut the CSV at ``path`` to the rows ``keep`` accepts and return them as ``kind``.
+    A file begun with other columns (by an older fedretrain) is rewritten with ``kind``'s, so
+    that the rows appended after it line up with its header."""
+    rows = [from_row(kind, r) for r in cut_csv(path, keep)]
+    if path.exists():
+        with path.open(newline="") as handle:
+            header = next(csv.reader(handle), [])
+        if header != [f.name for f in fields(kind)]:  # type: ignore[arg-type]
+            write_rows(path, rows, kind)
+    return rows
 
 
 def cut_csv(path: Path, keep: Callable[[dict[str, str]], bool]) -> list[dict[str, str]]:
@@ -67,11 +105,14 @@ def cut_csv(path: Path, keep: Callable[[dict[str, str]], bool]) -> list[dict[str
     if not path.exists():
         return []
     with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = list(reader.fieldnames or [])
-        # A kill in the middle of an append leaves a torn last row: it has missing cells.
-        whole = [row for row in reader if None not in row.values() and None not in row]
-        rows = [row for row in whole if keep(row)]
+        text = handle.read()
+    if text and not text.endswith("\n"):  # a kill in the middle of an append: a torn line
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = list(reader.fieldnames or [])
+    # A torn row can also have missing cells.
+    whole = [row for row in reader if None not in row.values() and None not in row]
+    rows = [row for row in whole if keep(row)]
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as out:
@@ -81,6 +122,12 @@ def cut_csv(path: Path, keep: Callable[[dict[str, str]], bool]) -> list[dict[str
 
     atomic_replace(path, write)
     return rows
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return value
 
 
 def cut_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from fedretrain.monitor.scoring import score_detections, score_sites
 from fedretrain.report import print_summary
-from fedretrain.run_logs import cut_csv, cut_jsonl, from_row, write_rows
+from fedretrain.run_logs import append_row, cut_jsonl, restore_rows
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,9 @@ class Timeline:
 
     def restore(self, completed_period: int) -> None:
         """Resume: keep the periods up to ``completed_period``, in memory and on disk."""
-        rows = cut_csv(
-            self.run_dir / "timeline.csv", lambda r: int(r["period"]) <= completed_period
+        self._rows = restore_rows(
+            self.run_dir / "timeline.csv", PeriodRow, lambda r: int(r["period"]) <= completed_period
         )
-        self._rows = [from_row(PeriodRow, r) for r in rows]
         cut_jsonl(self.run_dir / "decisions.jsonl", lambda d: d["period"] <= completed_period)
 
     def decision(self, record: dict[str, Any]) -> None:
@@ -75,7 +74,7 @@ class Timeline:
 
     def add(self, row: PeriodRow) -> None:
         self._rows.append(row)
-        write_rows(self.run_dir / "timeline.csv", self._rows)
+        append_row(self.run_dir / "timeline.csv", row)
         flag = " *change*" if row.change_point else ""
         alarm = f" | ALARM {row.alarms}" if row.alarms else ""
         what = f" | {row.action}, {row.rounds} rounds" if row.rounds or row.retrain else ""

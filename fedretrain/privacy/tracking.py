@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedretrain.privacy.rdp import SampledGaussian, epsilon
-from fedretrain.run_logs import cut_csv, from_row, write_rows
+from fedretrain.run_logs import restore_rows
 
 if TYPE_CHECKING:  # pandas only to plot: a site's worker imports this module for its types
     import pandas as pd
@@ -133,13 +133,10 @@ class EpsilonTracker:
         """Resume: keep the reports of rounds up to ``server_round``, in memory and on disk."""
         if self.path is None:
             return
-        kept = cut_csv(self.path, lambda r: int(r["server_round"]) <= server_round)
-        self.rows = [from_row(EpsilonRow, r) for r in kept]
-        header = [f.name for f in fields(EpsilonRow)]
-        with self.path.open(newline="") as handle:
-            current = next(csv.reader(handle), [])
-        if current != header:  # begun before the mechanism columns: rows will append to it
-            write_rows(self.path, self.rows, EpsilonRow)
+        # A file begun before the mechanism columns is rewritten with them.
+        self.rows = restore_rows(
+            self.path, EpsilonRow, lambda r: int(r["server_round"]) <= server_round
+        )
         self.latest = {}
         for row in self.rows:
             self.latest[row.site] = row.epsilon

@@ -59,6 +59,9 @@ from fedretrain.tracking import NoTracking, Tracker
 log = logging.getLogger(__name__)
 
 NO_DATA = "no new data at any site"
+# Of the run's time, the most that rewriting report.html as the run goes may take: a long run's
+# page (its timeline grows) is then rewritten every few periods instead of after each one.
+PAGE_SHARE = 0.05
 
 
 class Controller:
@@ -143,6 +146,7 @@ class Controller:
         self.resume = resume
         self.num_periods = 1 if fixed_rounds is not None else cfg.scenario.num_periods
         self.timeline = Timeline(run_dir, self.num_periods, out)
+        self._page_due = 0.0  # perf_counter time before which report.html is not rewritten
         if resume:
             ledgers = Path(cfg.privacy.ledger_dir) if cfg.privacy.ledger_dir else None
             resume_run.check_resumable(run_dir, ledgers)  # before anything is written or asked
@@ -665,11 +669,21 @@ class Controller:
             self._write_page()
 
     def _write_page(self, finished: bool = False) -> None:
-        """``report.html``, for whoever keeps it open; a problem writing it is logged."""
+        """``report.html``, for whoever keeps it open; a problem writing it is logged.
+
+        While the run goes on, the page is rewritten at most :data:`PAGE_SHARE` of the time:
+        after a rewrite that took ``t`` seconds, the next waits ``t * (1 / PAGE_SHARE - 1)``
+        seconds. The last one, at the end, always happens.
+        """
+        start = time.perf_counter()
+        if not finished and start < self._page_due:
+            return
         try:
             write_report(self.run_dir, finished)
         except (OSError, ValueError) as err:
             log.warning("could not write %s: %s", self.run_dir / "report.html", err)
+        end = time.perf_counter()
+        self._page_due = end + (end - start) * (1 / PAGE_SHARE - 1)
 
 
 def _no_data(stats: PeriodStats) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,9 @@ CHROMIUM = next((c for c in ("chromium", "chromium-browser") if shutil.which(c))
 
 
 def test_the_page_follows_the_run_and_is_final_at_its_end(
-    make_controller: MakeController, tmp_path: Path
+    make_controller: MakeController, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("fedretrain.retraining.controller.PAGE_SHARE", 1.0)  # after each period
     controller, _ = make_controller(CONCEPTS)
     pages: list[str] = []
     add_row = controller._add_row
@@ -40,6 +42,29 @@ def test_the_page_follows_the_run_and_is_final_at_its_end(
     for version in versions(tmp_path / "run"):
         assert f"<td>v{version.version}</td>" in final
     assert "mean_prequential_accuracy" in final and "id=events" in final
+
+
+def test_a_slow_page_takes_a_bounded_share_of_the_run_and_is_written_at_its_end(
+    make_controller: MakeController, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18, item 8: a 1,000-period run's page took 34 ms to rebuild after every period,
+    so the run's cost per period grew with its length."""
+    written: list[bool] = []
+
+    def slow_page(run_dir: Path, finished: bool = False) -> None:
+        written.append(finished)
+        time.sleep(0.05)
+
+    monkeypatch.setattr("fedretrain.retraining.controller.write_report", slow_page)
+    controller, _ = make_controller(CONCEPTS)
+    for _ in range(20):  # periods far shorter than the page
+        controller._write_page()
+    assert written == [False]  # the next is due 0.95 s after a 0.05 s rewrite
+    controller._write_page(finished=True)
+    assert written == [False, True]
+    controller._page_due = 0.0  # as when its time has come
+    controller._write_page()
+    assert written == [False, True, False]
 
 
 def test_a_drift_run_draws_its_rounds_in_metrics_png(
