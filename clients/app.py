@@ -49,6 +49,7 @@ from fedretrain.flower.records import (
     MODELS_KEY,
     SITE_ID_KEY,
     Instruction,
+    buffer_start,
     data_report_record,
     declined_reply,
     edges_from_record,
@@ -133,9 +134,56 @@ def _folder_site(
     cfg, stream, model, device = _deployed(config_yaml, allowed)
     taken = stream.folder(directory).take(period)
     data = ArrayDataset(taken.x, taken.y, stream.num_classes)
-    rng = np.random.default_rng([cfg.runtime.seed, 2, site_id, period])
-    train_data, holdout = data.split(cfg.data.holdout_fraction, rng)
+    train_data, holdout = _split(cfg, data, site_id, period)
     return cfg, Site(site_id, train_data, holdout, model, device), taken.report
+
+
+def _split(
+    cfg: RunConfig, data: ArrayDataset, site_id: int, period: int
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """A deployed window's (train, holdout), the same split every time it is read."""
+    rng = np.random.default_rng([cfg.runtime.seed, 2, site_id, period])
+    return data.split(cfg.data.holdout_fraction, rng)
+
+
+def _earlier_window(
+    instruction: Instruction, context: Context, site: Site, period: int
+) -> ArrayDataset | None:
+    """The training part of an earlier ``period``'s window of ``site``, as it was read then;
+    None for a deployed site that took no data in that period (it was offline)."""
+    data_dir = context.node_config.get(DATA_DIR_KEY)
+    if not data_dir:
+        num_partitions = int(cast(int, context.node_config["num-partitions"]))
+        scenario = _scenario(instruction.config_yaml, num_partitions)
+        return scenario.window(site.partition_id, period)[0]
+    from fedretrain.deploy.trust import parse_allowed
+
+    allowed = parse_allowed(cast(str | None, context.node_config.get(ALLOWED_TARGETS_KEY)))
+    cfg, stream, _, _ = _deployed(instruction.config_yaml, allowed)
+    taken = stream.folder(Path(str(data_dir))).taken(period)
+    if taken is None:
+        return None
+    data = ArrayDataset(taken.x, taken.y, stream.num_classes)
+    return _split(cfg, data, site.partition_id, period)[0]
+
+
+def _buffered(
+    site: Site, instruction: Instruction, config: ConfigRecord, context: Context
+) -> ArrayDataset:
+    """The site's training data: its window of the period, after its earlier windows from the
+    start of its buffer when the round names one (a cluster's model learns from its
+    concept's data so far)."""
+    period = instruction.period
+    if period is None:
+        return site.train_data
+    start = buffer_start(config, site.partition_id, period)
+    earlier = [_earlier_window(instruction, context, site, p) for p in range(start, period)]
+    parts = [d for d in earlier if d is not None and len(d)] + [site.train_data]
+    if len(parts) == 1:
+        return site.train_data
+    x = np.concatenate([d.x for d in parts])
+    y = np.concatenate([d.y for d in parts])
+    return ArrayDataset(x, y, site.train_data.num_classes)
 
 
 def _load(msg: Message, context: Context) -> tuple[RunConfig, Site, Instruction]:
@@ -186,7 +234,8 @@ def train_handler(msg: Message, context: Context) -> Message:
     lr = lr_at(cfg.train, instruction.server_round, instruction.num_rounds)
     seed = np.random.SeedSequence([cfg.runtime.seed, site.partition_id, instruction.server_round])
     generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
-    data = _train_data(site, context)
+    buffered = _buffered(site, instruction, msg.content.config_records["config"], context)
+    data = _train_data(buffered, context)
     scored = _incoming_eval(site) if instruction.evaluate_incoming else {}
     if not cfg.privacy.enabled:
         result = train(
@@ -300,12 +349,11 @@ def _ledger_folder(site: Site, instruction: Instruction, context: Context) -> Pa
     return Path(str(folder))
 
 
-def _train_data(site: Site, context: Context) -> ArrayDataset:
+def _train_data(data: ArrayDataset, context: Context) -> ArrayDataset:
     """The site's training data, its labels read through the node config's ``label-map`` when
     that names one: ``reversed`` maps y -> K-1-y (the attack harness sets it on label-flipping
     sites)."""
     label_map = context.node_config.get(LABEL_MAP_KEY)
-    data = site.train_data
     if label_map is None:
         return data
     if label_map != REVERSED_LABELS:

@@ -310,6 +310,12 @@ class AdaptationConfig:
     ``merge_margin``) are merged. ``max_models``: the most models sent to the sites (the least
     recently served are dropped). ``refine_on_join``: a cluster that sites join is fine-tuned
     on all its sites' data, and kept only if the gate prefers it on them.
+
+    A cluster's model trains on its concept's data so far: each site trains on its windows
+    since it joined its cluster, the last ``buffer_periods`` of them (1: the period's window
+    alone). ``refresh``: while a cluster's sites still gain windows (fewer than
+    ``buffer_periods`` since they joined), its model is fine-tuned on them every period, and
+    kept only if the gate prefers it.
     """
 
     mode: AdaptationMode = AdaptationMode.single
@@ -319,6 +325,8 @@ class AdaptationConfig:
     reference_periods: int = 3
     max_models: int = 8
     refine_on_join: bool = True
+    buffer_periods: int = 4
+    refresh: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, AdaptationMode):
@@ -342,6 +350,11 @@ class AdaptationConfig:
                 f"{a}reference_periods={self.reference_periods}: must be >= 1",
             ),
             (self.max_models >= 2, f"{a}max_models={self.max_models}: must be >= 2"),
+            (
+                self.buffer_periods >= 1,
+                f"{a}buffer_periods={self.buffer_periods}: must be >= 1 (1 trains on the "
+                "period's window alone)",
+            ),
         )
 
     @property

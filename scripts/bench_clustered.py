@@ -4,6 +4,8 @@ Each run is ``python -m fedretrain <overrides> hydra.run.dir=<tmp>`` in its own 
 fresh Ray), 10 simulated sites. For every scenario and seed it runs five arms:
 
 - ``clustered``: ``adaptation=clustered`` (concept clusters found from per-model scores);
+- ``refresh``: the same with ``adaptation.refresh=true`` (a cluster is fine-tuned every period
+  while its sites' buffers grow), for information;
 - ``oracle``: ``adaptation=oracle``, the same training with each site assigned by its true
   concept (simulation knowledge): what perfect cluster detection reaches;
 - ``triggered``, ``periodic``, ``never``: one global model under each policy.
@@ -14,8 +16,13 @@ concepts (adjusted Rand index over every site and period from 1 on, from ``clust
 and the scenario's schedule); then one verdict per target of the issue. A stationary run of
 ``--stationary-periods`` periods per seed counts clustered's false triggers.
 
-    .venv/bin/python scripts/bench_clustered.py                   # 3 seeds, about 25 minutes
+    .venv/bin/python scripts/bench_clustered.py                   # 3 seeds, about an hour
     .venv/bin/python scripts/bench_clustered.py --seeds 0 --jobs 1
+    .venv/bin/python scripts/bench_clustered.py --arms oracle --seeds 0 --scenarios sine_flip \
+        --reuse benchmarks/results/clustered.json --output /tmp/clustered.json
+
+``--arms`` runs some arms only; ``--reuse FILE`` takes the other arms' runs from an earlier
+results file (marked ``reused`` with that file's timestamp: for arms whose code did not change).
 
 Writes ``benchmarks/results/clustered.json`` (``--output``): settings, machine, every run's
 figures and the printed table.
@@ -48,12 +55,14 @@ STAGGERED = ("sine_staggered", "circle_staggered", "sea_thresholds_staggered")
 SYNCHRONOUS = "sine_flip"
 ARMS = {
     "clustered": ["adaptation=clustered"],
+    "refresh": ["adaptation=clustered", "adaptation.refresh=true"],
     "oracle": ["adaptation=oracle"],
     "triggered": ["policy=triggered"],
     "periodic": ["policy=periodic"],
     "never": ["policy=never"],
 }
 SINGLE = ("triggered", "periodic", "never")
+CLUSTERED = ("clustered", "refresh", "oracle")
 
 
 @dataclass
@@ -70,6 +79,7 @@ class Run:
     alarm_periods: int = 0
     periods: int = 0
     seconds: float = 0.0
+    reused: str = ""  # the timestamp of the results file it was taken from (--reuse)
 
 
 def truth_of(scenario: str, num_sites: int, num_periods: int, seed: int) -> np.ndarray:
@@ -117,7 +127,7 @@ def simulate(scenario: str, arm: str, seed: int, extra: list[str]) -> Run:
         run.rounds = int(summary["initial_rounds"]) + int(summary["retrain_rounds"])
         run.alarm_periods = len(summary["alarm_periods"])
         run.periods = int(summary["periods"])
-        if arm in ("clustered", "oracle"):
+        if arm in CLUSTERED:
             run.clusters = int(summary["clusters_serving"])
             truth = truth_of(scenario, 10, run.periods, seed)
             run.ari = ari_of(out, truth)
@@ -130,8 +140,8 @@ def mean(values: list[float]) -> float:
 
 def table(runs: list[Run]) -> str:
     lines = [
-        "scenario                 | seed | arm       | mean acc | rounds | clusters | ARI",
-        "-------------------------+------+-----------+----------+--------+----------+------",
+        "scenario                 | seed | arm       | mean acc | rounds | clusters | ARI   | run",
+        "-------------------------+------+-----------+----------+--------+----------+-------+----",
     ]
     for r in runs:
         if r.periods and r.scenario == "stationary":
@@ -141,7 +151,7 @@ def table(runs: list[Run]) -> str:
         ari = "" if r.ari is None else f"{r.ari:.3f}"
         lines.append(
             f"{r.scenario:<24} | {r.seed:>4} | {r.arm:<9} | {acc} | {r.rounds:>6} | "
-            f"{clusters:>8} | {ari}"
+            f"{clusters:>8} | {ari:<5} | {'reused ' + r.reused if r.reused else 'now'}"
         )
     return "\n".join(lines)
 
@@ -216,6 +226,20 @@ def machine_info(load_start: tuple[float, ...]) -> dict[str, Any]:
     }
 
 
+def reused_runs(path: Path, arms: list[str]) -> list[Run]:
+    """The runs of the arms not in ``arms`` from an earlier results file, marked with its
+    timestamp (a stationary run belongs to the clustered arm)."""
+    earlier = json.loads(path.read_text())
+    stamp = earlier["machine"]["timestamp"]
+    kept = [
+        Run(**{**raw, "reused": raw.get("reused") or stamp})
+        for raw in earlier["runs"]
+        if raw["arm"] not in arms
+    ]
+    print(f"reused {len(kept)} runs of {path} ({stamp})", flush=True)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
@@ -223,20 +247,28 @@ def main() -> None:
     parser.add_argument("--stationary-periods", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2, help="simulations at once")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--arms", default=",".join(ARMS), help="the arms to run")
+    parser.add_argument("--reuse", type=Path, help="results file to take the other arms from")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    arms = args.arms.split(",")
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        parser.error(f"--arms: unknown {unknown}; the arms are {list(ARMS)}")
     load_start = os.getloadavg()
     # Arms of one scenario and seed run next to each other, so they meet the same load.
-    plan = [
+    plan: list[tuple[str, str, int, list[str]]] = [
         (scenario, arm, seed, [])
         for scenario in args.scenarios.split(",")
         for seed in seeds
-        for arm in ARMS
+        for arm in arms
     ]
-    plan += [
-        ("stationary", "clustered", seed, [f"scenario.num_periods={args.stationary_periods}"])
-        for seed in seeds
-    ]
+    if "clustered" in arms:
+        plan += [
+            ("stationary", "clustered", seed, [f"scenario.num_periods={args.stationary_periods}"])
+            for seed in seeds
+        ]
+    reused = reused_runs(args.reuse, arms) if args.reuse else []
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(simulate, *job) for job in plan]
         runs = []
@@ -248,6 +280,16 @@ def main() -> None:
                 f"[{len(runs)}/{len(plan)}] {run.scenario} {run.arm} seed {run.seed}: {state}",
                 flush=True,
             )
+    scenarios = [*args.scenarios.split(","), "stationary"]
+    order = list(ARMS)
+    runs = sorted(
+        runs + reused,
+        key=lambda r: (
+            scenarios.index(r.scenario) if r.scenario in scenarios else 99,
+            r.seed,
+            order.index(r.arm),
+        ),
+    )
     printed = table(runs)
     results = verdicts(runs)
     lines = [printed, "", "target | value | verdict"]

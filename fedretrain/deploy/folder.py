@@ -179,6 +179,16 @@ class SiteFolder:
             raise ValueError(f"period {period} is older than the last period taken ({last})")
         return self._read_period(int(period), self.pending(), record=True)
 
+    def taken(self, period: int) -> PeriodData | None:
+        """The data of a ``period`` already taken, read again from its files (a training
+        buffer's earlier window); None if that period was never taken (the site was offline).
+        A file that has gone since is left out, and named in the report."""
+        names = self._state["periods"].get(str(int(period)))
+        if names is None:
+            return None
+        paths = [self.directory / name for name in names]
+        return self._read_period(int(period), paths, record=False)
+
     def report(self) -> dict[str, Any]:
         """Every file quarantined so far and every row dropped, in the flat report format."""
         files = self._state["files"]

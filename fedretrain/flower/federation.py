@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from flwr.serverapp.strategy import Strategy
 from fedretrain.config import RunConfig
 from fedretrain.errors import FederationError
 from fedretrain.flower.records import (
+    BUFFER_FROM_KEY,
+    BUFFER_SITES_KEY,
     CANARY_KEY,
     DEFAULT_CLUSTER_KEY,
     INCOMING_EVAL_KEY,
@@ -146,6 +148,7 @@ class FlowerFederation:
         drifted: frozenset[int] = frozenset(),
         sites: frozenset[int] | None = None,
         evaluate_incoming: bool = False,
+        since: Mapping[int, int] | None = None,
     ) -> TrainedRound:
         nodes = None if sites is None else self._nodes_of(sites)
         if isinstance(self.strategy, ValidatedStrategy):
@@ -158,6 +161,9 @@ class FlowerFederation:
             self.ledger_dir,
             evaluate_incoming=evaluate_incoming,
         )
+        if since:  # the buffer of each site that trains on more than the period's window
+            config[BUFFER_SITES_KEY] = sorted(since)
+            config[BUFFER_FROM_KEY] = [since[s] for s in sorted(since)]
         arrays = to_record(weights)
         messages = self.strategy.configure_train(server_round, arrays, config, self.grid)
         if nodes is not None:  # a cluster's round (ValidatedStrategy already left the rest out)

@@ -33,6 +33,9 @@ MODELS_KEY = "models"
 SERVE_SITES_KEY = "serve-sites"
 SERVE_CLUSTERS_KEY = "serve-clusters"
 DEFAULT_CLUSTER_KEY = "default-cluster"
+# A cluster's training round: each listed site trains on its windows from its period on.
+BUFFER_SITES_KEY = "buffer-sites"
+BUFFER_FROM_KEY = "buffer-from"
 MODEL_SCORES_KEY = "model-scores"  # the reply's (clusters, 3) array: cluster, correct, examples
 SITE_ID_KEY = "site-id"  # which site a reply is from: node ids change, site ids do not
 DECLINED_KEY = "declined"  # a train reply that trained nothing: {"reason": why, "phase": ...}
@@ -311,6 +314,26 @@ def serving_cluster(config: ConfigRecord, site: int) -> int | None:
     assigned = cast(list[int], config.get(SERVE_CLUSTERS_KEY, []))
     default = int(cast(int, config[DEFAULT_CLUSTER_KEY]))
     return int(dict(zip(sites, assigned, strict=True)).get(site, default))
+
+
+def buffer_start(config: ConfigRecord, site: int, period: int) -> int:
+    """The first period whose window ``site`` trains on in ``period``, from a train
+    instruction's config: ``period`` itself unless the round names the site's buffer.
+
+    >>> buffer_start(ConfigRecord({BUFFER_SITES_KEY: [1, 4], BUFFER_FROM_KEY: [2, 5]}), 4, 7)
+    5
+    >>> buffer_start(ConfigRecord({}), 4, 7)
+    7
+    """
+    sites = cast(list[int], config.get(BUFFER_SITES_KEY, []))
+    starts = cast(list[int], config.get(BUFFER_FROM_KEY, []))
+    start = int(dict(zip(sites, starts, strict=True)).get(site, period))
+    if not 0 <= start <= period:
+        raise ValueError(
+            f"site {site}: the round asks for windows from period {start} through {period}: "
+            "a buffer starts at or before its period, and at 0 or later"
+        )
+    return start
 
 
 def model_scores_problem(

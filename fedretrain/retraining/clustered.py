@@ -8,8 +8,11 @@ scores all of them, and :func:`~fedretrain.retraining.clusters.plan_period` deci
 merges and new concepts. A new concept's model is trained by its sites only, warm from the
 model that does best on them (re-initialised when that stalls, as a single model's retrain
 is), and kept only if the gate prefers it to what those sites serve; a cluster that sites
-joined is fine-tuned on all its sites the same way. Every decision is a line of
-``decisions.jsonl``; ``clusters.csv`` records each site's cluster and model every period.
+joined is fine-tuned on all its sites the same way. A cluster's sites train on their windows
+since they joined it (at most ``adaptation.buffer_periods``), and while those buffers still
+grow the cluster is fine-tuned on them every period (``adaptation.refresh``), so a concept's
+model learns from all its data so far. Every decision is a line of ``decisions.jsonl``;
+``clusters.csv`` records each site's cluster and model every period.
 
 The registry's ``champion`` is the model serving the most sites; every serving model is a
 registered version, and each period's assignment is a ``clusters`` event.
@@ -101,12 +104,21 @@ class ClusteredController(Controller):
             log.info("period %d: %s", period, record["reason"])
         self._drifted = plan.drifted
         outcomes = [self._new_concept(period, sites) for sites in groups]
+        refined, refreshed = set(), []
         if self.cfg.adaptation.refine_on_join:
             for cluster in plan.joined:  # joined by sites its model never trained on
                 if self.clusters.untrained(cluster):
                     outcomes.append(self._refine(period, cluster))
+                    refined.add(cluster)
+        if self.cfg.adaptation.refresh:
+            buffer = self.cfg.adaptation.buffer_periods
+            for cluster in self.clusters.serving:  # its sites gained a window since it trained
+                growing = self.clusters.growing(cluster, period, buffer)
+                if cluster not in refined and growing:
+                    outcomes.append(self._refine(period, cluster, growing))
+                    refreshed.append(cluster)
         self._serve_largest(period)
-        reason = _reason(plan, groups)
+        reason = _reason(plan, groups, refreshed)
         self.timeline.decision({"period": period, "retrain": bool(outcomes), "reason": reason})
         outcome = _combined(outcomes)
         serving = self.lifecycle.champion_version()
@@ -130,6 +142,7 @@ class ClusteredController(Controller):
         assert self.truth is not None
         state = self.clusters
         assignment = dict(state.assignment)
+        joined = dict(state.joined)
         moves: list[Move] = []
         groups: dict[int, list[int]] = {}
         drifted: set[int] = set()
@@ -143,10 +156,10 @@ class ClusteredController(Controller):
             elif own != target:
                 reason = f"site {site} follows concept {concept} now: cluster {target}'s model"
                 moves.append(Move(site, -1 if own is None else own, target, reason, "oracle"))
-                assignment[site] = target
+                assignment[site], joined[site] = target, period
                 drifted.add(site)
         plan = PeriodPlan(
-            replace(state, assignment=assignment),
+            replace(state, assignment=assignment, joined=joined),
             frozenset(drifted),
             (),
             tuple(sorted({m.target for m in moves})),
@@ -185,7 +198,7 @@ class ClusteredController(Controller):
         reason = f"new concept at sites {list(sites)}, warm from cluster {start_cluster}"
         trigger = f"cluster {state.next_id}: new concept"
         outcome, version = self._train_cluster(
-            period, sites, start.version, start.quality, key, reason, trigger
+            period, sites, start.version, start.quality, key, reason, trigger, new=True
         )
         # The gate: the new model against what each of these sites serves now.
         baseline = self._serving_scores(period, sites)
@@ -209,23 +222,33 @@ class ClusteredController(Controller):
         )
         return replace(outcome, action=f"new cluster {cluster}")
 
-    def _refine(self, period: int, cluster: int) -> Outcome:
-        """Fine-tune ``cluster``'s model on all its sites; kept if the gate prefers it."""
+    def _refine(self, period: int, cluster: int, growing: tuple[int, ...] = ()) -> Outcome:
+        """Fine-tune ``cluster``'s model on all its sites' buffers; kept if the gate prefers
+        it. ``growing``: a refresh, for these sites' windows gained since it last trained."""
         sites = self.clusters.sites_of(cluster)
         current = self.clusters.clusters[cluster]
         key = f"p{period}-c{cluster}"
-        reason = f"sites joined cluster {cluster}: fine-tuned on its {len(sites)} sites"
+        if growing:
+            reason = (
+                f"cluster {cluster}'s sites {list(growing)} hold windows it has not trained "
+                f"on: fine-tuned on its {len(sites)} sites' buffers"
+            )
+            trigger = f"cluster {cluster}: refresh"
+        else:
+            reason = f"sites joined cluster {cluster}: fine-tuned on its {len(sites)} sites"
+            trigger = f"cluster {cluster}: refine"
         outcome, version = self._train_cluster(
-            period, sites, current.version, None, key, reason, f"cluster {cluster}: refine"
+            period, sites, current.version, None, key, reason, trigger
         )
         baseline = self._holdout(period, current.version, sites)
         candidate = self._holdout(period, version, sites)
+        action = f"{'refresh' if growing else 'refine'} {cluster}"
         if not self._gate(period, version, candidate, baseline, key):
-            return replace(outcome, action=f"refine {cluster}{REJECTED}")
+            return replace(outcome, action=f"{action}{REJECTED}")
         self.clusters = self.clusters.refined(
             cluster, period, version, candidate, _accuracy_of(candidate)
         )
-        return replace(outcome, action=f"refine {cluster}")
+        return replace(outcome, action=action)
 
     def _train_cluster(
         self,
@@ -236,9 +259,16 @@ class ClusteredController(Controller):
         key: str,
         reason: str,
         trigger: str,
+        new: bool = False,
     ) -> tuple[Outcome, int]:
-        """Rounds on ``sites`` alone from ``parent``'s weights to a plateau; the candidate."""
+        """Rounds on ``sites`` alone from ``parent``'s weights to a plateau; the candidate.
+        Each site trains on its buffer; ``new``: a new concept's sites, whose buffers start
+        now (their earlier windows are of the concept they left)."""
         self._train_sites = frozenset(sites)
+        buffer = self.cfg.adaptation.buffer_periods
+        self._train_since = {
+            s: period if new else self.clusters.buffer_start(s, period, buffer) for s in sites
+        }
         try:
             weights = self.registry.load(parent)
             baseline = self._validate(period, weights)
@@ -247,7 +277,7 @@ class ClusteredController(Controller):
             outcome = self._train_to_plateau(plateau, weights, target)
             version = self._register(outcome, period, trigger, reason, parent, key=key)
         finally:
-            self._train_sites = None
+            self._train_sites = self._train_since = None
             self.state.plateau = None
         return outcome, version
 
@@ -389,7 +419,7 @@ def _pooled_accuracy(scores: Mapping[int, Score], sites: Mapping[int, Any]) -> f
     return _accuracy_of({s: scores[s] for s in sites if s in scores})
 
 
-def _reason(plan: PeriodPlan, groups: list[tuple[int, ...]]) -> str:
+def _reason(plan: PeriodPlan, groups: list[tuple[int, ...]], refreshed: list[int]) -> str:
     parts = []
     if plan.merges:
         parts.append(f"{len(plan.merges)} merge(s)")
@@ -406,6 +436,8 @@ def _reason(plan: PeriodPlan, groups: list[tuple[int, ...]]) -> str:
         )
     for sites in groups:
         parts.append("new concept at sites " + ",".join(str(s) for s in sites))
+    if refreshed:
+        parts.append("refreshed on the buffers: cluster " + ",".join(map(str, refreshed)))
     if not parts:
         drifted = len(plan.drifted)
         return f"{drifted} site(s) drifted" if drifted else "every site fits its cluster's model"

@@ -23,6 +23,11 @@ site by site and with a logged reason:
   ``merge_margin``, closest pair first, with complete linkage over the clusters merged so far.
   The merged cluster keeps the model that scores better on the union.
 
+Each site's ``joined`` period (a new cluster, a recurrence or a move; a merge keeps it, the
+sites' concept did not change) starts the windows it trains on: a cluster's model learns from
+its concept's data so far, the last ``buffer_periods`` windows of it
+(:meth:`ClusterState.buffer_start`).
+
 The state is a frozen :class:`ClusterState`; its ``to_dict()`` goes into the checkpoint.
 """
 
@@ -42,14 +47,19 @@ ModelScores = Mapping[int, Mapping[int, Score]]  # site -> cluster -> score on i
 @dataclass(frozen=True)
 class Cluster:
     """A concept model: the registry version that serves it, what it scored on its own sites'
-    holdouts when it was trained (``quality``), the sites it was trained on, and the last
-    period it served a site."""
+    holdouts when it was trained (``quality``), the sites it was trained on, the last period
+    it served a site and the last period it was trained in (``None``: the one it was born)."""
 
     version: int
     quality: float
     born: int
     last_served: int
     trained_on: tuple[int, ...] = ()
+    trained_at: int | None = None
+
+    @property
+    def last_trained(self) -> int:
+        return self.born if self.trained_at is None else self.trained_at
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,17 +68,42 @@ class Cluster:
             "born": self.born,
             "last_served": self.last_served,
             "trained_on": list(self.trained_on),
+            "trained_at": self.trained_at,
         }
 
 
 @dataclass(frozen=True)
 class ClusterState:
-    """The live concept models, which site each serves, and each site's reference scores."""
+    """The live concept models, which site each serves and since when, and each site's
+    reference scores."""
 
     clusters: Mapping[int, Cluster] = field(default_factory=dict)
     assignment: Mapping[int, int] = field(default_factory=dict)  # site -> cluster
     reference: Mapping[int, tuple[Score, ...]] = field(default_factory=dict)  # site -> windows
     next_id: int = 0
+    joined: Mapping[int, int] = field(default_factory=dict)  # site -> period it joined
+
+    def buffer_start(self, site: int, period: int, buffer_periods: int) -> int:
+        """The first period whose window ``site`` trains on in ``period``: the period it
+        joined its cluster, or the oldest of its last ``buffer_periods`` windows.
+
+        >>> ClusterState(joined={3: 2}).buffer_start(3, 9, 4), ClusterState().buffer_start(3, 9, 4)
+        (6, 9)
+        >>> ClusterState(joined={3: 8}).buffer_start(3, 9, 4)
+        8
+        """
+        return max(self.joined.get(site, period), period - buffer_periods + 1)
+
+    def growing(self, cluster: int, period: int, buffer_periods: int) -> tuple[int, ...]:
+        """``cluster``'s sites whose buffers are still filling: joined fewer than
+        ``buffer_periods`` periods ago, so they hold a window more than when the model last
+        trained (before ``period``). The sites a refresh is for."""
+        trained = self.clusters[cluster].last_trained
+        return tuple(
+            s
+            for s in self.sites_of(cluster)
+            if period > trained and period - self.joined.get(s, period) + 1 <= buffer_periods
+        )
 
     def sites_of(self, cluster: int) -> tuple[int, ...]:
         return tuple(sorted(s for s, c in self.assignment.items() if c == cluster))
@@ -99,6 +134,7 @@ class ClusterState:
             "assignment": {str(s): c for s, c in sorted(self.assignment.items())},
             "reference": {str(s): [list(w) for w in r] for s, r in sorted(self.reference.items())},
             "next_id": self.next_id,
+            "joined": {str(s): p for s, p in sorted(self.joined.items())},
         }
 
     @classmethod
@@ -113,6 +149,7 @@ class ClusterState:
                 int(s): tuple((int(c), int(n)) for c, n in r) for s, r in raw["reference"].items()
             },
             next_id=int(raw["next_id"]),
+            joined={int(s): int(p) for s, p in raw.get("joined", {}).items()},
         )
 
     def founded(
@@ -131,6 +168,7 @@ class ClusterState:
             assignment=assignment,
             reference=reference,
             next_id=cluster + 1,
+            joined={**self.joined, **dict.fromkeys(sites, period)},
         )
         return state, cluster
 
@@ -141,7 +179,9 @@ class ClusterState:
         restart from their holdout scores under it."""
         old = self.clusters[cluster]
         trained_on = tuple(sorted(set(old.trained_on) | set(sites)))
-        refined = replace(old, version=version, quality=quality, trained_on=trained_on)
+        refined = replace(
+            old, version=version, quality=quality, trained_on=trained_on, trained_at=period
+        )
         clusters = {**self.clusters, cluster: refined}
         reference = {**self.reference, **{s: (score,) for s, score in sites.items()}}
         return replace(self, clusters=clusters, reference=reference)
@@ -276,6 +316,7 @@ def plan_period(
     assignment = dict(state.assignment)
     reference = dict(state.reference)
     clusters = dict(state.clusters)
+    joined = dict(state.joined)  # a merge keeps it: the sites' concept did not change
     moves: list[Move] = list(merge_moves)
     drifted, new_concept, tests = set(), [], {}
     moved_by_merge = {m.site for m in merge_moves}
@@ -309,6 +350,7 @@ def plan_period(
                 )
                 moves.append(Move(site, own, best, reason, "recurrence"))
                 assignment[site], reference[site] = best, (fits[best],)
+                joined[site] = period
             else:
                 new_concept.append(site)
             continue
@@ -322,15 +364,17 @@ def plan_period(
             )
             moves.append(Move(site, own, best, reason, "better elsewhere"))
             assignment[site], reference[site] = best, (better[best],)
+            joined[site] = period
             continue
         reference[site] = (reference.get(site, ()) + (current,))[-a.reference_periods :]
-    state = replace(state, clusters=clusters, assignment=assignment, reference=reference)
-    joined = sorted({m.target for m in moves})
+    state = replace(
+        state, clusters=clusters, assignment=assignment, reference=reference, joined=joined
+    )
     return PeriodPlan(
         state,
         frozenset(drifted),
         tuple(new_concept),
-        tuple(joined),
+        tuple(sorted({m.target for m in moves})),
         tuple(moves),
         tuple(merges),
         tests,

@@ -159,6 +159,7 @@ class Controller:
         self._evaluations: dict[tuple[int, str], Evaluation] = {}
         self._drifted: frozenset[int] = frozenset()  # the sites the period's alarms named
         self._train_sites: frozenset[int] | None = None  # a cluster's sites, while it trains
+        self._train_since: Mapping[int, int] | None = None  # ... and their buffers' starts
         # A static run's rounds do not wait on their evaluation, so each round's train
         # instruction also evaluates the model it sends (the previous round's): one message
         # wave per round instead of two, where the evaluation would reach the same sites (the
@@ -505,7 +506,12 @@ class Controller:
             trained = self.federation.train_round(server_round, weights, period, drifted)
         else:  # a cluster's model: only its sites train
             trained = self.federation.train_round(
-                server_round, weights, period, drifted, sites=self._train_sites
+                server_round,
+                weights,
+                period,
+                drifted,
+                sites=self._train_sites,
+                since=self._train_since,
             )
         evaluation = self._evaluate(period, trained.weights)
         seconds = time.perf_counter() - started

@@ -102,6 +102,7 @@ class Federation(Protocol):
         drifted: frozenset[int] = frozenset(),
         sites: frozenset[int] | None = None,
         evaluate_incoming: bool = False,
+        since: Mapping[int, int] | None = None,
     ) -> TrainedRound:
         """Sample sites, train ``weights`` on their windows of ``period``, aggregate.
 
@@ -111,7 +112,9 @@ class Federation(Protocol):
         None: any site. ``evaluate_incoming``: the sampled sites also evaluate ``weights`` on
         their holdouts before training, returned as :attr:`TrainedRound.incoming` (what
         :meth:`evaluate` of ``weights`` would return over those sites, without its own
-        message wave)."""
+        message wave). ``since``: per site, the first period whose window it trains on, with
+        every later one through ``period`` (a cluster's buffer); a site not in it trains on
+        ``period``'s window alone. :attr:`TrainedRound.examples` counts all of them."""
         ...
 
     def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:

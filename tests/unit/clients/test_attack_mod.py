@@ -205,16 +205,13 @@ def test_installed_on_a_client_app_the_mod_wraps_its_handlers() -> None:
 
 
 def test_the_train_handler_reads_labels_through_the_node_configs_label_map() -> None:
-    import torch
 
     from clients.app import _train_data
-    from fedretrain.site import Site
     from fedretrain.tasks.dataset import ArrayDataset
 
     data = ArrayDataset(np.zeros((4, 1), np.float32), np.array([0, 1, 2, 2]), num_classes=3)
-    site = Site(0, data, data, torch.nn.Linear(1, 3), torch.device("cpu"))
-    assert _train_data(site, _context(0)) is data
-    flipped = _train_data(site, Context(1, 1, {LABEL_MAP_KEY: REVERSED_LABELS}, RecordDict(), {}))
+    assert _train_data(data, _context(0)) is data
+    flipped = _train_data(data, Context(1, 1, {LABEL_MAP_KEY: REVERSED_LABELS}, RecordDict(), {}))
     assert flipped.y.tolist() == [2, 1, 0, 0] and flipped.x is data.x
     with pytest.raises(ValueError, match="the only label map is 'reversed'"):
-        _train_data(site, Context(1, 1, {LABEL_MAP_KEY: "shuffled"}, RecordDict(), {}))
+        _train_data(data, Context(1, 1, {LABEL_MAP_KEY: "shuffled"}, RecordDict(), {}))

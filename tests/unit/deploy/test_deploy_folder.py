@@ -218,6 +218,28 @@ def test_restart_resumes_from_the_state_file(tmp_path: Path) -> None:
     assert restarted.report()["files"] == 3 and restarted.report()["rows"] == 12
 
 
+def test_an_earlier_period_is_read_again_for_a_training_buffer(tmp_path: Path) -> None:
+    """Issue 14, item 4: a site trains on its windows since it joined its cluster, so it reads
+    earlier periods again; one it never took (offline) is None, and taking it is not possible
+    any more; a file that has gone is left out and named."""
+    first, second = _frame(4, seed=1), _frame(6, seed=2)
+    _put(tmp_path, "a.csv", first, mtime=1_000)
+    site = _site(tmp_path)
+    site.take(0)
+    _put(tmp_path, "b.csv", second, mtime=2_000)
+    site.take(2)  # the site was offline in period 1
+    again = _site(tmp_path)  # a restarted agent
+    np.testing.assert_array_equal(again.taken(0).y, first["y"].to_numpy())
+    np.testing.assert_array_equal(again.taken(2).x, second[["x0", "x1"]].to_numpy(np.float32))
+    assert again.taken(1) is None and again.taken(3) is None
+    with pytest.raises(ValueError, match="older than the last period taken"):
+        again.take(1)
+    assert again.pending() == []  # reading again assigns nothing
+    (tmp_path / "a.csv").unlink()
+    gone = again.taken(0)
+    assert len(gone.y) == 0 and gone.report["quarantined"][0].startswith("a.csv: ")
+
+
 def test_a_period_with_no_new_files_is_empty_and_recorded(tmp_path: Path) -> None:
     site = _site(tmp_path)
     data = site.take(4)

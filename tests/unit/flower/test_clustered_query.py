@@ -24,6 +24,8 @@ from fedretrain.preflight import to_typed
 from fedretrain.report import RunReport
 from fedretrain.retraining.port import Serving
 from fedretrain.site import ScenarioFederation
+from fedretrain.tasks.dataset import ArrayDataset
+from fedretrain.training import lr_at, train
 
 SITES = 3
 OVERRIDES = [
@@ -147,6 +149,35 @@ def test_a_clusters_round_trains_at_its_sites_only(tmp_path: Path) -> None:
     trained = federation.train_round(1, models[1], 1, sites=frozenset({0, 2}))
     assert sorted(node for kind, node in grid.sent) == [11, 13]
     assert sorted(trained.examples) == [0, 2] and trained.sites == 2
+
+
+def test_a_buffered_round_trains_each_site_on_its_windows_since_its_start(
+    tmp_path: Path,
+) -> None:
+    """Issue 14, item 4: a cluster's round names each site's buffer; the site trains on the
+    training part of every window from its start through the period, and counts them all."""
+    grid = SiteGrid()
+    federation, report = _federation(tmp_path, grid)
+    models = _models(federation)
+    federation.collect_stats(0, models[0], 1, EDGES, serving=Serving(models, {}, 0))  # learns nodes
+    trained = federation.train_round(1, models[0], 2, sites=frozenset({0, 1}), since={0: 0})
+    scenario = ScenarioFederation(federation.cfg, SITES)
+    windows = {s: [scenario.window(s, p)[0] for p in range(3)] for s in (0, 1)}
+    assert trained.examples == {0: sum(map(len, windows[0])), 1: len(windows[1][2])}
+    assert not report.rejections
+    # Site 0 alone, from period 0: its update is one torch training on the three windows.
+    alone = federation.train_round(1, models[0], 2, sites=frozenset({0}), since={0: 0})
+    cfg = federation.cfg
+    data = ArrayDataset(
+        np.concatenate([w.x for w in windows[0]]), np.concatenate([w.y for w in windows[0]]), 2
+    )
+    model = scenario.model
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in models[0].items()})
+    seed = np.random.SeedSequence([cfg.runtime.seed, 0, 1]).generate_state(1)[0]
+    generator = torch.Generator().manual_seed(int(seed))
+    train(model, data, cfg.train, lr_at(cfg.train, 1, 3), torch.device("cpu"), generator)
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(alone.weights[name], value.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_clustered_refuses_what_it_cannot_account_or_serve() -> None:

@@ -81,6 +81,7 @@ class FakeFederation:
     trained_rounds: int = 0
     drifted: dict[int, frozenset[int]] = field(default_factory=dict)  # round -> drifted sites
     trained_sites: list[tuple[int, ...] | None] = field(default_factory=list)  # each round's
+    since: list[dict[int, int]] = field(default_factory=list)  # each round's buffer starts
     served: dict[int, dict[int, float]] = field(default_factory=dict)  # period -> site -> w
 
     @property
@@ -100,21 +101,26 @@ class FakeFederation:
         drifted: frozenset[int] = frozenset(),
         sites: frozenset[int] | None = None,
         evaluate_incoming: bool = False,
+        since: dict[int, int] | None = None,
     ) -> TrainedRound:
         self._called("train", period)
         incoming = self._evaluation(weights, period) if evaluate_incoming else None
         self.drifted[self.trained_rounds] = drifted
         self.trained_sites.append(None if sites is None else tuple(sorted(sites)))
+        self.since.append(dict(since or {}))
         spent = self.budget_rounds is not None and self.trained_rounds >= self.budget_rounds
         if self.skip_rounds or spent:
             return TrainedRound(weights, float("nan"), 0, incoming=incoming)
         self.trained_rounds += 1
         w, age = float(weights["w"][0]), int(weights["age"][0])
         training = sorted(sites) if sites is not None else list(range(self.num_sites))
-        target = float(self.concepts[training, period].mean())
+        # Each site trains on its windows from its buffer's start: the mean θ of all of them.
+        starts = {s: (since or {}).get(s, period) for s in training}
+        windows = [self.concepts[s, p] for s in training for p in range(starts[s], period + 1)]
+        target = float(np.mean(windows))
         move = target - w if age == 0 else float(np.clip(target - w, -self.step, self.step))
         new = {"w": np.array([w + move]), "age": np.array([age + 1])}
-        examples = dict.fromkeys(training, self.train_n)
+        examples = {s: self.train_n * (period + 1 - starts[s]) for s in training}
         return TrainedRound(new, abs(target - w), len(training), examples, incoming)
 
     def scores(self, w: float, period: int) -> dict[int, tuple[int, int]]:

@@ -33,7 +33,8 @@ def state(
         c: Cluster(version=c + 1, quality=q, born=0, last_served=0) for c, q in quality.items()
     }
     refs = {s: ((round(reference * N), N),) for s in assignment}
-    return ClusterState(clusters, assignment, refs, next_id=max(quality) + 1)
+    joined = dict.fromkeys(assignment, 0)
+    return ClusterState(clusters, assignment, refs, next_id=max(quality) + 1, joined=joined)
 
 
 def scored(table: dict[int, dict[int, float]]) -> dict[int, dict[int, tuple[int, int]]]:
@@ -83,6 +84,9 @@ def test_a_drifted_site_goes_back_to_the_stored_model_that_fits_it() -> None:
     assert (move.site, move.source, move.target, move.kind) == (0, 1, 0, "recurrence")
     assert plan.state.assignment[0] == 0 and plan.state.reference[0] == ((90, N),)
     assert plan.joined == (0,) and not plan.new_concept
+    # Its training buffer starts afresh: its earlier windows are of the concept it left.
+    assert plan.state.joined == {0: 5, 1: 0, 2: 0}
+    assert plan.state.buffer_start(0, 7, 4) == 5 and plan.state.buffer_start(2, 7, 4) == 4
 
 
 def test_a_stored_model_far_below_its_own_accuracy_does_not_fit() -> None:
@@ -102,6 +106,7 @@ def test_a_site_better_served_elsewhere_moves_without_drifting() -> None:
     assert not plan.drifted
     (move,) = plan.moves
     assert (move.site, move.target, move.kind) == (0, 1, "better elsewhere")
+    assert plan.state.joined == {0: 2, 1: 0}
 
 
 def test_feddrift_distance_as_defined() -> None:
@@ -127,6 +132,7 @@ def test_interchangeable_clusters_merge_into_the_better_model() -> None:
     assert merge.distance == pytest.approx(0.02)
     assert plan.state.assignment == {0: 1, 1: 1, 2: 2}
     assert plan.state.reference[0] == ((92, N),)  # the kept model's score is its reference
+    assert plan.state.joined == s.joined  # a merge keeps the buffers: the concept is the same
 
 
 def test_complete_linkage_stops_a_chain_of_merges() -> None:
@@ -154,6 +160,7 @@ def test_state_round_trips_through_its_dict() -> None:
     s, c = s.founded(3, 2, {1: (70, 100)}, 0.7)
     again = ClusterState.from_dict(s.to_dict())
     assert again == s and c == 1 and again.sites_of(0) == (0,) and again.untrained(0) == ()
+    assert again.joined == {0: 0, 1: 3}
 
 
 def test_live_models_keep_the_serving_ones_and_the_most_recent_others() -> None:
@@ -163,7 +170,8 @@ def test_live_models_keep_the_serving_ones_and_the_most_recent_others() -> None:
 
 
 @pytest.mark.parametrize(
-    "key, value", [("z", 0), ("min_drop", 1.0), ("merge_margin", -0.1), ("max_models", 1)]
+    "key, value",
+    [("z", 0), ("min_drop", 1.0), ("merge_margin", -0.1), ("max_models", 1), ("buffer_periods", 0)],
 )
 def test_bad_adaptation_settings_name_the_key(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"adaptation.{key}="):

@@ -159,3 +159,79 @@ def test_clustered_detection_matches_the_oracle_on_clean_concepts(
     assert found["mean_prequential_accuracy"] == pytest.approx(
         best["mean_prequential_accuracy"], abs=0.02
     )
+
+
+def run_start(concepts: np.ndarray, site: int, period: int) -> int:
+    """The first period of ``site``'s current stretch of one concept, by the matrix."""
+    start = period
+    while start > 0 and concepts[site, start - 1] == concepts[site, period]:
+        start -= 1
+    return start
+
+
+@pytest.mark.parametrize("buffer", [1, 2, 4])
+def test_a_cluster_trains_on_its_sites_windows_since_they_joined(
+    make_controller: MakeController, buffer: int
+) -> None:
+    concepts = staggered()
+    controller, federation = make_controller(
+        concepts,
+        adaptation={**CLUSTERED, "buffer_periods": buffer},
+        site_changes=changes(concepts),
+    )
+    controller.run()
+    periods = [period for what, period in federation.calls if what == "train"]
+    cluster_rounds = 0
+    for period, sites, since in zip(
+        periods, federation.trained_sites, federation.since, strict=True
+    ):
+        if sites is None:  # period 0: the first model, every site on its one window
+            assert since == {}
+            continue
+        cluster_rounds += 1
+        # The windows of each site's current concept so far, the last `buffer` of them.
+        expected = {s: max(run_start(concepts, s, period), period - buffer + 1) for s in sites}
+        assert since == expected, period
+    assert cluster_rounds > 0
+    # Period 4: sites 2-3 join sites 0-1's cluster; 0-1 bring their windows since period 2.
+    refine = [v for v in versions(controller.run_dir) if v.trigger == "cluster 1: refine"]
+    assert refine, [v.trigger for v in versions(controller.run_dir)]
+    windows = {s: 4 + 1 - max(run_start(concepts, s, 4), 4 - buffer + 1) for s in range(4)}
+    n = federation.train_n
+    assert refine[0].samples == {str(s): n * w for s, w in windows.items()}
+
+
+def test_refresh_trains_a_new_concept_on_its_growing_buffer(
+    make_controller: MakeController,
+) -> None:
+    concepts = np.zeros((4, 9))
+    concepts[0:2, 3:] = 1  # sites 0-1 turn to a new concept at period 3 and stay there
+    controller, federation = make_controller(
+        concepts,
+        adaptation={**CLUSTERED, "buffer_periods": 3, "refresh": True},
+        site_changes=changes(concepts),
+    )
+    controller.run()
+    periods = [period for what, period in federation.calls if what == "train"]
+    starts = {
+        period: since
+        for period, sites, since in zip(
+            periods, federation.trained_sites, federation.since, strict=True
+        )
+        if sites == (0, 1)
+    }
+    # Founded at 3 on its first window, refreshed at 4 and 5 as the buffer grows to 3
+    # windows, then left alone: nothing new to learn of a full buffer's concept.
+    assert starts == {3: {0: 3, 1: 3}, 4: {0: 3, 1: 3}, 5: {0: 3, 1: 3}}
+    # Cluster 0 (sites 2-3, from period 0) is refreshed at 1 and 2 the same way.
+    assert {p for p, sites in zip(periods, federation.trained_sites, strict=True)} == {
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+    }
+    with open(controller.run_dir / "decisions.jsonl") as f:
+        reasons = [json.loads(line)["reason"] for line in f]
+    assert any("refreshed on the buffers: cluster 1" in r for r in reasons)
