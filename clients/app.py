@@ -38,6 +38,7 @@ from hydra.utils import instantiate
 from clients.attack import LABEL_MAP_KEY, REVERSED_LABELS, attack_mod
 from fedretrain.config import RunConfig, from_yaml
 from fedretrain.flower.cohorts import cohort_mod
+from fedretrain.flower.logs import quiet_flower
 from fedretrain.flower.records import (
     ALLOWED_TARGETS_KEY,
     CANARY_KEY,
@@ -77,6 +78,7 @@ if TYPE_CHECKING:
     from fedretrain.privacy.dp_sgd import DPTrainResult
 
 log = logging.getLogger(__name__)
+quiet_flower(level=None)  # a site's own Flower lines (a Ray actor's, a ClientApp process's) plain
 
 # In simulation a node runs a cohort of sites per message (cohort_mod, outermost), each through
 # the attack harness (a no-op unless the run config sets attack) and its handler on its own.
