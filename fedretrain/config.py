@@ -80,13 +80,15 @@ class TaskConfig:
     as ``model(input_shape=..., num_classes=...)``. ``feature_bound`` is the largest feature
     magnitude the task's data can have, known without looking at the data (1.0 for features in
     [0, 1]); private monitoring statistics clip to it (``privacy.stats_feature_bound``), and
-    null means the task does not know one.
+    null means the task does not know one. ``image``: the inputs are images ``(channels,
+    height, width)``, so ``train.augment`` may shift and rotate them.
     """
 
     name: str = "custom"
     dataset: Any = None
     model: Any = None
     feature_bound: float | None = None
+    image: bool = False  # inputs are images (n, channels, height, width): train.augment applies
 
 
 @dataclass
@@ -557,9 +559,22 @@ def cross_checks(cfg: DictConfig, typed: dict[str, Any]) -> list[str]:
     if cfg.privacy.user_level:
         problems += _check_user_level_dp(cfg)
     problems += _check_stats_bound(cfg)
+    problems += _check_augment(cfg)
     if cfg.adaptation.mode != AdaptationMode.single.value:
         problems += _check_clustered(cfg)
     return problems
+
+
+def _check_augment(cfg: DictConfig) -> list[str]:
+    """train.augment shifts and rotates images: only a task that declares them has them."""
+    if not cfg.train.get("augment") or cfg.task.get("image"):
+        return []
+    return [
+        f"train.augment=true: shifts and rotates images, and task {cfg.task.get('name')} "
+        "does not declare image inputs (task.image=false): use an image task (e.g. "
+        "task=digits_cnn), set task.image=true if your inputs are (channels, height, width) "
+        "images, or set train.augment=false"
+    ]
 
 
 def _check_clustered(cfg: DictConfig) -> list[str]:

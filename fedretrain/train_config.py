@@ -44,6 +44,9 @@ class TrainConfig:
     lr_min: float = 0.0
     max_grad_norm: float | None = None  # clip each step's gradient norm; null disables
     proximal_mu: float = 0.0  # FedProx's mu; used by strategy=fedprox
+    augment: bool = False  # image tasks: random shifts and rotations of training batches
+    augment_shift: int = 1  # pixels, each direction (an eighth of the 8x8 digits)
+    augment_degrees: float = 10.0  # either way
 
     def __post_init__(self) -> None:
         raise_failed(
@@ -62,4 +65,12 @@ class TrainConfig:
                 f"train.max_grad_norm={self.max_grad_norm}: must be positive, or null to disable",
             ),
             (self.proximal_mu >= 0, f"train.proximal_mu={self.proximal_mu}: must be >= 0"),
+            (
+                self.augment_shift >= 0,
+                f"train.augment_shift={self.augment_shift}: must be >= 0 (pixels)",
+            ),
+            (
+                0 <= self.augment_degrees <= 180,
+                f"train.augment_degrees={self.augment_degrees}: must lie in [0, 180]",
+            ),
         )

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedretrain.augment import augment_batch
 from fedretrain.metrics import EvalResult, confusion_matrix
 from fedretrain.tasks.dataset import ArrayDataset
 from fedretrain.train_config import LrSchedule, Optimizer, TrainConfig
@@ -64,7 +65,8 @@ def train(
     """Run ``cfg.local_epochs`` epochs of minibatch training in place.
 
     With ``proximal_mu > 0`` the loss gains FedProx's ``mu/2 * ||w - w_global||^2``, where
-    ``w_global`` are the weights the model held on entry.
+    ``w_global`` are the weights the model held on entry. With ``cfg.augment`` each batch of
+    images is shifted and rotated at random first (:mod:`fedretrain.augment`).
     """
     model.train()
     x = torch.from_numpy(data.x).to(device)
@@ -78,7 +80,10 @@ def train(
         for start in range(0, len(data), cfg.batch_size):
             batch = order[start : start + cfg.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[batch]), y[batch])
+            inputs = x[batch]
+            if cfg.augment:
+                inputs = augment_batch(inputs, cfg.augment_shift, cfg.augment_degrees, generator)
+            loss = loss_fn(model(inputs), y[batch])
             if anchor:
                 params = zip(model.parameters(), anchor, strict=True)
                 drift = sum(((p - a) ** 2).sum() for p, a in params)

@@ -40,6 +40,7 @@ from enum import Enum
 import torch
 from torch import nn
 
+from fedretrain.augment import augment_batch
 from fedretrain.privacy.config import PrivacyConfig
 from fedretrain.privacy.ledger import Decision, LedgerEntry, PrivacyLedger
 from fedretrain.privacy.opacus_adapter import (
@@ -189,7 +190,12 @@ def dp_train(
             warnings.filterwarnings("ignore", HOOK_WARNING, UserWarning)
             for batch in batches:
                 index = batch.to(device)
-                loss = step(x[index], y[index])
+                inputs = x[index]
+                if train_cfg.augment:  # a record's own transform: its privacy is unchanged
+                    inputs = augment_batch(
+                        inputs, train_cfg.augment_shift, train_cfg.augment_degrees, generator
+                    )
+                loss = step(inputs, y[index])
                 if loss is not None:
                     total_loss += loss
                     losses += 1

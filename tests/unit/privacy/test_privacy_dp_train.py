@@ -322,3 +322,33 @@ def test_the_model_is_plain_again_afterwards(engine: Engine, tmp_path: Path) -> 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "m.st")
         copy.deepcopy(model)  # and can be trained as usual
         train(model, data, cfg, cfg.lr, CPU, torch.Generator())
+
+
+@ENGINES
+def test_augmented_batches_train_under_dp_at_the_same_cost(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.augment (issue 17, item 6) under DP-SGD: every Poisson batch is augmented, its
+    batches and the ε recorded are those of the same run without augmentation."""
+    import fedretrain.privacy.dp_sgd as dp_sgd
+
+    calls: list[int] = []
+    original = dp_sgd.augment_batch
+    monkeypatch.setattr(
+        dp_sgd, "augment_batch", lambda x, *rest: calls.append(len(x)) or original(x, *rest)
+    )
+    data = digits(60)
+    runs = {}
+    for augment in (False, True):
+        cfg = TrainConfig(lr=0.05, batch_size=10, local_epochs=1, augment=augment)
+        model, ledger = cnn(), PrivacyLedger("0")
+        privacy = private(noise_multiplier=1.0, max_grad_norm=1.0)
+        result = dp_train(
+            model, data, cfg, privacy, cfg.lr, CPU, torch.Generator().manual_seed(2), ledger,
+            "v1", engine=engine,
+        )  # fmt: skip
+        runs[augment] = (model, result, ledger.entries[0].mechanism)
+    assert len(calls) == runs[True][1].train.steps == runs[False][1].train.steps == 6
+    assert runs[True][2] == runs[False][2]  # the same mechanism: σ, sample rate, steps
+    assert runs[True][1].epsilon_spent == runs[False][1].epsilon_spent
+    assert differ(runs[True][0], runs[False][0])
