@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -65,6 +66,7 @@ from fedretrain.flower.records import (
 )
 from fedretrain.model_io import numpy_state
 from fedretrain.monitor.private import StatsMechanism, ledgered
+from fedretrain.monitor.private_scores import privatize_scores
 from fedretrain.monitor.stats import HistogramEdges, WindowStats
 from fedretrain.privacy.releases import AGAIN, RELEASED_AGAIN, Release, ReleaseCache, release_key
 from fedretrain.retraining.port import digest
@@ -75,9 +77,11 @@ from fedretrain.validation import NO_DATA_PHASE
 
 if TYPE_CHECKING:
     from fedretrain.deploy.stream import FolderStream
+    from fedretrain.privacy import PrivacyLedger
     from fedretrain.privacy.dp_sgd import DPTrainResult
 
 log = logging.getLogger(__name__)
+SCORES_ARRAY = "model-scores"  # a ledgered release's per-model scores, beside its statistics
 quiet_flower(level=None)  # a site's own Flower lines (a Ray actor's, a ClientApp process's) plain
 
 # In simulation a node runs a cohort of sites per message (cohort_mod, outermost), each through
@@ -378,15 +382,16 @@ def monitor_handler(msg: Message, context: Context) -> Message:
     """The window's summable statistics under the serving model: all that leaves the site.
 
     With ``privacy.stats_noise_multiplier`` the statistics are clipped and noised first
-    (:mod:`fedretrain.monitor.private`), the noise seeded from the operating system's entropy
-    unless ``privacy.reproducible``. Under DP-SGD each release is recorded in the site's
-    ledger before it leaves (:func:`_ledgered_stats`).
+    (:mod:`fedretrain.monitor.private`), and so are the per-model scores of a clustered run
+    (:mod:`fedretrain.monitor.private_scores`), the noise seeded from the operating system's
+    entropy unless ``privacy.reproducible``. Under DP-SGD each release is recorded in the
+    site's ledger before it leaves (:func:`_ledgered_stats`).
     """
     config = msg.content.config_records["config"]
     instruction = Instruction.from_record(config)
     cfg, site, folder_report = _site_for(instruction, context)
     cluster = serving_cluster(config, site.partition_id)
-    scores = None if cluster is None else _model_scores(msg, site)  # adaptation=clustered
+    scored = None if cluster is None else _Scored(cluster, *_model_scores(msg, site))
     served = "arrays" if cluster is None else model_record_name(cluster)
     site.model.load_state_dict(msg.content.array_records[served].to_torch_state_dict())
     canary = config.get(CANARY_KEY)
@@ -396,13 +401,16 @@ def monitor_handler(msg: Message, context: Context) -> Message:
     edges = edges_from_record(msg.content.array_records["edges"])
     whom: dict[str, int | float] = {SITE_ID_KEY: site.partition_id}
     if ledgered(cfg.privacy):
-        outcome = _ledgered_stats(cfg, site, instruction, context, edges)
+        outcome = _ledgered_stats(cfg, site, instruction, context, edges, scored)
         if isinstance(outcome, str):
             return declined_reply(msg, outcome)
-        record = to_record(outcome.arrays)
+        arrays = dict(outcome.arrays)
+        scores = arrays.pop(SCORES_ARRAY, None)
+        record = to_record(arrays)
         whom = dict(outcome.metrics)
     else:
-        record = stats_record(_private_stats(cfg, site, instruction, edges))
+        stats, scores = _private_release(cfg, site, instruction, edges, scored)
+        record = stats_record(stats)
     content = RecordDict({"stats": record, "site": MetricRecord(whom)})  # type: ignore[arg-type]
     if scores is not None:
         content[MODEL_SCORES_KEY] = ArrayRecord({"table": Array(scores)})
@@ -411,13 +419,26 @@ def monitor_handler(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def _model_scores(msg: Message, site: Site) -> np.ndarray:
+@dataclass(frozen=True)
+class _Scored:
+    """A clustered site's exact per-model scores: the cluster it serves, one row (cluster,
+    correct, examples) per live model, and a fingerprint of the models scored."""
+
+    cluster: int
+    exact: np.ndarray
+    models_id: str
+
+
+def _model_scores(msg: Message, site: Site) -> tuple[np.ndarray, str]:
     """Every live model's (cluster, correct, examples) on the site's new window: summable
-    counts, the only thing about the other models that leaves the site."""
+    counts, the only thing about the other models that leaves the site; and the models'
+    fingerprint (a ledgered release's key)."""
     config = msg.content.config_records["config"]
-    rows = []
+    rows: list[tuple[int, int, int]] = []
+    weights: dict[str, np.ndarray] = {}
     for cluster in cast(list[int], config[MODELS_KEY]):
         record = msg.content.array_records[model_record_name(int(cluster))]
+        weights |= {f"{int(cluster)}/{k}": v for k, v in to_numpy(record).items()}
         site.model.load_state_dict(record.to_torch_state_dict())
         correct = examples = 0
         for data in (site.train_data, site.holdout):
@@ -425,7 +446,37 @@ def _model_scores(msg: Message, site: Site) -> np.ndarray:
             correct += int((probs.argmax(axis=1) == data.y).sum()) if len(data) else 0
             examples += len(data)
         rows.append((int(cluster), correct, examples))
-    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+    return np.array(rows, dtype=np.int64).reshape(-1, 3), digest(weights)
+
+
+def _noise_rng(
+    cfg: RunConfig, site: Site, instruction: Instruction, stream: int
+) -> np.random.Generator:
+    """The source of a release's noise: seeded from the run when ``privacy.reproducible``
+    (``stream`` tells the releases of one period apart), else from the operating system."""
+    if cfg.privacy.reproducible:
+        period = -1 if instruction.period is None else instruction.period
+        return np.random.default_rng([cfg.runtime.seed, site.partition_id, period + 1, stream])
+    return np.random.default_rng(secrets.randbits(128))
+
+
+def _private_release(
+    cfg: RunConfig,
+    site: Site,
+    instruction: Instruction,
+    edges: HistogramEdges,
+    scored: _Scored | None,
+) -> tuple[WindowStats, np.ndarray | None]:
+    """The window's statistics and, in a clustered run, the per-model scores, as they leave
+    the site: both noised when the config says so (the scores' served row and examples
+    derived from the noisy statistics, :func:`~fedretrain.monitor.private_scores.
+    privatize_scores`)."""
+    stats = _private_stats(cfg, site, instruction, edges)
+    if scored is None:
+        return stats, None
+    sigma = StatsMechanism.from_config(cfg.privacy).noise_multiplier
+    rng = _noise_rng(cfg, site, instruction, stream=10)
+    return stats, privatize_scores(scored.exact, scored.cluster, stats, sigma, rng)
 
 
 def _private_stats(
@@ -437,11 +488,7 @@ def _private_stats(
     for data in (site.train_data, site.holdout):
         probs, losses = predict(site.model, data, site.device)
         parts.append(mechanism.window_stats(data.x, data.y, probs, losses, edges))
-    if cfg.privacy.reproducible:
-        period = -1 if instruction.period is None else instruction.period
-        rng = np.random.default_rng([cfg.runtime.seed, site.partition_id, period + 1, 9])
-    else:
-        rng = np.random.default_rng(secrets.randbits(128))
+    rng = _noise_rng(cfg, site, instruction, stream=9)
     return mechanism.privatize(parts[0] + parts[1], rng)
 
 
@@ -451,9 +498,16 @@ def _ledgered_stats(
     instruction: Instruction,
     context: Context,
     edges: HistogramEdges,
+    scored: _Scored | None = None,
 ) -> Release | str:
     """Noisy statistics recorded in the site's ledger, so that its one ε covers them; the
     reason instead when the release would take the site past its budget.
+
+    A clustered site's noisy per-model scores travel in the same release (as
+    :data:`SCORES_ARRAY`) and are an entry of the ledger of their own, recorded before the
+    statistics' entry: the reply's metrics name the statistics' mechanism (what the server
+    audits) and the cumulative ε after both. With one live model the scores say nothing
+    beyond the statistics and cost nothing.
 
     Like a training round, a request asked for again (a resumed server) is answered with the
     release already made, at no new ε; where that release is lost, the second one is
@@ -465,11 +519,12 @@ def _ledgered_stats(
     folder = _ledger_folder(site, instruction, context)
     cache = ReleaseCache(folder, pid, name="statistics")
     served = digest(numpy_state(site.model.state_dict()))
+    models = "" if scored is None else scored.models_id
     key = release_key(
         instruction.config_yaml,
         instruction.server_round,
         instruction.period,
-        served + digest({"edges": edges.interior}),
+        served + digest({"edges": edges.interior}) + models,
     )
     released = cache.get(key)
     if released is not None:
@@ -478,20 +533,41 @@ def _ledgered_stats(
     mechanism = StatsMechanism.from_config(privacy)
     ledger = PrivacyLedger.open(folder / f"site-{pid}.json", pid)
     release = mechanism.per_period()
-    decision = ledger.would_exceed([release], privacy.epsilon_budget, privacy.delta)
+    others = 0 if scored is None else int((scored.exact[:, 0] != scored.cluster).sum())
+    releases = [release, mechanism.scores_release()] if others else [release]
+    decision = ledger.would_exceed(releases, privacy.epsilon_budget, privacy.delta)
     if not decision.allowed:
         return (
             f"site {pid} declines to send period {instruction.period}'s statistics: they "
             f"would raise ε from {decision.epsilon_now:.2f} to {decision.epsilon_after:.2f} > "
             f"budget {decision.budget:.2f} at δ={privacy.delta:g}"
         )
-    stats = _private_stats(cfg, site, instruction, edges)
-    tag = f"period {instruction.period} statistics request {key[:12]}"
+    stats, scores = _private_release(cfg, site, instruction, edges, scored)
+    before = ledger.epsilon(privacy.delta)
+    if others:  # before the scores leave the site
+        ledger.record(
+            _release_tag(ledger, pid, "model scores", instruction, key),
+            mechanism.scores_release(),
+            privacy.delta,
+        )
+    tag = _release_tag(ledger, pid, "statistics", instruction, key)
+    entry = ledger.record(tag, release, privacy.delta)  # before the statistics leave the site
+    metrics = epsilon_metrics(pid, entry.epsilon - before, entry.epsilon, release)
+    arrays = stats.to_arrays()
+    if scores is not None:
+        arrays[SCORES_ARRAY] = scores
+    released = Release(key, arrays, metrics)
+    cache.put(released)
+    return released
+
+
+def _release_tag(
+    ledger: PrivacyLedger, pid: int, what: str, instruction: Instruction, key: str
+) -> str:
+    """A period's release's ledger tag, marked when the same request was recorded before
+    (its cached release was lost: ε counted twice)."""
+    tag = f"period {instruction.period} {what} request {key[:12]}"
     if any(entry.tag.removesuffix(RELEASED_AGAIN) == tag for entry in ledger.entries):
         log.warning("site %d: %s released again, with no cached release: ε counted twice", pid, tag)
         tag += RELEASED_AGAIN
-    entry = ledger.record(tag, release, privacy.delta)  # before the statistics leave the site
-    metrics = epsilon_metrics(pid, entry.epsilon_spent, entry.epsilon, release)
-    released = Release(key, stats.to_arrays(), metrics)
-    cache.put(released)
-    return released
+    return tag

@@ -590,11 +590,12 @@ def _check_clustered(cfg: DictConfig) -> list[str]:
             "adaptation=clustered: needs a drift scenario (monitoring periods), e.g. "
             "scenario=sine_staggered"
         )
-    if cfg.privacy.enabled or cfg.privacy.stats_noise_multiplier is not None:
+    if cfg.privacy.user_level:
         problems.append(
-            "adaptation=clustered: the per-model scores sites send are not yet noised or "
-            "accounted, so it does not run with privacy=dpsgd or privacy.stats_noise_multiplier: "
-            "use privacy=none, or adaptation=single"
+            "adaptation=clustered with privacy.user_level=true: user-level DP accounts every "
+            "round as a sample of the whole federation (Flower's DP strategy), while a "
+            "cluster's rounds train its own sites only: use site-level DP-SGD "
+            "(privacy.user_level=false), or adaptation=single"
         )
     if cfg.release.canary_fraction > 0:
         problems.append(

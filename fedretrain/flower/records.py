@@ -343,7 +343,9 @@ def model_scores_problem(
 
     ``table`` must hold one row (cluster, correct, examples) per model sent, whole numbers with
     ``0 <= correct <= examples == window``; ``served``: the served model's (cluster, correct)
-    from the site's exact statistics, which its row must match.
+    from the site's statistics, which its row must match (clipped to ``[0, window]``: a
+    private site's noisy statistics may count beyond it, and its scores are clipped,
+    :mod:`fedretrain.monitor.private_scores`; exact statistics never do).
 
     >>> model_scores_problem(np.array([[0, 7, 10], [1, 3, 10]]), [0, 1], 10, (0, 7))
     >>> model_scores_problem(np.array([[0, 7, 10]]), [0, 1], 10, None)
@@ -352,6 +354,7 @@ def model_scores_problem(
     'per-model scores must be whole numbers with 0 <= correct <= examples = 10 (the window)'
     >>> model_scores_problem(np.array([[0, 9, 10], [1, 3, 10]]), [0, 1], 10, (0, 7))
     "per-model scores give the served cluster 0's model 9 correct, its statistics 7"
+    >>> model_scores_problem(np.array([[0, 10, 10], [1, 3, 10]]), [0, 1], 10, (0, 11))
     """
     counts = "per-model scores must be whole numbers with 0 <= correct <= examples = "
     if table.ndim != 2 or table.shape[1] != 3:
@@ -366,6 +369,7 @@ def model_scores_problem(
         return f"{counts}{window} (the window)"
     if served is not None:
         cluster, exact = served
+        exact = min(max(exact, 0), max(window, 0))
         row = table[table[:, 0] == cluster][0]
         if int(row[1]) != exact:
             return (

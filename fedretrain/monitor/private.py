@@ -31,7 +31,9 @@ compose (in RDP) to one Gaussian mechanism of multiplier σ / √7 per period, w
 (``sample_rate = 1`` in :mod:`fedretrain.privacy.rdp`). ε over ``T`` periods composes all of
 them, as if each record stayed in every window; sites whose windows never share a record could
 claim a single period's ε (parallel composition), which this does not. It is reported apart from
-DP-SGD's ε, at the same ``privacy.delta``.
+DP-SGD's ε, at the same ``privacy.delta``. Under ``adaptation=clustered`` a site also sends
+its per-model scores each period, one more Gaussian mechanism of multiplier σ
+(:mod:`fedretrain.monitor.private_scores`).
 
 The server knows σ and the sensitivities, so it knows the variance of the noise on every count
 it reads (:func:`count_noise_variance`), and the detectors widen their null distributions by
@@ -252,11 +254,21 @@ class StatsMechanism:
         """One period's release as one Gaussian mechanism: multiplier σ / √blocks, no sampling."""
         return SampledGaussian(self.noise_multiplier / math.sqrt(len(RELEASED)), 1.0, 1)
 
-    def epsilon(self, periods: int, delta: float) -> float:
-        """ε at ``delta`` of ``periods`` releases (RDP composition); inf when off."""
+    def scores_release(self) -> SampledGaussian:
+        """One period's per-model scores (``adaptation=clustered``) as one Gaussian mechanism:
+        multiplier σ on their sensitivity, no sampling (:mod:`fedretrain.monitor.
+        private_scores`)."""
+        return SampledGaussian(self.noise_multiplier, 1.0, 1)
+
+    def epsilon(self, periods: int, delta: float, scored_periods: int = 0) -> float:
+        """ε at ``delta`` of ``periods`` releases (RDP composition), and of per-model scores
+        in ``scored_periods`` of them; inf when off."""
         if not self.enabled:
             return math.inf
-        return epsilon([replace(self.per_period(), steps=periods)], delta)
+        released = [replace(self.per_period(), steps=periods)]
+        if scored_periods:
+            released.append(replace(self.scores_release(), steps=scored_periods))
+        return epsilon(released, delta)
 
     def problem(
         self, stats: WindowStats, num_features: int, bins: int, num_classes: int
@@ -314,14 +326,15 @@ def noise_std_for(privacy: PrivacyConfig) -> float:
     return privacy.stats_noise_multiplier or 0.0
 
 
-def stats_epsilon(privacy: PrivacyConfig, periods: int) -> float | None:
+def stats_epsilon(privacy: PrivacyConfig, periods: int, scored_periods: int = 0) -> float | None:
     """ε at ``privacy.delta`` of ``periods`` private monitoring releases of a site, reported
-    apart from any other: None when the statistics are exact (there is no guarantee to report)
-    or under DP-SGD, whose ledgers record each release (:func:`ledgered`)."""
+    apart from any other, with per-model scores (``adaptation=clustered``) in
+    ``scored_periods`` of them: None when the statistics are exact (there is no guarantee to
+    report) or under DP-SGD, whose ledgers record each release (:func:`ledgered`)."""
     mechanism = StatsMechanism.from_config(privacy)
     if not mechanism.enabled or ledgered(privacy):
         return None
-    return mechanism.epsilon(periods, privacy.delta)
+    return mechanism.epsilon(periods, privacy.delta, scored_periods)
 
 
 def ledgered(privacy: PrivacyConfig) -> bool:

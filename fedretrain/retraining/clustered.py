@@ -179,6 +179,10 @@ class ClusteredController(Controller):
         default = next((c for c in live if state.clusters[c].version == champion), live[0])
         return Serving(models, dict(state.assignment), default)
 
+    def _scored_periods(self, periods: int) -> int:
+        """Every period after the first sends per-model scores (period 0 serves one model)."""
+        return max(periods - 1, 0)
+
     def _complete(self, period: int) -> None:
         self.state.clusters = self.clusters.to_dict()
         super()._complete(period)

@@ -194,6 +194,13 @@ class Controller:
             replayed = None
         return self._finish()
 
+    def _scored_periods(self, periods: int) -> int:
+        """Of ``periods``, how many send per-model scores besides the statistics (none: one
+        model serves every site; :class:`~fedretrain.retraining.clustered.
+        ClusteredController` says otherwise)."""
+        del periods
+        return 0
+
     def _finish(self) -> dict[str, object]:
         if self.epsilon is not None:
             self.epsilon.plot(self.run_dir / "privacy.png")
@@ -210,7 +217,8 @@ class Controller:
         extra = {**facts, **privacy, **self.summary_extras()}
         if self.fixed_rounds is None:
             extra["statistics_privacy"] = statistics_privacy(self.cfg.privacy)
-            stats_eps = stats_epsilon(self.cfg.privacy, self.cfg.scenario.num_periods)
+            periods = self.cfg.scenario.num_periods
+            stats_eps = stats_epsilon(self.cfg.privacy, periods, self._scored_periods(periods))
             if stats_eps is not None:
                 extra["stats_epsilon"] = stats_eps
             points = None if self.deployed else self.change_points

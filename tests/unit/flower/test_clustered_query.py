@@ -182,7 +182,7 @@ def test_a_buffered_round_trains_each_site_on_its_windows_since_its_start(
 
 def test_clustered_refuses_what_it_cannot_account_or_serve() -> None:
     for overrides, fragment in (
-        ([*OVERRIDES, "privacy=dpsgd"], "privacy=dpsgd"),
+        ([*OVERRIDES, "privacy=dpsgd", "privacy.user_level=true"], "privacy.user_level=false"),
         ([*OVERRIDES, "release.canary_fraction=0.3"], "canary"),
         (["adaptation=clustered"], "needs a drift scenario"),
     ):
