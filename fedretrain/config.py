@@ -114,6 +114,7 @@ class RuntimeConfig:
     seed: int = 0
     workers: int | None = None
     ray_address: str | None = None
+    poll_interval_s: float = 0.1
 
     def __post_init__(self) -> None:
         gpus = self.gpus_per_client
@@ -144,6 +145,10 @@ class RuntimeConfig:
                 self.workers is None or self.workers >= 1,
                 f"runtime.workers={self.workers}: must be at least 1, or null for one per "
                 "Ray slot (runtime.cpus_per_client CPUs each)",
+            ),
+            (
+                0.01 <= self.poll_interval_s <= 60,
+                f"runtime.poll_interval_s={self.poll_interval_s}: must lie in [0.01, 60] seconds",
             ),
         )
 

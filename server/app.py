@@ -35,6 +35,7 @@ from fedretrain.deploy.stream import FolderStream
 from fedretrain.flower.cohorts import CohortGrid
 from fedretrain.flower.federation import FlowerFederation, privacy_accounting, seed_sampling
 from fedretrain.flower.logs import quiet_flower
+from fedretrain.flower.polling import PollingGrid
 from fedretrain.flower.strategies import build_strategy
 from fedretrain.monitor.monitor import Monitor, build_detectors
 from fedretrain.monitor.private import noise_std_for
@@ -53,6 +54,16 @@ app = ServerApp()
 # Flower's in-memory grid sleeps 0.1 s between polls for replies, once per message wave; its
 # node side (the simulation engine's queue feeder, Flower's private code) keeps its own 0.1 s.
 PULL_INTERVAL_S = 0.005
+
+
+def polled(grid: Grid, interval_s: float) -> Grid:
+    """``grid`` asking for a wave's replies without Flower's long pauses: simulation's
+    in-memory grid every :data:`PULL_INTERVAL_S`, the deployment grid (which sleeps 3 s
+    between pulls) every ``interval_s`` (``runtime.poll_interval_s``)."""
+    if hasattr(grid, "pull_interval"):  # simulation's in-memory grid
+        grid.pull_interval = PULL_INTERVAL_S
+        return grid
+    return PollingGrid(grid, interval_s)
 
 
 @app.main()
@@ -130,8 +141,7 @@ def run(
     a cohort of sites, :class:`~fedretrain.flower.cohorts.CohortGrid`).
     """
     cfg = from_yaml(config_yaml)  # parsed once here; config_yaml is what travels to the sites
-    if hasattr(grid, "pull_interval"):  # simulation's in-memory grid polls for replies
-        grid.pull_interval = PULL_INTERVAL_S
+    grid = polled(grid, cfg.runtime.poll_interval_s)
     if workers is not None and workers < cfg.runtime.num_clients:
         grid = CohortGrid(grid, cfg.runtime.num_clients, workers)
     static = not cfg.scenario.enabled

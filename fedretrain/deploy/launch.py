@@ -36,10 +36,19 @@ def flower_bin(name: str) -> str:
     return found
 
 
+# Flower's SuperExec looks for a new task (a message to run a ClientApp process for) once a
+# second by default; every message of a round waited half of that on average. Its own
+# variable, so an operator's value wins.
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+SUPEREXEC_POLL_S = 0.1
+
+
 def flower_env(flwr_home: Path) -> dict[str, str]:
     """The environment for a Flower process: its own ``FLWR_HOME``, this Python's ``bin``
-    first on ``PATH`` (Flower starts its helpers by name), no update check (offline sites)."""
+    first on ``PATH`` (Flower starts its helpers by name), no update check (offline sites),
+    and its SuperExec polling every :data:`SUPEREXEC_POLL_S` unless the environment says."""
     return {
+        SUPEREXEC_POLL_ENV: str(SUPEREXEC_POLL_S),
         **os.environ,
         "FLWR_HOME": str(flwr_home),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
