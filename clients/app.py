@@ -391,7 +391,10 @@ def monitor_handler(msg: Message, context: Context) -> Message:
     instruction = Instruction.from_record(config)
     cfg, site, folder_report = _site_for(instruction, context)
     cluster = serving_cluster(config, site.partition_id)
-    scored = None if cluster is None else _Scored(cluster, *_model_scores(msg, site))
+    scored = None
+    if cluster is not None:  # adaptation=clustered; the fingerprint keys a ledgered release
+        models_id = _models_id(msg) if ledgered(cfg.privacy) else ""
+        scored = _Scored(cluster, _model_scores(msg, site), models_id)
     served = "arrays" if cluster is None else model_record_name(cluster)
     site.model.load_state_dict(msg.content.array_records[served].to_torch_state_dict())
     canary = config.get(CANARY_KEY)
@@ -422,23 +425,21 @@ def monitor_handler(msg: Message, context: Context) -> Message:
 @dataclass(frozen=True)
 class _Scored:
     """A clustered site's exact per-model scores: the cluster it serves, one row (cluster,
-    correct, examples) per live model, and a fingerprint of the models scored."""
+    correct, examples) per live model, and a fingerprint of the models scored (under DP-SGD;
+    empty otherwise)."""
 
     cluster: int
     exact: np.ndarray
     models_id: str
 
 
-def _model_scores(msg: Message, site: Site) -> tuple[np.ndarray, str]:
+def _model_scores(msg: Message, site: Site) -> np.ndarray:
     """Every live model's (cluster, correct, examples) on the site's new window: summable
-    counts, the only thing about the other models that leaves the site; and the models'
-    fingerprint (a ledgered release's key)."""
+    counts, the only thing about the other models that leaves the site."""
     config = msg.content.config_records["config"]
     rows: list[tuple[int, int, int]] = []
-    weights: dict[str, np.ndarray] = {}
     for cluster in cast(list[int], config[MODELS_KEY]):
         record = msg.content.array_records[model_record_name(int(cluster))]
-        weights |= {f"{int(cluster)}/{k}": v for k, v in to_numpy(record).items()}
         site.model.load_state_dict(record.to_torch_state_dict())
         correct = examples = 0
         for data in (site.train_data, site.holdout):
@@ -446,7 +447,17 @@ def _model_scores(msg: Message, site: Site) -> tuple[np.ndarray, str]:
             correct += int((probs.argmax(axis=1) == data.y).sum()) if len(data) else 0
             examples += len(data)
         rows.append((int(cluster), correct, examples))
-    return np.array(rows, dtype=np.int64).reshape(-1, 3), digest(weights)
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def _models_id(msg: Message) -> str:
+    """A fingerprint of every live model the query sent: part of a ledgered release's key."""
+    config = msg.content.config_records["config"]
+    weights: dict[str, np.ndarray] = {}
+    for cluster in cast(list[int], config[MODELS_KEY]):
+        record = msg.content.array_records[model_record_name(int(cluster))]
+        weights |= {f"{int(cluster)}/{k}": v for k, v in to_numpy(record).items()}
+    return digest(weights)
 
 
 def _noise_rng(

@@ -18,9 +18,12 @@ from flwr.supercore.superexec.run_superexec import _get_task_poll_interval
 from flwr.superlink.grid import http_grid
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
+from fedretrain.config import compose
 from fedretrain.deploy.launch import SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S, flower_env
+from fedretrain.errors import ConfigError
 from fedretrain.flower import polling
 from fedretrain.flower.polling import PollingGrid
+from fedretrain.preflight import to_typed
 from server.app import PULL_INTERVAL_S, polled
 
 
@@ -144,3 +147,10 @@ def test_sites_superexec_looks_for_tasks_every_tenth_of_a_second_unless_told(
     assert _get_task_poll_interval() == pytest.approx(0.1)  # Flower reads and accepts it
     monkeypatch.setattr(os, "environ", {**os.environ, SUPEREXEC_POLL_ENV: "2.5"})
     assert flower_env(tmp_path)[SUPEREXEC_POLL_ENV] == "2.5"  # an operator's value wins
+
+
+def test_a_poll_interval_out_of_range_fails_at_compose_time() -> None:
+    for bad in ("0", "120"):
+        with pytest.raises(ConfigError, match=rf"runtime.poll_interval_s={bad}\.?0?: must lie"):
+            to_typed(compose([f"runtime.poll_interval_s={bad}"]))
+    assert to_typed(compose(["runtime.poll_interval_s=3"])).runtime.poll_interval_s == 3
