@@ -60,6 +60,20 @@ def scores_sensitivity(others: int) -> float:
     return math.sqrt(others)
 
 
+def score_count_sd(noise_multiplier: float, num_classes: int, live_models: int) -> float:
+    """The noise standard deviation of one window's correct count as the server receives it:
+    the larger of the served row's (the trace of the noisy confusion matrix: σ √C) and an
+    unserved row's (σ √k for the k = ``live_models`` - 1 others). The clusters' drift tests
+    widen by it (:func:`~fedretrain.retraining.clusters.worse_by`).
+
+    >>> score_count_sd(5.0, num_classes=2, live_models=5)
+    10.0
+    >>> score_count_sd(0.0, num_classes=10, live_models=3)
+    0.0
+    """
+    return noise_multiplier * math.sqrt(max(num_classes, live_models - 1, 0))
+
+
 def privatize_scores(
     exact: np.ndarray,
     served: int,

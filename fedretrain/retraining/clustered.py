@@ -35,12 +35,15 @@ import numpy as np
 from fedretrain.atomic import atomic_replace
 from fedretrain.checkpoint import Plateau
 from fedretrain.errors import FederationError
+from fedretrain.monitor.private import noise_std_for
+from fedretrain.monitor.private_scores import score_count_sd
 from fedretrain.monitor.stats import HistogramEdges
-from fedretrain.registry import gate
+from fedretrain.registry import Status, gate
 from fedretrain.retraining.clusters import ClusterState, Move, PeriodPlan, Score, plan_period
 from fedretrain.retraining.controller import Controller, _no_data
 from fedretrain.retraining.outcome import REJECTED, Outcome
 from fedretrain.retraining.port import CollectedStats, Serving, SiteScores, Weights
+from fedretrain.retraining.release_state import Watch
 from fedretrain.retraining.summary import period_row
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,7 @@ class ClusteredController(Controller):
         self.clusters = ClusterState()
         self._assignments: list[tuple[int, int, int, int]] = []  # period, site, cluster, version
         self._model_scores: Mapping[int, Mapping[int, Score]] = {}  # the period's, by site
+        self._watches: dict[int, Watch] = {}  # cluster -> its fresh fine-tune on probation
 
     # ------------------------------------------------------------------ periods
 
@@ -94,7 +98,13 @@ class ClusteredController(Controller):
             self._idle_period(collected, start)
             return
         if self.truth is None:
-            plan = plan_period(self.clusters, period, collected.model_scores, self.cfg.adaptation)
+            plan = plan_period(
+                self.clusters,
+                period,
+                collected.model_scores,
+                self.cfg.adaptation,
+                self._count_sd(collected),
+            )
             groups = [plan.new_concept] if plan.new_concept else []
         else:
             plan, groups = self._oracle_plan(period, collected)
@@ -103,6 +113,7 @@ class ClusteredController(Controller):
             self.timeline.decision(record)
             log.info("period %d: %s", period, record["reason"])
         self._drifted = plan.drifted
+        self._watch(period)
         outcomes = [self._new_concept(period, sites) for sites in groups]
         refined, refreshed = set(), []
         if self.cfg.adaptation.refine_on_join:
@@ -133,6 +144,16 @@ class ClusteredController(Controller):
         self._add_row(row)
         self._record_assignment(period)
         self._complete(period)
+
+    def _count_sd(self, collected: CollectedStats) -> float:
+        """The noise sd of one window's correct count in this period's scores: 0 unless the
+        sites send private statistics (``privacy.stats_noise_multiplier``)."""
+        sigma = noise_std_for(self.cfg.privacy)
+        if not sigma or not collected.model_scores:
+            return 0.0
+        num_classes = np.asarray(collected.stats.total.confusion).shape[0]
+        live = max(len(rows) for rows in collected.model_scores.values())
+        return score_count_sd(sigma, num_classes, live)
 
     def _oracle_plan(
         self, period: int, collected: CollectedStats
@@ -252,7 +273,79 @@ class ClusteredController(Controller):
         self.clusters = self.clusters.refined(
             cluster, period, version, candidate, _accuracy_of(candidate)
         )
+        if self.cfg.release.watch_periods > 0:
+            until = period + self.cfg.release.watch_periods
+            self._watches[cluster] = Watch(version, current.version, until)
         return replace(outcome, action=action)
+
+    def _watch(self, period: int) -> None:
+        """``release.watch_periods`` per cluster: a fine-tuned model (refine or refresh) is
+        scored with its parent on its cluster's sites' holdouts in the periods after it
+        began serving, and the cluster goes back to the parent if the parent does better by
+        more than ``release.rollback_margin``. A new concept's model has no parent of its own
+        concept and is not watched; a merge or a later fine-tune ends a watch."""
+        margin = self.cfg.release.rollback_margin
+        for cluster, w in sorted(self._watches.items()):
+            current = self.clusters.clusters.get(cluster)
+            sites = self.clusters.sites_of(cluster)
+            if current is None or current.version != w.version or not sites or period > w.until:
+                del self._watches[cluster]
+                continue
+            mine = self._holdout(period, w.version, sites)
+            parents = self._holdout(period, w.parent, sites)
+            mine_acc, parent_acc = _accuracy_of(mine), _accuracy_of(parents)
+            self.registry.record(
+                "watch",
+                period=period,
+                version=w.version,
+                payload={"cluster": cluster, "champion": mine_acc, "parent": parent_acc},
+                key=f"p{period}-c{cluster}-watch",
+            )
+            if not parent_acc > mine_acc + margin:
+                if period >= w.until:
+                    del self._watches[cluster]
+                continue
+            reason = (
+                f"cluster {cluster}'s fine-tuned v{w.version} scores {mine_acc:.4f} on its "
+                f"sites {list(sites)} in period {period}, its parent v{w.parent} "
+                f"{parent_acc:.4f} (rollback_margin {margin}): cluster {cluster} serves "
+                f"v{w.parent} again"
+            )
+            self._roll_back(period, cluster, w, reason)
+            self.clusters = self.clusters.rolled_back(
+                cluster, period, w.parent, parents, parent_acc
+            )
+            del self._watches[cluster]
+            self.timeline.decision(
+                {"period": period, "cluster": "rollback", "id": cluster, "reason": reason}
+            )
+            log.info("period %d: %s", period, reason)
+
+    def _roll_back(self, period: int, cluster: int, w: Watch, reason: str) -> None:
+        """The registry's side of a cluster's rollback: the withdrawn version ends
+        ``rolled_back``. The version that serves the most sites is the registry's champion
+        and rolls back as one; another is a candidate, ended ``rolled_back``, and the
+        rollback is an event naming its cluster (a retired version keeps its status)."""
+        key = f"p{period}-c{cluster}-rollback"
+        status = self.registry.get(w.version).status
+        if status is Status.champion:
+            self.registry.rollback(to=w.parent, reason=reason, period=period, key=key)
+            return
+        if status is Status.candidate:
+            self.registry.reject(
+                w.version,
+                reason=reason,
+                period=period,
+                status=Status.rolled_back,
+                key=f"{key}-status",
+            )
+        self.registry.record(
+            "rollback",
+            period=period,
+            version=w.parent,
+            payload={"from": w.version, "to": w.parent, "cluster": cluster, "reason": reason},
+            key=key,
+        )
 
     def _train_cluster(
         self,

@@ -186,6 +186,21 @@ class ClusterState:
         reference = {**self.reference, **{s: (score,) for s, score in sites.items()}}
         return replace(self, clusters=clusters, reference=reference)
 
+    def rolled_back(
+        self, cluster: int, period: int, version: int, sites: Mapping[int, Score], quality: float
+    ) -> ClusterState:
+        """``cluster`` is served by ``version`` (its model's parent) again: a fine-tune that
+        did worse on its sites' new data is undone. The sites it trained on stay known, and
+        ``period`` counts as trained (no refresh retrains it at once); references restart from
+        the sites' holdout scores under ``version``."""
+        old = self.clusters[cluster]
+        clusters = {
+            **self.clusters,
+            cluster: replace(old, version=version, quality=quality, trained_at=period),
+        }
+        reference = {**self.reference, **{s: (score,) for s, score in sites.items()}}
+        return replace(self, clusters=clusters, reference=reference)
+
 
 @dataclass(frozen=True)
 class Move:
@@ -272,22 +287,37 @@ def pooled(scores: ModelScores, sites: tuple[int, ...], cluster: int) -> Score:
     return sum(c for c, _ in picked), sum(n for _, n in picked)
 
 
-def worse_by(reference: Score, current: Score, z: float, min_drop: float) -> tuple[bool, str]:
+def worse_by(
+    reference: Score,
+    current: Score,
+    z: float,
+    min_drop: float,
+    noise_sd: tuple[float, float] = (0.0, 0.0),
+) -> tuple[bool, str]:
     """Whether ``current`` is below ``reference`` by more than ``min_drop`` and ``z``
     standard errors (two proportions, pooled variance); and the test in words.
+
+    ``noise_sd`` is the standard deviation of the noise on each side's correct count, where
+    the sites send private scores (:func:`~fedretrain.monitor.private_scores.score_count_sd`,
+    √m of it for a reference summed over m windows): its variance joins the sampling
+    variance, so noise alone raises no more alarms than sampling alone does.
 
     >>> worse_by((90, 100), (40, 100), 3.7, 0.05)[0]
     True
     >>> worse_by((90, 100), (85, 100), 3.7, 0.05)[0]
     False
+    >>> worse_by((90, 100), (65, 100), 3.7, 0.05)[0], worse_by((90, 100), (65, 100), 3.7,
+    ...     0.05, noise_sd=(7.1, 7.1))[0]
+    (True, False)
     """
     (c1, n1), (c2, n2) = reference, current
     if not n1 or not n2:
         return False, "no examples to compare"
     p1, p2 = c1 / n1, c2 / n2
     pooled_p = (c1 + c2) / (n1 + n2)
-    se = math.sqrt(max(pooled_p * (1 - pooled_p), 1e-12) * (1 / n1 + 1 / n2))
-    threshold = max(min_drop, z * se)
+    sampling = max(pooled_p * (1 - pooled_p), 1e-12) * (1 / n1 + 1 / n2)
+    noise = (noise_sd[0] / n1) ** 2 + (noise_sd[1] / n2) ** 2
+    threshold = max(min_drop, z * math.sqrt(sampling + noise))
     words = f"{p2:.3f} vs reference {p1:.3f} (a drop over {threshold:.3f} is drift)"
     return p1 - p2 > threshold, words
 
@@ -304,12 +334,18 @@ def distance(scores: ModelScores, state: ClusterState, i: int, j: int) -> float 
 
 
 def plan_period(
-    state: ClusterState, period: int, scores: ModelScores, config: AdaptationConfig
+    state: ClusterState,
+    period: int,
+    scores: ModelScores,
+    config: AdaptationConfig,
+    count_sd: float = 0.0,
 ) -> PeriodPlan:
     """Merges, drift tests, recurrences and moves for one period; see the module docstring.
 
     ``scores`` holds every reporting site's score under every live model; a site missing from
-    it (no data, rejected) keeps its cluster and reference.
+    it (no data, rejected) keeps its cluster and reference. ``count_sd``: the noise standard
+    deviation of one window's correct count (0 for exact scores), which widens the drift
+    tests.
     """
     a = config
     state, merges, merge_moves = _merge(state, scores, a.merge_margin, period)
@@ -329,8 +365,10 @@ def plan_period(
         if site in moved_by_merge:
             reference[site] = (current,)
             continue
-        ref = _summed(reference.get(site, ()))
-        bad, words = worse_by(ref, current, a.z, a.min_drop)
+        windows = reference.get(site, ())
+        ref = _summed(windows)
+        noise = (count_sd * math.sqrt(len(windows)), count_sd)
+        bad, words = worse_by(ref, current, a.z, a.min_drop, noise)
         tests[site] = {"cluster": own, "drifted": bad, "reason": f"site {site}: {words}"}
         others = {c: s for c, s in scores[site].items() if c != own and c in clusters}
         if bad:
@@ -354,7 +392,11 @@ def plan_period(
             else:
                 new_concept.append(site)
             continue
-        better = {c: s for c, s in others.items() if worse_by(s, current, a.z, a.min_drop)[0]}
+        better = {
+            c: s
+            for c, s in others.items()
+            if worse_by(s, current, a.z, a.min_drop, (count_sd, count_sd))[0]
+        }
         if better:
             best = max(better, key=lambda c: (accuracy(better[c]), -c))
             reason = (

@@ -55,6 +55,47 @@ def test_drift_test_is_a_one_sided_two_proportion_z_test() -> None:
         assert worse_by((c1, n1), (c2, n2), z, 0.05)[0] == expected
 
 
+def noisy_scores(
+    rng: np.random.Generator, accuracy: float, sites: int, windows: int, sd: float
+) -> np.ndarray:
+    """Correct counts out of N as private sites send them: binomial, plus N(0, sd²) noise,
+    rounded and clipped to the window (:func:`~fedretrain.monitor.private_scores.
+    privatize_scores`)."""
+    exact = rng.binomial(N, accuracy, (sites, windows)).astype(np.float64)
+    return np.clip(np.rint(exact + rng.normal(0.0, sd, exact.shape)), 0, N).astype(np.int64)
+
+
+def test_noisy_scores_raise_no_more_false_drift_than_exact_ones() -> None:
+    # Issue 14, item 6 (found in CI): with privacy.stats_noise_multiplier=5 a binary task's
+    # served count carries noise of sd 5√2 ≈ 7 on a 100-record window, and a drift test that
+    # ignores it called stable sites drifted. The oracle: the sampling-only test's own
+    # false-alarm rate, measured on exact scores (at most the normal tail at z).
+    rng = np.random.default_rng(7)
+    sites, sd, config = 3000, 5.0 * math.sqrt(2), AdaptationConfig()
+
+    def false_alarms(counts: np.ndarray, count_sd: float) -> float:
+        refs = {s: tuple((int(c), N) for c in counts[s, :3]) for s in range(sites)}
+        s = ClusterState(
+            {0: Cluster(version=1, quality=0.9, born=0, last_served=0)},
+            dict.fromkeys(range(sites), 0),
+            refs,
+            next_id=1,
+            joined=dict.fromkeys(range(sites), 0),
+        )
+        now = {site: {0: (int(counts[site, 3]), N)} for site in range(sites)}
+        return len(plan_period(s, 1, now, config, count_sd).drifted) / sites
+
+    exact = false_alarms(noisy_scores(rng, 0.9, sites, 4, 0.0), 0.0)
+    noisy = noisy_scores(rng, 0.9, sites, 4, sd)
+    assert exact <= stats.norm.sf(config.z) + 0.002
+    assert false_alarms(noisy, 0.0) > 0.01  # the defect: noise read as drift
+    assert false_alarms(noisy, sd) <= stats.norm.sf(config.z) + 0.002
+    # A flipped label is still caught through the noise.
+    flipped = noisy_scores(rng, 0.9, sites, 4, sd)
+    flipped[:, 3] = noisy_scores(rng, 0.1, sites, 1, sd)[:, 0]
+    assert false_alarms(flipped, sd) == 1.0
+
+
 def test_a_stationary_federation_stays_in_one_cluster() -> None:
     s = state(dict.fromkeys(range(4), 0), {0: 0.9})
     plan = plan_period(s, 1, scored({i: {0: 0.88} for i in range(4)}), AdaptationConfig())

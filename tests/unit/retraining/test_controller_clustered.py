@@ -12,12 +12,12 @@ import json
 
 import numpy as np
 import pytest
-from conftest import MakeController, events, versions
+from conftest import MakeController, champion, events, versions
 from sklearn.metrics import adjusted_rand_score
 
 from fedretrain.drift.schedule import Schedule
 from fedretrain.errors import FederationError
-from fedretrain.registry import Registry
+from fedretrain.registry import Registry, Status
 
 CLUSTERED = {"mode": "clustered"}
 
@@ -235,3 +235,75 @@ def test_refresh_trains_a_new_concept_on_its_growing_buffer(
     with open(controller.run_dir / "decisions.jsonl") as f:
         reasons = [json.loads(line)["reason"] for line in f]
     assert any("refreshed on the buffers: cluster 1" in r for r in reasons)
+
+
+@pytest.mark.parametrize("margin, rolled_back", [(0.03, True), (0.5, False)])
+def test_a_clusters_fine_tune_that_its_parent_beats_is_rolled_back(
+    make_controller: MakeController, margin: float, rolled_back: bool
+) -> None:
+    # Issue 14, item 3: watch and rollback per cluster. θ dips to 0.1 in period 1, too
+    # little to be drift; the refresh on windows 0-1 learns w = 0.05, and θ is 0 again in
+    # period 2, where the parent (w = 0) scores 1.0 against 0.95.
+    concepts = np.zeros((4, 4))
+    concepts[:, 1] = 0.1
+    controller, _ = make_controller(
+        concepts,
+        adaptation={**CLUSTERED, "buffer_periods": 3, "refresh": True},
+        release={"watch_periods": 1, "rollback_margin": margin},
+        site_changes=changes(concepts),
+    )
+    controller.run()
+    run_dir = controller.run_dir
+    with open(run_dir / "clusters.csv") as f:
+        served = {int(r["period"]): int(r["version"]) for r in csv.DictReader(f)}
+    refreshed = served[1]
+    assert refreshed != served[0]
+    [watch] = [e for e in events(run_dir, "watch") if e.period == 2]
+    assert watch.version == refreshed and watch.payload["cluster"] == 0
+    assert (watch.payload["champion"], watch.payload["parent"]) == (0.95, 1.0)
+    rollbacks = events(run_dir, "rollback")
+    by_version = {v.version: v for v in versions(run_dir)}
+    if rolled_back:
+        [rollback] = rollbacks
+        assert rollback.period == 2 and rollback.version == served[0]
+        assert served[2] == served[0]  # the cluster serves its parent again
+        assert by_version[refreshed].status is Status.rolled_back
+        with Registry(run_dir) as registry:
+            assert registry.check_invariants() == []
+        decisions = [
+            json.loads(line) for line in (run_dir / "decisions.jsonl").read_text().splitlines()
+        ]
+        assert any(d.get("cluster") == "rollback" and d["id"] == 0 for d in decisions)
+    else:
+        assert rollbacks == [] and served[2] != served[0]
+
+
+def test_a_smaller_clusters_rollback_leaves_the_champion_alone(
+    make_controller: MakeController,
+) -> None:
+    # Sites 0-1 form cluster 1 at period 1; θ dips to 0.9 at period 3 (not drift), the
+    # refresh learns it, θ is 1 again at 4: cluster 1 goes back to its parent while the
+    # registry's champion (cluster 0, four sites) stays.
+    concepts = np.zeros((6, 6))
+    concepts[0:2, 1:] = 1
+    concepts[0:2, 3] = 0.9
+    controller, _ = make_controller(
+        concepts,
+        adaptation={**CLUSTERED, "buffer_periods": 3, "refresh": True},
+        release={"watch_periods": 1, "rollback_margin": 0.02},
+        site_changes=changes(concepts),
+    )
+    controller.run()
+    run_dir = controller.run_dir
+    with open(run_dir / "clusters.csv") as f:
+        rows = list(csv.DictReader(f))
+    served = {(int(r["period"]), int(r["cluster"])): int(r["version"]) for r in rows}
+    [rollback] = events(run_dir, "rollback")
+    assert rollback.period == 4 and rollback.payload["cluster"] == 1
+    withdrawn = rollback.payload["from"]
+    assert served[(3, 1)] == withdrawn and served[(4, 1)] == rollback.version
+    by_version = {v.version: v for v in versions(run_dir)}
+    assert by_version[withdrawn].status is Status.rolled_back
+    assert champion(run_dir)[0] == served[(4, 0)]
+    with Registry(run_dir) as registry:
+        assert registry.check_invariants() == []
