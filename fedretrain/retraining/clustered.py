@@ -283,11 +283,13 @@ class ClusteredController(Controller):
         scored with its parent on its cluster's sites' holdouts in the periods after it
         began serving, and the cluster goes back to the parent if the parent does better by
         more than ``release.rollback_margin``. A new concept's model has no parent of its own
-        concept and is not watched; a merge or a later fine-tune ends a watch."""
+        concept and is not watched; a merge or a later fine-tune ends a watch. Sites that
+        drifted this period leave the comparison: neither model is of their new concept (with
+        none left the watch ends)."""
         margin = self.cfg.release.rollback_margin
         for cluster, w in sorted(self._watches.items()):
             current = self.clusters.clusters.get(cluster)
-            sites = self.clusters.sites_of(cluster)
+            sites = tuple(s for s in self.clusters.sites_of(cluster) if s not in self._drifted)
             if current is None or current.version != w.version or not sites or period > w.until:
                 del self._watches[cluster]
                 continue
