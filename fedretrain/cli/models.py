@@ -1,6 +1,7 @@
 """``fedretrain models ...``: list, inspect, compare and steer the versions in a run's registry.
 
-A version is named by its number (``3`` or ``v3``) or an alias (``champion``, ``candidate``).
+A version is named by its number (``3`` or ``v3``) or an alias (``champion``, ``candidate``,
+or ``cluster-N``, cluster N's champion in an ``adaptation=clustered`` run).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fedretrain.registry import (
     NotARunFolderError,
     Registry,
     RegistryError,
+    alias_cluster,
     model_file,
 )
 from fedretrain.registry import diff as model_diff
@@ -44,11 +46,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.add_argument(
         "--cluster",
-        action="store_true",
-        help="adaptation=clustered: the clusters each version served and the sites it serves",
+        nargs="?",
+        const=ALL_CLUSTERS,
+        type=_cluster_number,
+        metavar="N",
+        help="adaptation=clustered: each version's cluster, the clusters it served and the "
+        "sites it serves; with N, cluster N's lineage alone",
     )
     sub = action("show", _show, "one version's lineage, metrics, file check and events")
-    sub.add_argument("version", metavar="VERSION", help="3, v3, champion or candidate")
+    sub.add_argument("version", metavar="VERSION", help="3, v3, champion, candidate, cluster-N")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub = action("diff", _diff, "lineage, metric and per-tensor L2 differences of two versions")
     sub.add_argument("first", metavar="V1")
@@ -69,17 +75,36 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sub.add_argument("--json", action="store_true", help="print JSON")
 
 
+ALL_CLUSTERS = -1  # ``--cluster`` without a number
+
+
+def _cluster_number(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a cluster number (0, 1, 2...)")
+    return int(text)
+
+
 def _list(args: argparse.Namespace) -> int:
     with Registry(args.run_dir) as registry:
         versions = registry.versions()
         aliases = _aliases_by_version(registry)
-        clusters = _clusters_by_version(registry) if args.cluster else None
-    if args.cluster and not clusters:
+        clusters = _clusters_by_version(registry) if args.cluster is not None else None
+    if args.cluster is not None and not clusters:
         print(
             f"{args.run_dir}: no clusters recorded (only an adaptation=clustered run has them)",
             file=sys.stderr,
         )
         return 1
+    if args.cluster not in (None, ALL_CLUSTERS):
+        known = sorted({v.cluster for v in versions if v.cluster is not None})
+        versions = [v for v in versions if v.cluster == args.cluster]
+        if not versions:
+            print(
+                f"{args.run_dir}: no version was trained for cluster {args.cluster} (its "
+                f"clusters: {', '.join(map(str, known)) or 'none recorded per version'})",
+                file=sys.stderr,
+            )
+            return 1
     if args.json:
         rows_json = [_with_aliases(v, aliases) for v in versions]
         for row in rows_json:
@@ -91,15 +116,17 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{args.run_dir}: no versions registered")
         return 0
     if clusters:
-        headers = ["version", "status", "alias", "clusters", "serves sites", "period", "trigger"]
+        headers = ["version", "cluster", "status", "alias", "parent", "served clusters"]
         print(
             table(
-                [*headers, "rounds"],
+                [*headers, "serves sites", "period", "trigger", "rounds"],
                 [
                     [
                         f"v{v.version}",
+                        "-" if v.cluster is None else v.cluster,
                         v.status.value,
                         ",".join(aliases.get(v.version, [])),
+                        version_label(v.parent),
                         ",".join(map(str, clusters.get(v.version, {}).get("clusters", []))),
                         ",".join(map(str, clusters.get(v.version, {}).get("serves", []))),
                         v.period,
@@ -150,6 +177,7 @@ def _show(args: argparse.Namespace) -> int:
         ("version", f"v{v.version}"),
         ("status", v.status.value),
         ("aliases", ", ".join(aliases) or "-"),
+        ("cluster", "-" if v.cluster is None else v.cluster),
         ("key", v.key),
         ("parent", version_label(v.parent)),
         ("trigger", v.trigger),
@@ -289,15 +317,19 @@ def _site_order(site: str) -> tuple[int, str]:
 
 
 def _resolve(registry: Registry, text: str) -> int:
-    """A version number from ``3``, ``v3``, ``champion`` or ``candidate``."""
-    if text in ALIASES:
+    """A version number from ``3``, ``v3``, ``champion``, ``candidate`` or ``cluster-N``."""
+    if text in ALIASES or alias_cluster(text) is not None:
         version = registry.aliases().get(text)
         if version is None:
-            raise CliError(f"no version is the {text} in {registry.path}")
+            cluster = alias_cluster(text)
+            what = f"cluster {cluster}'s champion" if cluster is not None else f"the {text}"
+            raise CliError(f"no version is {what} in {registry.path}")
         return version
     digits = text[1:] if text[:1] in ("v", "V") else text
     if not digits.isdigit():
-        raise CliError(f"{text!r} is not a version: give a number (3 or v3) or {ALIASES}")
+        raise CliError(
+            f"{text!r} is not a version: give a number (3 or v3), champion, candidate or cluster-N"
+        )
     return registry.get(int(digits)).version
 
 

@@ -21,7 +21,14 @@ from fedretrain.registry.errors import (
     SchemaVersionError,
 )
 from fedretrain.registry.gate import GateDecision, GateRow, gate
-from fedretrain.registry.records import Event, EventKind, ModelVersion, Status
+from fedretrain.registry.records import (
+    Event,
+    EventKind,
+    ModelVersion,
+    Status,
+    alias_cluster,
+    cluster_alias,
+)
 from fedretrain.registry.registry import REGISTRY_FILE, Registry, config_hash
 from fedretrain.registry.schema import SCHEMA_VERSION
 from fedretrain.registry.scores import SiteScore, pooled, summed
@@ -43,9 +50,11 @@ __all__ = [
     "SchemaVersionError",
     "SiteScore",
     "Status",
+    "alias_cluster",
     "canary_size",
     "canary_verdict",
     "choose_canary_sites",
+    "cluster_alias",
     "config_hash",
     "gate",
     "pooled",

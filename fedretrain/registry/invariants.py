@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fedretrain.registry.errors import ModelFileError
-from fedretrain.registry.records import ModelVersion, Status
+from fedretrain.registry.records import ModelVersion, Status, alias_cluster
 
 
 def find_problems(
@@ -15,8 +15,10 @@ def find_problems(
 ) -> list[str]:
     """Every broken invariant, in words; empty when the registry is consistent.
 
-    ``verify`` raises :class:`ModelFileError` for a version whose model file is missing or
-    does not match its sha256.
+    A ``cluster-N`` alias (``adaptation=clustered``) names a version trained for cluster N
+    that was not withdrawn (rejected or rolled back). ``verify`` raises
+    :class:`ModelFileError` for a version whose model file is missing or does not match its
+    sha256.
     """
     problems: list[str] = []
     numbers = [v.version for v in versions]
@@ -31,8 +33,19 @@ def find_problems(
         problems.append("the champion alias is not set")
     for name, number in aliases.items():
         target = by_number.get(number)
+        cluster = alias_cluster(name)
         if target is None:
             problems.append(f"alias {name} points to v{number}, which does not exist")
+        elif cluster is not None:
+            if target.cluster != cluster:
+                problems.append(
+                    f"alias {name} points to v{number}, which was trained for "
+                    f"{'no cluster' if target.cluster is None else f'cluster {target.cluster}'}"
+                )
+            if target.status in (Status.rejected, Status.rolled_back):
+                problems.append(
+                    f"alias {name} points to v{number}, whose status is {target.status.value}"
+                )
         elif target.status.value != name:  # the alias names match the statuses they require
             problems.append(
                 f"alias {name} points to v{number}, whose status is {target.status.value}"

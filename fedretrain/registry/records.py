@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+CLUSTER_ALIAS = "cluster-"  # cluster N's champion: the alias cluster-N
+
 
 class Status(str, Enum):
     """Where a version stands. Exactly one version is the champion once any exists."""
@@ -25,6 +27,7 @@ class EventKind(str, Enum):
     promote = "promote"
     reject = "reject"
     rollback = "rollback"
+    migrate = "migrate"  # the file's schema was upgraded (payload: from, to)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class ModelVersion:
         Where it stands now (the only field that changes after registration).
     created : str
         When it was registered, UTC, ISO 8601.
+    cluster : int or None
+        ``adaptation=clustered``: the concept cluster it was trained for (None otherwise).
     """
 
     version: int
@@ -85,6 +90,7 @@ class ModelVersion:
     sha256: str
     status: Status
     created: str
+    cluster: int | None = None
 
     @property
     def sites(self) -> tuple[str, ...]:
@@ -110,6 +116,7 @@ class ModelVersion:
             "sha256": self.sha256,
             "status": self.status.value,
             "created": self.created,
+            "cluster": self.cluster,
         }
 
 
@@ -135,3 +142,22 @@ class Event:
             "key": self.key,
             "created": self.created,
         }
+
+
+def cluster_alias(cluster: int) -> str:
+    """The alias of cluster ``cluster``'s champion.
+
+    >>> cluster_alias(3)
+    'cluster-3'
+    """
+    return f"{CLUSTER_ALIAS}{int(cluster)}"
+
+
+def alias_cluster(name: str) -> int | None:
+    """The cluster a ``cluster-N`` alias names, or None for another name.
+
+    >>> alias_cluster("cluster-12"), alias_cluster("champion"), alias_cluster("cluster-x")
+    (12, None, None)
+    """
+    digits = name.removeprefix(CLUSTER_ALIAS)
+    return int(digits) if name.startswith(CLUSTER_ALIAS) and digits.isdigit() else None

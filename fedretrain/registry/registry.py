@@ -48,7 +48,14 @@ import numpy as np
 from fedretrain.registry import codec, model_file
 from fedretrain.registry.errors import RegistryError
 from fedretrain.registry.invariants import find_problems
-from fedretrain.registry.records import Event, EventKind, ModelVersion, Status
+from fedretrain.registry.records import (
+    Event,
+    EventKind,
+    ModelVersion,
+    Status,
+    alias_cluster,
+    cluster_alias,
+)
 from fedretrain.registry.schema import connect
 from fedretrain.registry.scores import Site
 
@@ -58,8 +65,10 @@ ALIASES = ("champion", "candidate")
 
 _COLUMNS = (
     'version, key, parent, "trigger", reason, period, rounds, samples, config_hash, metrics, '
-    "site_metrics, epsilon, file, sha256, status, created"
+    "site_metrics, epsilon, file, sha256, status, created, cluster"
 )
+# A cluster's champion may be any version but one that was withdrawn from serving.
+_UNSERVABLE = (Status.rejected, Status.rolled_back)
 
 
 def config_hash(config_text: str) -> str:
@@ -132,6 +141,7 @@ class Registry:
         site_metrics: Mapping[Site, Mapping[str, float]] | None = None,
         epsilon: Mapping[Site, float] | None = None,
         status: Status = Status.candidate,
+        cluster: int | None = None,
     ) -> ModelVersion:
         """Store a new version, or return the one already committed under ``key``.
 
@@ -147,7 +157,7 @@ class Registry:
         key : str
             The caller's idempotency key, unique in the registry (e.g. ``"p3-retrain"``).
         trigger, reason, period, parent, rounds, samples, config_hash, metrics, site_metrics,
-        epsilon
+        epsilon, cluster
             Lineage; see :class:`ModelVersion`. Non-finite metrics are kept.
         status : Status
             ``candidate`` or ``champion``.
@@ -161,6 +171,10 @@ class Registry:
             raise ValueError(f"status={status!r}: a new version is a candidate or the champion")
         if isinstance(rounds, bool) or int(rounds) != rounds or rounds < 0:
             raise ValueError(f"rounds={rounds!r} must be a whole number >= 0")
+        if cluster is not None and (
+            isinstance(cluster, bool) or int(cluster) != cluster or cluster < 0
+        ):
+            raise ValueError(f"cluster={cluster!r} must be a whole number >= 0, or None")
         columns = {
             "key": key,
             "parent": parent,
@@ -175,6 +189,7 @@ class Registry:
                 {str(s): codec.floats(m) for s, m in (site_metrics or {}).items()}
             ),
             "epsilon": codec.dump({str(s): float(e) for s, e in (epsilon or {}).items()}),
+            "cluster": None if cluster is None else int(cluster),
         }
         with self._transaction():
             raced = self._row("key", key)  # another writer committed it since find()
@@ -196,7 +211,7 @@ class Registry:
                 f"INSERT INTO versions ({_COLUMNS}) VALUES "
                 "(:version, :key, :parent, :trigger, :reason, :period, :rounds, :samples, "
                 ":config_hash, :metrics, :site_metrics, :epsilon, :file, :sha256, :status, "
-                ":created)",
+                ":created, :cluster)",
                 {
                     **columns,
                     "version": version,
@@ -248,6 +263,59 @@ class Registry:
         """Alias name to version, for the aliases that are set."""
         rows = self._conn.execute("SELECT name, version FROM aliases ORDER BY name")
         return {name: version for name, version in rows}
+
+    def cluster_champions(self) -> dict[int, int]:
+        """``adaptation=clustered``: each cluster's champion (its ``cluster-N`` alias)."""
+        out = {}
+        for name, version in self.aliases().items():
+            cluster = alias_cluster(name)
+            if cluster is not None:
+                out[cluster] = version
+        return dict(sorted(out.items()))
+
+    def versions_of(self, cluster: int) -> list[ModelVersion]:
+        """The versions trained for ``cluster``, oldest first: the cluster's lineage."""
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM versions WHERE cluster = ? ORDER BY version", (cluster,)
+        )
+        return [codec.version_from_row(row) for row in rows]
+
+    def set_cluster_champion(
+        self,
+        cluster: int,
+        version: int | None,
+        *,
+        reason: str,
+        period: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        """Point cluster ``cluster``'s champion alias at ``version`` (None clears it).
+
+        The version must have been trained for that cluster and not withdrawn (rejected or
+        rolled back); its model file is verified first. Recorded as an ``alias`` event;
+        ``key`` makes the call idempotent.
+        """
+        name = cluster_alias(cluster)
+        with self._transaction():
+            if key is not None and self._keyed_event(key) is not None:
+                return
+            if version is not None:
+                target = self.get(version)
+                if target.cluster != cluster:
+                    trained = (
+                        "no cluster" if target.cluster is None else f"cluster {target.cluster}"
+                    )
+                    raise RegistryError(
+                        f"v{version} was trained for {trained}, not cluster {cluster}: a "
+                        "cluster's champion is one of its own versions"
+                    )
+                if target.status in _UNSERVABLE:
+                    raise RegistryError(
+                        f"v{version} is {target.status.value}: a withdrawn version is no "
+                        f"cluster's champion"
+                    )
+                self._verify(target)
+            self._set_alias(name, version, reason, period, key)
 
     # ------------------------------------------------------------------ decisions
 
@@ -310,6 +378,7 @@ class Registry:
                     f"v{version} is {target.status.value}, not a candidate: only a candidate "
                     "can be rejected"
                 )
+            self._refuse_cluster_champion(version, "rejected")
             self._set_status(version, status)
             payload = {"status": status.value, "reason": reason}
             self._event(EventKind.reject, period, version, payload, key)
@@ -344,6 +413,7 @@ class Registry:
                 raise RegistryError(f"v{target} is already the champion")
             chosen = self.get(target)
             self._verify(chosen)
+            self._follow_rollback(current, chosen, reason, period)
             self._set_status(current.version, Status.rolled_back)
             self._set_status(target, Status.champion)
             payload = {"from": current.version, "to": target, "reason": reason, "manual": manual}
@@ -461,6 +531,33 @@ class Registry:
         ).fetchone()
         return None if row is None else codec.version_from_row(row)
 
+    def _refuse_cluster_champion(self, version: int, verb: str) -> None:
+        named = [
+            n for n, v in self.aliases().items() if v == version and alias_cluster(n) is not None
+        ]
+        if named:
+            raise RegistryError(
+                f"v{version} is {named[0]}'s champion and cannot be {verb}: point {named[0]} "
+                "at another of its versions first (set_cluster_champion)"
+            )
+
+    def _follow_rollback(
+        self, current: ModelVersion, target: ModelVersion, reason: str, period: int | None
+    ) -> None:
+        """A rolled-back champion that is also its cluster's champion hands that alias to the
+        rollback's target when the target is of the same cluster; otherwise it is refused."""
+        for name, version in self.aliases().items():
+            cluster = alias_cluster(name)
+            if cluster is None or version != current.version:
+                continue
+            if target.cluster != cluster:
+                raise RegistryError(
+                    f"v{current.version} is {name}'s champion and v{target.version} is not of "
+                    f"cluster {cluster}: roll back to one of cluster {cluster}'s versions "
+                    f"(fedretrain models list RUN --cluster {cluster})"
+                )
+            self._set_alias(name, target.version, reason, period)
+
     def _require_champion(self) -> ModelVersion:
         champion = self.champion()
         if champion is None:
@@ -505,7 +602,14 @@ class Registry:
             "UPDATE versions SET status = ? WHERE version = ?", (status.value, version)
         )
 
-    def _set_alias(self, name: str, version: int | None, reason: str, period: int | None) -> None:
+    def _set_alias(
+        self,
+        name: str,
+        version: int | None,
+        reason: str,
+        period: int | None,
+        key: str | None = None,
+    ) -> None:
         previous = self.aliases().get(name)
         if previous == version:
             return
@@ -518,7 +622,8 @@ class Registry:
                 (name, version),
             )
         payload = {"alias": name, "version": version, "previous": previous, "reason": reason}
-        self._event(EventKind.alias, period, version if version is not None else previous, payload)
+        target = version if version is not None else previous
+        self._event(EventKind.alias, period, target, payload, key)
 
     def _event(
         self,

@@ -8,19 +8,44 @@ database is reported before any setting is changed.
 Durability: the journal is a write-ahead log with ``synchronous=FULL``, so a committed
 transaction survives a power loss, and readers (the CLI) do not block the running server.
 Lineage is immutable and events are append-only, enforced by triggers in the file itself.
+
+Schema history: 1, the first release; 2 adds each version's ``cluster`` (``adaptation=
+clustered``: the concept cluster it was trained for) and the per-cluster champion aliases
+``cluster-N``. An older file is migrated when it is opened, in one transaction that also
+records a ``migrate`` event; a file that fails to migrate is left as it was.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 from fedretrain import __version__
+from fedretrain.registry import codec
 from fedretrain.registry.errors import NotARunFolderError, RegistryError, SchemaVersionError
 
-SCHEMA_VERSION = 1  # bump on any change to the tables below, with a migration from the last
+SCHEMA_VERSION = 2  # bump on any change to the tables below, with a migration from the last
 APPLICATION_ID = 0x46524547  # "FREG": marks a SQLite file as a fedretrain registry
 STATUSES = ("candidate", "champion", "retired", "rejected", "rolled_back")
+# A cluster's champion alias is "cluster-" and the cluster's number (cluster-0, cluster-12).
+_ALIAS_NAME_CHECK = (
+    "name IN ('champion', 'candidate') OR (name GLOB 'cluster-[0-9]*' AND "
+    "name NOT GLOB 'cluster-*[^0-9]*')"
+)
+_CLUSTER_COLUMN = "cluster INTEGER CHECK (cluster IS NULL OR cluster >= 0)"
+_ALIASES_TABLE = f"""
+CREATE TABLE aliases (
+    name TEXT PRIMARY KEY CHECK ({_ALIAS_NAME_CHECK}),
+    version INTEGER NOT NULL REFERENCES versions(version)
+) STRICT;
+"""
+_LINEAGE_TRIGGER = """
+CREATE TRIGGER versions_lineage_is_immutable
+BEFORE UPDATE OF version, key, parent, "trigger", reason, period, rounds, samples, config_hash,
+    metrics, site_metrics, epsilon, file, sha256, created, cluster ON versions
+BEGIN SELECT RAISE(ABORT, 'a version''s lineage is immutable'); END;
+"""
 
 _SCHEMA = f"""
 CREATE TABLE versions (
@@ -39,14 +64,10 @@ CREATE TABLE versions (
     file TEXT NOT NULL,
     sha256 TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in STATUSES)})),
-    created TEXT NOT NULL
+    created TEXT NOT NULL,
+    {_CLUSTER_COLUMN}
 ) STRICT;
-
-CREATE TABLE aliases (
-    name TEXT PRIMARY KEY CHECK (name IN ('champion', 'candidate')),
-    version INTEGER NOT NULL REFERENCES versions(version)
-) STRICT;
-
+{_ALIASES_TABLE}
 CREATE TABLE events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT UNIQUE,
@@ -60,11 +81,7 @@ CREATE TABLE events (
 CREATE INDEX events_by_kind ON events(kind);
 CREATE INDEX events_by_version ON events(version);
 
-CREATE TRIGGER versions_lineage_is_immutable
-BEFORE UPDATE OF version, key, parent, "trigger", reason, period, rounds, samples, config_hash,
-    metrics, site_metrics, epsilon, file, sha256, created ON versions
-BEGIN SELECT RAISE(ABORT, 'a version''s lineage is immutable'); END;
-
+{_LINEAGE_TRIGGER}
 CREATE TRIGGER versions_are_kept BEFORE DELETE ON versions
 BEGIN SELECT RAISE(ABORT, 'versions are never deleted'); END;
 
@@ -133,7 +150,7 @@ def _check_header(conn: sqlite3.Connection, path: Path, create: bool) -> None:
             f"{path} has registry schema version {version}, but fedretrain {__version__} reads "
             f"schema version {SCHEMA_VERSION} at most: upgrade fedretrain to open it"
         )
-    if version < SCHEMA_VERSION:  # no older schema has been released yet
+    if version < 1:
         raise SchemaVersionError(
             f"{path} has registry schema version {version}, which fedretrain {__version__} "
             f"cannot migrate to {SCHEMA_VERSION}"
@@ -141,18 +158,42 @@ def _check_header(conn: sqlite3.Connection, path: Path, create: bool) -> None:
 
 
 def _initialise(conn: sqlite3.Connection) -> None:
-    """Create the tables and stamp the header, in one transaction (a no-op when done)."""
+    """Create the tables and stamp the header, or migrate an older file, in one transaction
+    (a no-op when the file is current)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found == 0:
             for statement in _statements(_SCHEMA):
                 conn.execute(statement)
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):
+            _MIGRATIONS[version](conn)
+            conn.execute(
+                "INSERT INTO events (kind, payload, created) VALUES ('migrate', ?, ?)",
+                (json.dumps({"from": version, "to": version + 1}), codec.now()),
+            )
+        if found != SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _to_2(conn: sqlite3.Connection) -> None:
+    """Schema 1 to 2: each version's cluster (NULL: no cluster), and aliases that may name a
+    cluster's champion (the table is rebuilt: SQLite cannot alter a CHECK)."""
+    conn.execute(f"ALTER TABLE versions ADD COLUMN {_CLUSTER_COLUMN}")
+    conn.execute("ALTER TABLE aliases RENAME TO aliases_1")
+    conn.execute(_ALIASES_TABLE.strip())
+    conn.execute("INSERT INTO aliases (name, version) SELECT name, version FROM aliases_1")
+    conn.execute("DROP TABLE aliases_1")
+    conn.execute("DROP TRIGGER versions_lineage_is_immutable")
+    conn.execute(_LINEAGE_TRIGGER.strip())
+
+
+_MIGRATIONS = {1: _to_2}  # from schema N to N + 1
 
 
 def _statements(script: str) -> list[str]:

@@ -14,8 +14,10 @@ grow the cluster is fine-tuned on them every period (``adaptation.refresh``), so
 model learns from all its data so far. Every decision is a line of ``decisions.jsonl``;
 ``clusters.csv`` records each site's cluster and model every period.
 
-The registry's ``champion`` is the model serving the most sites; every serving model is a
-registered version, and each period's assignment is a ``clusters`` event.
+Each cluster is a lineage in the registry: its versions carry its number (``cluster``) and
+its champion is the alias ``cluster-N``, moved when the cluster is founded, refined or rolled
+back. The registry's ``champion`` is the model serving the most sites, and each period's
+assignment is a ``clusters`` event.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ DRIFT_TEST = "cluster_drift"  # the alarms column of a period in which sites dri
 class ClusteredController(Controller):
     """A :class:`Controller` whose sites are served one model per concept cluster."""
 
+    _first_cluster = 0
+
     def __init__(self, *args: Any, truth: np.ndarray | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # adaptation=oracle: the true concept of each site and period (sites x periods).
@@ -85,6 +89,7 @@ class ClusteredController(Controller):
         scores = self._evaluate(0, self.registry.load(version)).scores
         quality = _pooled_accuracy(scores, scores)
         self.clusters, cluster = ClusterState().founded(0, version, scores, quality)
+        self._crown(cluster, version, 0, "the initial model serves every site")
         if self.truth is not None:  # cluster 0 is the concept most sites start on
             first = np.bincount(self.truth[:, 0].astype(np.int64)).argmax()
             self._concept_cluster[int(first)] = cluster
@@ -223,7 +228,7 @@ class ClusteredController(Controller):
         reason = f"new concept at sites {list(sites)}, warm from cluster {start_cluster}"
         trigger = f"cluster {state.next_id}: new concept"
         outcome, version = self._train_cluster(
-            period, sites, start.version, start.quality, key, reason, trigger, new=True
+            period, sites, state.next_id, start.version, start.quality, key, reason, trigger
         )
         # The gate: the new model against what each of these sites serves now.
         baseline = self._serving_scores(period, sites)
@@ -232,6 +237,7 @@ class ClusteredController(Controller):
             return replace(outcome, action=f"new concept{REJECTED}")
         quality = _accuracy_of(candidate)
         self.clusters, cluster = self.clusters.founded(period, version, candidate, quality)
+        self._crown(cluster, version, period, f"founded for sites {list(sites)}")
         if self.truth is not None:
             self._concept_cluster[int(self.truth[sites[0], period])] = cluster
         self.timeline.decision(
@@ -263,7 +269,7 @@ class ClusteredController(Controller):
             reason = f"sites joined cluster {cluster}: fine-tuned on its {len(sites)} sites"
             trigger = f"cluster {cluster}: refine"
         outcome, version = self._train_cluster(
-            period, sites, current.version, None, key, reason, trigger
+            period, sites, cluster, current.version, None, key, reason, trigger
         )
         baseline = self._holdout(period, current.version, sites)
         candidate = self._holdout(period, version, sites)
@@ -273,6 +279,7 @@ class ClusteredController(Controller):
         self.clusters = self.clusters.refined(
             cluster, period, version, candidate, _accuracy_of(candidate)
         )
+        self._crown(cluster, version, period, f"{action}: the gate passed it on its sites")
         if self.cfg.release.watch_periods > 0:
             until = period + self.cfg.release.watch_periods
             self._watches[cluster] = Watch(version, current.version, until)
@@ -330,9 +337,10 @@ class ClusteredController(Controller):
         rollback is an event naming its cluster (a retired version keeps its status)."""
         key = f"p{period}-c{cluster}-rollback"
         status = self.registry.get(w.version).status
-        if status is Status.champion:
+        if status is Status.champion:  # the cluster's alias follows the registry's rollback
             self.registry.rollback(to=w.parent, reason=reason, period=period, key=key)
             return
+        self._crown(cluster, w.parent, period, reason)
         if status is Status.candidate:
             self.registry.reject(
                 w.version,
@@ -353,16 +361,18 @@ class ClusteredController(Controller):
         self,
         period: int,
         sites: tuple[int, ...],
+        cluster: int,
         parent: int,
         target: float | None,
         key: str,
         reason: str,
         trigger: str,
-        new: bool = False,
     ) -> tuple[Outcome, int]:
-        """Rounds on ``sites`` alone from ``parent``'s weights to a plateau; the candidate.
-        Each site trains on its buffer; ``new``: a new concept's sites, whose buffers start
-        now (their earlier windows are of the concept they left)."""
+        """Rounds on ``sites`` alone from ``parent``'s weights to a plateau; the candidate,
+        registered as a version of ``cluster``. Each site trains on its buffer; a new
+        concept's sites (``cluster`` not founded yet) start theirs now: their earlier windows
+        are of the concept they left."""
+        new = cluster not in self.clusters.clusters
         self._train_sites = frozenset(sites)
         buffer = self.cfg.adaptation.buffer_periods
         self._train_since = {
@@ -374,7 +384,9 @@ class ClusteredController(Controller):
             plateau = Plateau(period=period, action="warm", baseline=baseline, target=target)
             self.state.plateau = plateau
             outcome = self._train_to_plateau(plateau, weights, target)
-            version = self._register(outcome, period, trigger, reason, parent, key=key)
+            version = self._register(
+                outcome, period, trigger, reason, parent, key=key, cluster=cluster
+            )
         finally:
             self._train_sites = self._train_since = None
             self.state.plateau = None
@@ -395,6 +407,12 @@ class ClusteredController(Controller):
                 version, reason=decision.reason, period=period, key=f"{key}-reject"
             )
         return decision.promote
+
+    def _crown(self, cluster: int, version: int, period: int, reason: str) -> None:
+        """``version`` is ``cluster``'s champion in the registry (its ``cluster-N`` alias)."""
+        self.registry.set_cluster_champion(
+            cluster, version, reason=reason, period=period, key=f"p{period}-c{cluster}-v{version}"
+        )
 
     def _serve_largest(self, period: int) -> None:
         """The registry's champion is the model that serves the most sites."""

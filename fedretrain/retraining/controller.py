@@ -107,6 +107,8 @@ class Controller:
         Experiment tracking (:mod:`fedretrain.tracking`); None: the run folder alone.
     """
 
+    _first_cluster: int | None = None  # the registry cluster of the initial model, if any
+
     def __init__(
         self,
         cfg: RunConfig,
@@ -275,7 +277,9 @@ class Controller:
         self.state.edges = edges.interior.tolist()
         plateau = self.state.plateau or Plateau(period=0, action="initial")
         outcome = self._train_to_plateau(plateau, initial, None)
-        version = self._register(outcome, 0, "initial", "initial training", parent=None)
+        version = self._register(
+            outcome, 0, "initial", "initial training", parent=None, cluster=self._first_cluster
+        )
         self.registry.promote(version, reason="initial model", period=0, key="p0-promote")
         # Period 0's histograms used no edges yet: only the model's scores seed the monitor.
         self.drift.trained(0, initial=True, seed=self._seed(0, None))
@@ -611,9 +615,11 @@ class Controller:
         reason: str,
         parent: int | None,
         key: str | None = None,
+        cluster: int | None = None,
     ) -> int:
         """The outcome as a candidate in the registry (once, even across a resume); ``key``
-        defaults to the period's (one retrain a period)."""
+        defaults to the period's (one retrain a period). ``cluster``: the concept cluster it
+        is trained for (``adaptation=clustered``)."""
         evaluation = self._evaluate(period, outcome.weights)
         scores, accuracy = evaluation.scores, outcome.validation_accuracy
         if self.fixed_rounds is not None and math.isnan(accuracy):
@@ -633,6 +639,7 @@ class Controller:
             metrics={"validation_accuracy": accuracy},
             site_metrics={str(s): {"accuracy": c / n} for s, (c, n) in sorted(scores.items()) if n},
             epsilon={str(s): e for s, e in (outcome.epsilon_by_site or {}).items()},
+            cluster=cluster,
         )
         return entry.version
 

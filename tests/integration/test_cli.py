@@ -385,3 +385,69 @@ def test_report_rebuilds_a_drift_run_exactly_and_a_stopped_one_from_what_it_has(
     assert summary["mean_prequential_accuracy"] == pytest.approx(timeline["accuracy"].iloc[1])
     assert "wall_seconds" not in summary  # not in the CSV files, and not made up
     assert (stopped / "timeline.png").read_bytes().startswith(PNG)
+
+
+# ---------------------------------------------------------------------- clusters
+
+
+@pytest.fixture
+def clustered_run(tmp_path: Path) -> Path:
+    """An adaptation=clustered registry as the controller writes one: v1 cluster 0 serving
+    sites 0-3, v2 cluster 1 (from v1) serving sites 4-5, v3 a rejected refine of cluster 1."""
+    run = tmp_path / "clustered"
+    with Registry(run, create=True) as reg:
+        reg.register(weights(0.0), key="p0", trigger="initial", reason="initial training",
+                     period=0, status=Status.champion, cluster=0)  # fmt: skip
+        reg.set_cluster_champion(0, 1, reason="initial", period=0)
+        reg.register(weights(1.0), key="p2-new-4", trigger="cluster 1: new concept",
+                     reason="new concept", period=2, parent=1, rounds=5, cluster=1)  # fmt: skip
+        reg.set_cluster_champion(1, 2, reason="founded", period=2)
+        reg.register(weights(2.0), key="p3-c1", trigger="cluster 1: refresh",
+                     reason="refresh", period=3, parent=2, rounds=2, cluster=1)  # fmt: skip
+        reg.reject(3, reason="gate: worse on its sites", period=3)
+        served = {"assignment": {str(s): 0 if s < 4 else 1 for s in range(6)}}
+        for period in (2, 3):
+            reg.record("clusters", period=period, payload={**served, "versions": {"0": 1, "1": 2}})
+    return run
+
+
+def test_models_list_cluster_shows_each_lineage_and_its_champion(clustered_run: Path) -> None:
+    listed = fedretrain("models", "list", clustered_run, "--cluster")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split()[:3] == ["version", "cluster", "status"]
+    cells = {row.split()[0]: row.split() for row in rows if row.startswith("v")}
+    assert cells["v1"][1:4] == ["0", "champion", "champion,cluster-0"]
+    assert cells["v2"][1:4] == ["1", "candidate", "cluster-1"]
+    assert cells["v3"][1:3] == ["1", "rejected"]
+    only = fedretrain("models", "list", clustered_run, "--cluster", "1", "--json")
+    assert only.returncode == 0, only.stderr
+    lineage = json.loads(only.stdout)
+    assert [(r["version"], r["cluster"], r["parent"]) for r in lineage] == [(2, 1, 1), (3, 1, 2)]
+    assert lineage[0]["serves"] == [4, 5] and lineage[0]["aliases"] == ["cluster-1"]
+    missing = fedretrain("models", "list", clustered_run, "--cluster", "4")
+    assert missing.returncode == 1
+    assert "no version was trained for cluster 4 (its clusters: 0, 1)" in missing.stderr
+    assert fedretrain("models", "list", clustered_run, "--cluster", "x").returncode == 2
+    shown = fedretrain("models", "show", clustered_run, "cluster-1", "--json")
+    assert json.loads(shown.stdout)["version"] == 2
+    assert "no version is cluster 7's champion" in failed(
+        fedretrain("models", "show", clustered_run, "cluster-7")
+    )
+
+
+def test_a_schema_1_run_folder_is_migrated_when_first_opened(tmp_path: Path) -> None:
+    run = tmp_path / "old"
+    shutil.copytree(Path(__file__).parents[1] / "unit/registry/data/registry_v1", run)
+    checked = fedretrain("models", "check", run)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.strip() == "ok: 4 versions, champion v3, every model file verified"
+    events = json.loads(fedretrain("models", "events", run, "--kind", "migrate", "--json").stdout)
+    assert [e["payload"] for e in events] == [{"from": 1, "to": SCHEMA_VERSION}]
+    listed = json.loads(fedretrain("models", "list", run, "--json").stdout)
+    assert [(r["version"], r["status"], r["cluster"]) for r in listed] == [
+        (1, "retired", None),
+        (2, "rejected", None),
+        (3, "champion", None),
+        (4, "candidate", None),
+    ]

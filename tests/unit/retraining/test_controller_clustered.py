@@ -114,10 +114,18 @@ def test_the_registry_holds_every_cluster_model_and_stays_consistent(
     with Registry(controller.run_dir) as registry:
         assert registry.check_invariants() == []
         champion = registry.champion()
+        by_cluster = registry.cluster_champions()
+        lineages = {c: [v.version for v in registry.versions_of(c)] for c in by_cluster}
     served = assignment(controller.run_dir, 9)
     kinds = [e.payload for e in events(controller.run_dir, "clusters")]
     final = kinds[-1]
     assert {int(s): c for s, c in final["assignment"].items()} == served
+    # Each cluster is a lineage: every version a cluster served was trained for it, and its
+    # champion alias names the version it serves at the end.
+    assert by_cluster == {int(c): v for c, v in final["versions"].items()}
+    with open(controller.run_dir / "clusters.csv") as f:
+        for row in csv.DictReader(f):
+            assert int(row["version"]) in lineages[int(row["cluster"])], row
     # The champion is the version serving the most sites: cluster 0, 4 of 6 at the end.
     assert sorted(served.values()).count(0) == 4
     assert champion is not None and champion.version == final["versions"]["0"]
@@ -270,6 +278,7 @@ def test_a_clusters_fine_tune_that_its_parent_beats_is_rolled_back(
         assert by_version[refreshed].status is Status.rolled_back
         with Registry(run_dir) as registry:
             assert registry.check_invariants() == []
+            assert registry.cluster_champions()[0] == served[0]
         decisions = [
             json.loads(line) for line in (run_dir / "decisions.jsonl").read_text().splitlines()
         ]
@@ -307,3 +316,5 @@ def test_a_smaller_clusters_rollback_leaves_the_champion_alone(
     assert champion(run_dir)[0] == served[(4, 0)]
     with Registry(run_dir) as registry:
         assert registry.check_invariants() == []
+        assert registry.cluster_champions()[1] == rollback.version
+        assert registry.get(withdrawn).cluster == 1
