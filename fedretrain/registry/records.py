@@ -14,7 +14,7 @@ class Status(str, Enum):
 
     candidate = "candidate"  # registered, awaiting the gate or a canary
     champion = "champion"  # the model the sites serve
-    retired = "retired"  # was the champion, replaced by a promotion
+    retired = "retired"  # was the champion (or a cluster's), replaced by a newer one
     rejected = "rejected"  # a candidate that failed the gate or its canary
     rolled_back = "rolled_back"  # served, then withdrawn (a champion rolled back, a canary ended)
 
@@ -27,6 +27,7 @@ class EventKind(str, Enum):
     promote = "promote"
     reject = "reject"
     rollback = "rollback"
+    retire = "retire"  # a cluster's champion superseded by a newer one of its cluster
     migrate = "migrate"  # the file's schema was upgraded (payload: from, to)
 
 

@@ -288,13 +288,19 @@ class Registry:
         reason: str,
         period: int | None = None,
         key: str | None = None,
+        replaced: Status = Status.retired,
     ) -> None:
         """Point cluster ``cluster``'s champion alias at ``version`` (None clears it).
 
         The version must have been trained for that cluster and not withdrawn (rejected or
-        rolled back); its model file is verified first. Recorded as an ``alias`` event;
+        rolled back); its model file is verified first. The version it replaces ends
+        ``replaced``: ``retired`` (superseded; only a candidate changes, the registry's
+        champion stays one until a promotion) or ``rolled_back`` (withdrawn; the registry's
+        champion is withdrawn with :meth:`rollback` instead). Recorded as an ``alias`` event;
         ``key`` makes the call idempotent.
         """
+        if replaced not in (Status.retired, Status.rolled_back):
+            raise ValueError(f"replaced={replaced!r}: a replaced version is retired or rolled_back")
         name = cluster_alias(cluster)
         with self._transaction():
             if key is not None and self._keyed_event(key) is not None:
@@ -315,6 +321,9 @@ class Registry:
                         f"cluster's champion"
                     )
                 self._verify(target)
+            previous = self.aliases().get(name)
+            if previous is not None and previous != version:
+                self._end_cluster_champion(self.get(previous), replaced, reason, period)
             self._set_alias(name, version, reason, period, key)
 
     # ------------------------------------------------------------------ decisions
@@ -540,6 +549,25 @@ class Registry:
                 f"v{version} is {named[0]}'s champion and cannot be {verb}: point {named[0]} "
                 "at another of its versions first (set_cluster_champion)"
             )
+
+    def _end_cluster_champion(
+        self, old: ModelVersion, status: Status, reason: str, period: int | None
+    ) -> None:
+        """A cluster's former champion ``old`` ends ``status`` (see set_cluster_champion)."""
+        if status is Status.rolled_back and old.status is Status.champion:
+            raise RegistryError(
+                f"v{old.version} is the registry's champion: withdraw it with rollback(), "
+                "which moves its cluster's alias too"
+            )
+        if old.status is Status.candidate or (
+            status is Status.rolled_back and old.status is Status.retired
+        ):
+            self._set_status(old.version, status)
+            payload = {"status": status.value, "reason": reason, "cluster": old.cluster}
+            kind = EventKind.reject if status is Status.rolled_back else EventKind.retire
+            self._event(kind, period, old.version, payload)
+            if self.aliases().get("candidate") == old.version:
+                self._set_alias("candidate", None, reason, period)
 
     def _follow_rollback(
         self, current: ModelVersion, target: ModelVersion, reason: str, period: int | None

@@ -332,23 +332,15 @@ class ClusteredController(Controller):
 
     def _roll_back(self, period: int, cluster: int, w: Watch, reason: str) -> None:
         """The registry's side of a cluster's rollback: the withdrawn version ends
-        ``rolled_back``. The version that serves the most sites is the registry's champion
-        and rolls back as one; another is a candidate, ended ``rolled_back``, and the
-        rollback is an event naming its cluster (a retired version keeps its status)."""
+        ``rolled_back`` and the cluster's alias names its parent again. The version that
+        serves the most sites is the registry's champion and rolls back as one; for another,
+        the rollback is an event naming its cluster."""
         key = f"p{period}-c{cluster}-rollback"
         status = self.registry.get(w.version).status
         if status is Status.champion:  # the cluster's alias follows the registry's rollback
             self.registry.rollback(to=w.parent, reason=reason, period=period, key=key)
             return
-        self._crown(cluster, w.parent, period, reason)
-        if status is Status.candidate:
-            self.registry.reject(
-                w.version,
-                reason=reason,
-                period=period,
-                status=Status.rolled_back,
-                key=f"{key}-status",
-            )
+        self._crown(cluster, w.parent, period, reason, replaced=Status.rolled_back)
         self.registry.record(
             "rollback",
             period=period,
@@ -408,10 +400,23 @@ class ClusteredController(Controller):
             )
         return decision.promote
 
-    def _crown(self, cluster: int, version: int, period: int, reason: str) -> None:
-        """``version`` is ``cluster``'s champion in the registry (its ``cluster-N`` alias)."""
+    def _crown(
+        self,
+        cluster: int,
+        version: int,
+        period: int,
+        reason: str,
+        replaced: Status = Status.retired,
+    ) -> None:
+        """``version`` is ``cluster``'s champion in the registry (its ``cluster-N`` alias);
+        the version it replaces ends ``replaced`` (superseded, or withdrawn)."""
         self.registry.set_cluster_champion(
-            cluster, version, reason=reason, period=period, key=f"p{period}-c{cluster}-v{version}"
+            cluster,
+            version,
+            reason=reason,
+            period=period,
+            key=f"p{period}-c{cluster}-v{version}",
+            replaced=replaced,
         )
 
     def _serve_largest(self, period: int) -> None:

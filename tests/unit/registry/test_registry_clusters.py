@@ -166,9 +166,30 @@ def test_a_cluster_champion_is_not_rejected_until_its_alias_moves(clustered: Reg
     with pytest.raises(RegistryError, match="cluster-1's champion and cannot be rejected"):
         clustered.reject(2, reason="no")
     assert clustered.get(2).status is Status.candidate
-    clustered.set_cluster_champion(1, 3, reason="refined")
-    clustered.reject(2, status=Status.rolled_back, reason="withdrawn")
+    clustered.reject(3, reason="gate")  # not a cluster's champion
     assert clustered.check_invariants() == []
+
+
+def test_a_superseded_cluster_champion_retires_and_a_withdrawn_one_rolls_back(
+    clustered: Registry,
+) -> None:
+    clustered.set_cluster_champion(1, 3, reason="refined", period=4)
+    assert (clustered.get(2).status, clustered.get(3).status) == (
+        Status.retired,
+        Status.candidate,
+    )
+    [retired] = clustered.events(kind="retire")
+    assert (retired.version, retired.payload["cluster"]) == (2, 1)
+    clustered.set_cluster_champion(1, 2, reason="worse", period=5, replaced=Status.rolled_back)
+    assert (clustered.get(2).status, clustered.get(3).status) == (
+        Status.retired,
+        Status.rolled_back,
+    )
+    assert clustered.aliases().get("candidate") is None  # v3 no longer awaits anything
+    assert clustered.check_invariants() == []
+    with pytest.raises(RegistryError, match="registry's champion: withdraw it with rollback"):
+        clustered.set_cluster_champion(0, None, reason="x", replaced=Status.rolled_back)
+    assert clustered.cluster_champions() == {0: 1, 1: 2}
 
 
 def test_rolling_back_a_champion_carries_its_cluster_alias_within_the_cluster(
@@ -188,18 +209,18 @@ def test_rolling_back_a_champion_carries_its_cluster_alias_within_the_cluster(
 
 def test_forged_cluster_aliases_are_reported(clustered: Registry) -> None:
     clustered.set_cluster_champion(1, 3, reason="refined")
-    clustered.reject(2, reason="no")
+    clustered.set_cluster_champion(1, 2, reason="worse", replaced=Status.rolled_back)
     conn = sqlite3.connect(clustered.path)
     try:
-        conn.execute("INSERT INTO aliases VALUES ('cluster-4', 3)")
-        conn.execute("INSERT INTO aliases VALUES ('cluster-5', 2)")
+        conn.execute("INSERT INTO aliases VALUES ('cluster-4', 2)")
+        conn.execute("INSERT INTO aliases VALUES ('cluster-5', 3)")
         conn.commit()
     finally:
         conn.close()
     assert clustered.check_invariants() == [
-        "alias cluster-4 points to v3, which was trained for cluster 1",
-        "alias cluster-5 points to v2, which was trained for cluster 1",
-        "alias cluster-5 points to v2, whose status is rejected",
+        "alias cluster-4 points to v2, which was trained for cluster 1",
+        "alias cluster-5 points to v3, which was trained for cluster 1",
+        "alias cluster-5 points to v3, whose status is rolled_back",
     ]
 
 
