@@ -63,6 +63,7 @@ class Plateau:
     # A static run's round whose evaluation is still to come (one message wave per round):
     # [round, train loss or None, sites that trained, seconds]; its metrics.csv row waits.
     pending: list[Any] | None = None
+    key: str | None = None  # adaptation=clustered: the registry key of the training under way
 
 
 @dataclass
@@ -79,7 +80,10 @@ class RunState:
     # False for a run begun under checkpoint format 1, whose monitor started afresh after every
     # retrain, even one the gate rejected: its replay, and its later periods, keep that rule.
     keep_reference_on_reject: bool = True
-    clusters: dict[str, Any] | None = None  # adaptation=clustered: ClusterState.to_dict()
+    clusters: dict[str, Any] | None = None  # adaptation=clustered: its state at period end
+    # adaptation=clustered: the trainings of the period under way that are done, by registry
+    # key (what each produced), so a resumed period does not train them again.
+    trainings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def capture_random(self) -> None:
         version, internal, gauss = random.getstate()
@@ -145,6 +149,28 @@ class CheckpointStore:
             by_site.setdefault(int(site), {})[name] = value
         return PeriodStats(period, {s: WindowStats.from_arrays(a) for s, a in by_site.items()})
 
+    def save_model_scores(
+        self, period: int, scores: Mapping[int, Mapping[int, tuple[int, int]]]
+    ) -> None:
+        """Keep a period's per-model scores (``adaptation=clustered``: site -> cluster ->
+        (correct, examples)) beside its statistics. Saved before them: kept statistics
+        without their scores do not happen."""
+        rows = [
+            [s, c, n, k] for s, by in sorted(scores.items()) for c, (n, k) in sorted(by.items())
+        ]
+        text = json.dumps(rows)
+        atomic_replace(self._scores_path(period), lambda tmp: tmp.write_text(text))
+
+    def load_model_scores(self, period: int) -> dict[int, dict[int, tuple[int, int]]] | None:
+        """:meth:`save_model_scores`'s scores; None if none were kept for ``period``."""
+        path = self._scores_path(period)
+        if not path.exists():
+            return None
+        out: dict[int, dict[int, tuple[int, int]]] = {}
+        for site, cluster, correct, examples in json.loads(path.read_text()):
+            out.setdefault(int(site), {})[int(cluster)] = (int(correct), int(examples))
+        return out
+
     def save_seed(self, period: int, scores: Mapping[int, tuple[int, int]]) -> None:
         """Keep the holdout scores of the model promoted at ``period``, the monitor's new
         reference (:class:`~fedretrain.monitor.base.Seed`), for replay on resume."""
@@ -167,6 +193,9 @@ class CheckpointStore:
 
     def _stats_path(self, period: int) -> Path:
         return self.folder / "stats" / f"p{period}.safetensors"
+
+    def _scores_path(self, period: int) -> Path:
+        return self.folder / "stats" / f"p{period}.scores.json"
 
     def _seed_path(self, period: int) -> Path:
         return self.folder / "stats" / f"p{period}.seed.json"

@@ -45,6 +45,7 @@ from fedretrain.flower.records import (
     instruction_config,
     model_record_name,
     model_scores_problem,
+    reply_site,
     site_scores,
     stats_from_record,
     to_numpy,
@@ -138,7 +139,7 @@ class FlowerFederation:
             Quorum(v.quorum_fraction, v.quorum_min_replies),
             v.node_wait_timeout_s,
         )
-        self._site_of_node: dict[int, int] = {}  # learnt from the statistics replies
+        self._site_of_node: dict[int, int] = {}  # learnt from statistics and evaluate replies
 
     def train_round(
         self,
@@ -150,6 +151,10 @@ class FlowerFederation:
         evaluate_incoming: bool = False,
         since: Mapping[int, int] | None = None,
     ) -> TrainedRound:
+        if sites is not None and not self._site_of_node:
+            # A resumed run that kept the period's statistics has not heard from the sites
+            # yet: one evaluation wave says which node is which site.
+            self.evaluate(server_round, weights, period)
         nodes = None if sites is None else self._nodes_of(sites)
         if isinstance(self.strategy, ValidatedStrategy):
             self.strategy.drifted = drifted
@@ -233,7 +238,8 @@ class FlowerFederation:
         return replies
 
     def _nodes_of(self, sites: frozenset[int]) -> frozenset[int]:
-        """The nodes of ``sites``, as their latest statistics replies named them."""
+        """The nodes of ``sites``, as their latest statistics or evaluate replies named
+        them."""
         return frozenset(n for n, s in self._site_of_node.items() if s in sites)
 
     def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:
@@ -242,6 +248,10 @@ class FlowerFederation:
             server_round, to_record(weights), config, self.grid
         )
         replies = checked_replies(self._send(messages, server_round, "evaluate"), "evaluate")
+        for reply in replies:
+            site = reply_site(reply)
+            if site is not None:
+                self._site_of_node[int(reply.metadata.src_node_id)] = site
         return self._evaluation(server_round, replies)
 
     def _evaluation(self, server_round: int, replies: list[Message]) -> Evaluation:

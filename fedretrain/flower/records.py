@@ -254,6 +254,16 @@ def eval_metrics(result: EvalResult, site: int | None = None) -> MetricRecord:
     return record
 
 
+def reply_site(reply: Message) -> int | None:
+    """The site an evaluate reply names, if it is readable and names one."""
+    if reply.has_error() or len(reply.content.metric_records) != 1:
+        return None
+    site = next(iter(reply.content.metric_records.values())).get(SITE_ID_KEY)
+    if isinstance(site, bool) or not isinstance(site, int | float) or site != int(site):
+        return None
+    return int(site)
+
+
 def site_scores(replies: list[Message]) -> dict[int, tuple[int, int]]:
     """(correct, examples) per site from evaluate replies that name their site and add up."""
     from fedretrain.validation import confusion_problem

@@ -28,14 +28,14 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedretrain.atomic import atomic_replace
-from fedretrain.checkpoint import Plateau
+from fedretrain.checkpoint import Plateau, RunState
 from fedretrain.errors import FederationError
 from fedretrain.monitor.private import noise_std_for
 from fedretrain.monitor.private_scores import score_count_sd
@@ -51,6 +51,7 @@ from fedretrain.retraining.summary import period_row
 log = logging.getLogger(__name__)
 
 CLUSTERS_CSV = "clusters.csv"
+ASSIGNMENT = ("period", "site", "cluster", "version")  # clusters.csv's columns
 CLUSTERS_PNG = "clusters.png"
 DRIFT_TEST = "cluster_drift"  # the alarms column of a period in which sites drifted
 
@@ -71,10 +72,6 @@ class ClusteredController(Controller):
             )
         self._concept_cluster: dict[int, int] = {}  # oracle: true concept -> its cluster
         self.truth_for_plot = truth  # clusters.png draws the true concepts where known
-        if self.resume:
-            raise FederationError(
-                "resuming an adaptation=clustered run is not supported yet: start it again"
-            )
         self.clusters = ClusterState()
         self._assignments: list[tuple[int, int, int, int]] = []  # period, site, cluster, version
         self._model_scores: Mapping[int, Mapping[int, Score]] = {}  # the period's, by site
@@ -82,10 +79,8 @@ class ClusteredController(Controller):
 
     # ------------------------------------------------------------------ periods
 
-    def _initial_period(self, replayed: CollectedStats | None) -> None:
-        """Period 0 as for one model; its model is cluster 0, served by every site."""
-        super()._initial_period(replayed)
-        version = self.lifecycle.champion_version()
+    def _first_served(self, version: int) -> None:
+        """Period 0's model is cluster 0, served by every site."""
         scores = self._evaluate(0, self.registry.load(version)).scores
         quality = _pooled_accuracy(scores, scores)
         self.clusters, cluster = ClusterState().founded(0, version, scores, quality)
@@ -99,6 +94,7 @@ class ClusteredController(Controller):
         start = time.perf_counter()
         edges = HistogramEdges(np.asarray(self.state.edges, dtype=np.float64))
         collected = replayed or self._collect(period, self._champion(), edges)
+        self._model_scores = collected.model_scores
         if _no_data(collected.stats):
             self._idle_period(collected, start)
             return
@@ -210,8 +206,45 @@ class ClusteredController(Controller):
         return max(periods - 1, 0)
 
     def _complete(self, period: int) -> None:
-        self.state.clusters = self.clusters.to_dict()
+        self.state.clusters = {
+            "state": self.clusters.to_dict(),
+            "watches": {str(c): asdict(w) for c, w in sorted(self._watches.items())},
+            "concepts": {str(k): c for k, c in sorted(self._concept_cluster.items())},
+        }
+        self.state.trainings = {}
         super()._complete(period)
+
+    # ------------------------------------------------------------------ resume
+
+    def _keep(self, collected: CollectedStats) -> None:
+        """The per-model scores before the statistics, which mark the period as kept."""
+        self.checkpoints.save_model_scores(collected.stats.period, collected.model_scores)
+        super()._keep(collected)
+
+    def _restore(self) -> CollectedStats | None:
+        kept = super()._restore()
+        if kept is None:
+            return None
+        scores = self.checkpoints.load_model_scores(kept.stats.period)
+        return replace(kept, model_scores=scores or {})
+
+    def _replay(self, state: RunState) -> None:
+        """The clusters come back from the checkpoint as the last completed period left them
+        (a clustered run's drift tests are its clusters', which need no replay), and
+        ``clusters.csv`` is cut back to that period."""
+        raw = state.clusters or {}
+        if raw:
+            self.clusters = ClusterState.from_dict(raw["state"])
+            self._watches = {int(c): Watch(**w) for c, w in raw["watches"].items()}
+            self._concept_cluster = {int(k): int(c) for k, c in raw["concepts"].items()}
+        path = self.run_dir / CLUSTERS_CSV
+        if path.exists():
+            with open(path, newline="") as f:
+                rows = [
+                    (int(r["period"]), int(r["site"]), int(r["cluster"]), int(r["version"]))
+                    for r in csv.DictReader(f)
+                ]
+            self._assignments = [r for r in rows if r[0] <= state.completed_period]
 
     # ------------------------------------------------------------------ training
 
@@ -364,6 +397,10 @@ class ClusteredController(Controller):
         registered as a version of ``cluster``. Each site trains on its buffer; a new
         concept's sites (``cluster`` not founded yet) start theirs now: their earlier windows
         are of the concept they left."""
+        done = self.state.trainings.get(key)
+        if done is not None:  # trained before the run was killed: what it produced
+            version = int(done["version"])
+            return _outcome_from(done, self.registry.load(version)), version
         new = cluster not in self.clusters.clusters
         self._train_sites = frozenset(sites)
         buffer = self.cfg.adaptation.buffer_periods
@@ -372,9 +409,12 @@ class ClusteredController(Controller):
         }
         try:
             weights = self.registry.load(parent)
-            baseline = self._validate(period, weights)
-            plateau = Plateau(period=period, action="warm", baseline=baseline, target=target)
-            self.state.plateau = plateau
+            plateau = self.state.plateau
+            if plateau is None or plateau.key != key:  # else resumed where it was killed
+                baseline = self._validate(period, weights)
+                plateau = Plateau(
+                    period=period, action="warm", baseline=baseline, target=target, key=key
+                )
             outcome = self._train_to_plateau(plateau, weights, target)
             version = self._register(
                 outcome, period, trigger, reason, parent, key=key, cluster=cluster
@@ -382,6 +422,8 @@ class ClusteredController(Controller):
         finally:
             self._train_sites = self._train_since = None
             self.state.plateau = None
+        self.state.trainings[key] = _outcome_record(outcome, version)
+        self._checkpoint({})
         return outcome, version
 
     def _gate(
@@ -473,7 +515,7 @@ class ClusteredController(Controller):
             self._assignments.append((period, site, cluster, state.clusters[cluster].version))
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["period", "site", "cluster", "version"])
+        writer.writerow(ASSIGNMENT)
         writer.writerows(self._assignments)
         atomic_replace(self.run_dir / CLUSTERS_CSV, lambda tmp: tmp.write_text(buffer.getvalue()))
 
@@ -564,6 +606,34 @@ def _reason(plan: PeriodPlan, groups: list[tuple[int, ...]], refreshed: list[int
         drifted = len(plan.drifted)
         return f"{drifted} site(s) drifted" if drifted else "every site fits its cluster's model"
     return "; ".join(parts)
+
+
+def _outcome_record(outcome: Outcome, version: int) -> dict[str, Any]:
+    """A finished training's outcome, without its weights (the registry holds them)."""
+    return {
+        "version": version,
+        "action": outcome.action,
+        "rounds": outcome.rounds,
+        "validation_accuracy": outcome.validation_accuracy,
+        "epsilon_by_site": None
+        if outcome.epsilon_by_site is None
+        else {str(s): e for s, e in outcome.epsilon_by_site.items()},
+        "trained_rounds": outcome.trained_rounds,
+        "samples": {str(s): n for s, n in outcome.samples.items()},
+    }
+
+
+def _outcome_from(record: Mapping[str, Any], weights: Weights) -> Outcome:
+    spent = record["epsilon_by_site"]
+    return Outcome(
+        weights,
+        record["action"],
+        int(record["rounds"]),
+        float(record["validation_accuracy"]),
+        epsilon_by_site=None if spent is None else {int(s): float(e) for s, e in spent.items()},
+        trained_rounds=int(record["trained_rounds"]),
+        samples={int(s): int(n) for s, n in record["samples"].items()},
+    )
 
 
 def _combined(outcomes: list[Outcome]) -> Outcome | None:

@@ -283,10 +283,15 @@ class Controller:
         self.registry.promote(version, reason="initial model", period=0, key="p0-promote")
         # Period 0's histograms used no edges yet: only the model's scores seed the monitor.
         self.drift.trained(0, initial=True, seed=self._seed(0, None))
+        self._first_served(version)
         self._add_row(
             period_row(collected, None, True, "initial training", outcome, version, start)
         )
         self._complete(0)
+
+    def _first_served(self, version: int) -> None:
+        """Period 0's model is registered and promoted (a hook; one model needs nothing)."""
+        del version
 
     def _period(self, period: int, replayed: CollectedStats | None) -> None:
         start = time.perf_counter()
@@ -375,6 +380,13 @@ class Controller:
         kept = resume_run.cut_logs(
             self.checkpoints, state, self.report, self.timeline, self.epsilon
         )
+        self._replay(state)
+        log.info("resumed after period %d, round %d", state.completed_period, state.server_round)
+        return kept
+
+    def _replay(self, state: RunState) -> None:
+        """Rebuild what the checkpoint does not hold: the monitor and the trigger policy,
+        fed the kept statistics of every completed period again."""
         resume_run.replay(
             self.drift,
             self.checkpoints,
@@ -382,8 +394,6 @@ class Controller:
             state.completed_period,
             keep_reference_on_reject=state.keep_reference_on_reject,
         )
-        log.info("resumed after period %d, round %d", state.completed_period, state.server_round)
-        return kept
 
     def _complete(self, period: int) -> None:
         """Checkpoint the end of ``period``."""
@@ -669,8 +679,12 @@ class Controller:
             collected = self.federation.collect_stats(
                 self.server_round, weights, period, edges, canary, serving=serving
             )
-        self.checkpoints.save_stats(collected.stats)
+        self._keep(collected)
         return collected
+
+    def _keep(self, collected: CollectedStats) -> None:
+        """Keep the period's statistics for replay: a resumed period does not ask again."""
+        self.checkpoints.save_stats(collected.stats)
 
     def _serving(self) -> Serving | None:
         """What the statistics query carries besides the champion: nothing for one model."""

@@ -24,6 +24,13 @@ SCENARIO = [
     "runtime.num_clients=4",
     "retrain.max_rounds=8",
 ]
+# Sites 0-1 flip at period 2, site 2 at 4, site 3 never: new concepts, moves and a refine.
+CLUSTERED = [
+    "scenario=sine_staggered",
+    "adaptation=clustered",
+    "scenario.schedule.matrix=[[0,0,1,1,1,1,1],[0,0,1,1,1,1,1],[0,0,0,0,1,1,1],[0,0,0,0,0,0,0]]",
+    *SCENARIO[1:],
+]
 KILLS = 5  # every kill point of the loop is covered by tests/unit/retraining; this is wiring
 
 
@@ -37,8 +44,8 @@ def _start(args: list[str]) -> subprocess.Popen[bytes]:
     )
 
 
-def _simulate(run_dir: Path) -> list[str]:
-    return ["-m", "fedretrain", *SCENARIO, f"hydra.run.dir={run_dir}"]
+def _simulate(run_dir: Path, scenario: list[str] = SCENARIO) -> list[str]:
+    return ["-m", "fedretrain", *scenario, f"hydra.run.dir={run_dir}"]
 
 
 def _resume(run_dir: Path) -> list[str]:
@@ -73,16 +80,19 @@ def _registry(run_dir: Path) -> list[dict[str, object]]:
         return [v.to_dict() for v in registry.versions()]
 
 
-def test_killed_five_times_the_run_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scenario", [SCENARIO, CLUSTERED], ids=["single", "clustered"])
+def test_killed_five_times_the_run_ends_as_an_uninterrupted_one(
+    tmp_path: Path, scenario: list[str]
+) -> None:
     reference = tmp_path / "reference"
-    assert _start(_simulate(reference)).wait(timeout=600) == 0
+    assert _start(_simulate(reference, scenario)).wait(timeout=600) == 0
 
     rounds = int(pd.read_csv(reference / "metrics.csv")["round"].max())
     rng = np.random.default_rng(7)
     targets = np.sort(rng.choice(np.arange(1, rounds), size=KILLS, replace=False))
 
     run_dir = tmp_path / "killed"
-    proc = _start(_simulate(run_dir))
+    proc = _start(_simulate(run_dir, scenario))
     for target in targets:
         _kill_at(proc, run_dir, int(target), rng)
         if (run_dir / "registry.sqlite").exists():
@@ -101,7 +111,17 @@ def test_killed_five_times_the_run_ends_as_an_uninterrupted_one(tmp_path: Path) 
         assert ours[key].tolist() == ref[key].tolist()  # nothing lost, nothing twice
         assert np.allclose(ours["accuracy"], ref["accuracy"], equal_nan=True)
     decisions = (run_dir / "decisions.jsonl").read_text().splitlines()
-    assert [json.loads(d)["period"] for d in decisions] == list(range(1, 7))
+    ref_decisions = (reference / "decisions.jsonl").read_text().splitlines()
+    assert [json.loads(d)["period"] for d in decisions] == [
+        json.loads(d)["period"] for d in ref_decisions
+    ]
+    assert {json.loads(d)["period"] for d in decisions} == set(range(1, 7))
+    if "adaptation=clustered" in scenario:  # each site's cluster and model, every period
+        clusters = (run_dir / "clusters.csv").read_text()
+        assert clusters == (reference / "clusters.csv").read_text()
+        assert len({line.split(",")[2] for line in clusters.splitlines()[1:]}) >= 2
+        with Registry(run_dir) as mine, Registry(reference) as theirs:
+            assert mine.cluster_champions() == theirs.cluster_champions()
 
 
 DP_STATIC = ["privacy=dpsgd", "privacy.reproducible=true", "runtime.num_clients=3"]

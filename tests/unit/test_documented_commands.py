@@ -91,16 +91,22 @@ def test_a_documented_compare_parses_and_its_config_is_valid(doc: str, command: 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A registry with a champion and a candidate, and a gate event."""
+    """A registry with a champion and a candidate, a gate event, and the clusters of an
+    adaptation=clustered run (v1 serves cluster 0, v2 cluster 1)."""
     run = tmp_path_factory.mktemp("docs") / "run"
     with Registry(run, create=True) as registry:
         w = {"fc.weight": np.zeros((2, 3), np.float32)}
         registry.register(
-            w, key="p0", trigger="initial", reason="initial", period=0, status=Status.champion
-        )
+            w, key="p0", trigger="initial", reason="initial", period=0, status=Status.champion,
+            cluster=0,
+        )  # fmt: skip
         registry.register({k: v + 1 for k, v in w.items()}, key="p1", trigger="warm",
-                          reason="drift", period=1, parent=1)  # fmt: skip
+                          reason="drift", period=1, parent=1, cluster=1)  # fmt: skip
         registry.record("gate", period=1, version=2, payload={"passed": True}, key="p1-gate")
+        for cluster in (0, 1):
+            registry.set_cluster_champion(cluster, cluster + 1, reason="serves", period=1)
+        served = {"assignment": {"0": 0, "1": 1}, "versions": {"0": 1, "1": 2}}
+        registry.record("clusters", period=1, payload=served)
     return run
 
 

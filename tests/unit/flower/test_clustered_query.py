@@ -14,7 +14,7 @@ from fakes import FakeGrid
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.app import monitor_handler, train_handler
+from clients.app import evaluate_handler, monitor_handler, train_handler
 from fedretrain.config import ConfigError, compose, to_yaml
 from fedretrain.flower.federation import FlowerFederation
 from fedretrain.flower.records import MODEL_SCORES_KEY, MONITOR_QUERY
@@ -55,8 +55,8 @@ class SiteGrid(FakeGrid):
             context = Context(
                 1, node, {"partition-id": node - 11, "num-partitions": SITES}, RecordDict(), {}
             )
-            handler = (
-                monitor_handler if message.metadata.message_type == MONITOR_QUERY else train_handler
+            handler = {MONITOR_QUERY: monitor_handler, "evaluate": evaluate_handler}.get(
+                message.metadata.message_type, train_handler
             )
             replies.append(self.change(node, handler(message, context)))
         return replies
@@ -149,6 +149,27 @@ def test_a_clusters_round_trains_at_its_sites_only(tmp_path: Path) -> None:
     trained = federation.train_round(1, models[1], 1, sites=frozenset({0, 2}))
     assert sorted(node for kind, node in grid.sent) == [11, 13]
     assert sorted(trained.examples) == [0, 2] and trained.sites == 2
+
+
+def test_a_resumed_federation_learns_its_sites_before_a_clusters_round(tmp_path: Path) -> None:
+    """A resumed run that kept the period's statistics trains a cluster before any statistics
+    reply has named the nodes: one evaluation wave names them, and the round still reaches
+    the cluster's sites only (before the fix it reached none: every site's update was lost)."""
+    grid = SiteGrid()
+    federation, _ = _federation(tmp_path, grid)
+    models = _models(federation)
+    trained = federation.train_round(1, models[1], 1, sites=frozenset({0, 2}))
+    assert sorted(grid.sent) == [
+        ("evaluate", 11),
+        ("evaluate", 12),
+        ("evaluate", 13),
+        ("train", 11),
+        ("train", 13),
+    ]
+    assert sorted(trained.examples) == [0, 2] and trained.sites == 2
+    grid.sent.clear()
+    federation.train_round(2, trained.weights, 1, sites=frozenset({1}))
+    assert grid.sent == [("train", 12)]  # known now: no second evaluation wave
 
 
 def test_a_buffered_round_trains_each_site_on_its_windows_since_its_start(

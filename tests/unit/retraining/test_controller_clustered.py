@@ -16,7 +16,6 @@ from conftest import MakeController, champion, events, versions
 from sklearn.metrics import adjusted_rand_score
 
 from fedretrain.drift.schedule import Schedule
-from fedretrain.errors import FederationError
 from fedretrain.registry import Registry, Status
 
 CLUSTERED = {"mode": "clustered"}
@@ -132,15 +131,6 @@ def test_the_registry_holds_every_cluster_model_and_stays_consistent(
     assert (controller.run_dir / "clusters.png").read_bytes()[:4] == b"\x89PNG"
     trained = [v for v in versions(controller.run_dir) if v.trigger.startswith("cluster")]
     assert trained and all(v.rounds > 0 for v in trained)
-
-
-def test_resume_of_a_clustered_run_is_refused_in_words(make_controller: MakeController) -> None:
-    controller, _ = make_controller(np.zeros((3, 4)), adaptation=CLUSTERED)
-    controller.run()
-    with pytest.raises(FederationError, match="clustered run is not supported"):
-        make_controller(
-            np.zeros((3, 4)), adaptation=CLUSTERED, run_dir=controller.run_dir, resume=True
-        )
 
 
 def test_the_oracle_assigns_every_site_its_true_concept(make_controller: MakeController) -> None:
