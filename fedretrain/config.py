@@ -263,6 +263,7 @@ class ReleaseConfig:
     that share of sites for ``canary_periods`` periods and promoted or rolled back on their
     prequential scores. A fresh champion is then watched for ``watch_periods`` periods and
     rolled back to its parent if the parent does better on current data by ``rollback_margin``.
+    Under ``adaptation=clustered`` each rule works per cluster, on that cluster's sites.
     """
 
     global_margin: float = 0.0
@@ -601,11 +602,6 @@ def _check_clustered(cfg: DictConfig) -> list[str]:
             "round as a sample of the whole federation (Flower's DP strategy), while a "
             "cluster's rounds train its own sites only: use site-level DP-SGD "
             "(privacy.user_level=false), or adaptation=single"
-        )
-    if cfg.release.canary_fraction > 0:
-        problems.append(
-            "adaptation=clustered: each cluster's model is gated on its own sites, without a "
-            "canary: set release.canary_fraction=0, or use adaptation=single"
         )
     return problems
 

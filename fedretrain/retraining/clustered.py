@@ -14,6 +14,12 @@ grow the cluster is fine-tuned on them every period (``adaptation.refresh``), so
 model learns from all its data so far. Every decision is a line of ``decisions.jsonl``;
 ``clusters.csv`` records each site's cluster and model every period.
 
+With ``release.canary_fraction > 0`` a fine-tune that passes its gate is first served by that
+share of its cluster's sites for ``release.canary_periods`` periods, the others serving its
+parent, and takes the cluster over or is rolled back on their prequential scores (difference
+in differences, :func:`~fedretrain.registry.canary_verdict`); a new concept's model has no
+parent of its concept to compare with and is not canaried.
+
 Each cluster is a lineage in the registry: its versions carry its number (``cluster``) and
 its champion is the alias ``cluster-N``, moved when the cluster is founded, refined or rolled
 back. The registry's ``champion`` is the model serving the most sites, and each period's
@@ -28,7 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +46,10 @@ from fedretrain.errors import FederationError
 from fedretrain.monitor.private import noise_std_for
 from fedretrain.monitor.private_scores import score_count_sd
 from fedretrain.monitor.stats import HistogramEdges
-from fedretrain.registry import Status, gate
+from fedretrain.registry import Status, canary_verdict, choose_canary_sites, gate
 from fedretrain.retraining.clusters import ClusterState, Move, PeriodPlan, Score, plan_period
 from fedretrain.retraining.controller import Controller, _no_data
+from fedretrain.retraining.lifecycle import as_site_scores
 from fedretrain.retraining.outcome import REJECTED, Outcome
 from fedretrain.retraining.port import CollectedStats, Serving, SiteScores, Weights
 from fedretrain.retraining.release_state import Watch
@@ -54,6 +61,49 @@ CLUSTERS_CSV = "clusters.csv"
 ASSIGNMENT = ("period", "site", "cluster", "version")  # clusters.csv's columns
 CLUSTERS_PNG = "clusters.png"
 DRIFT_TEST = "cluster_drift"  # the alarms column of a period in which sites drifted
+# A cluster's canary candidate travels as one more live model, numbered past every cluster.
+CANARY_MODEL = 1_000_000
+
+
+@dataclass(frozen=True)
+class ClusterCanary:
+    """A cluster's fine-tune served by ``sites`` (some of the cluster's ``members``) from
+    period ``start``; ``parent`` serves the others. ``before``: the parent's score on every
+    member's window in the period the gate passed (whatever the member served then);
+    ``during``: each member's score under the model it served, summed over the canary's
+    periods;
+    ``holdout``: the candidate's holdout scores at the gate (the cluster's references if it
+    takes over)."""
+
+    version: int
+    parent: int
+    sites: tuple[int, ...]
+    members: tuple[int, ...]
+    start: int
+    before: dict[int, tuple[int, int]]
+    holdout: dict[int, tuple[int, int]]
+    during: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for name in ("before", "holdout", "during"):
+            out[name] = [[s, c, n] for s, (c, n) in sorted(getattr(self, name).items())]
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ClusterCanary:
+        scores = {
+            name: {int(s): (int(c), int(n)) for s, c, n in raw[name]}
+            for name in ("before", "holdout", "during")
+        }
+        return cls(
+            int(raw["version"]),
+            int(raw["parent"]),
+            tuple(raw["sites"]),
+            tuple(raw["members"]),
+            int(raw["start"]),
+            **scores,
+        )
 
 
 class ClusteredController(Controller):
@@ -76,6 +126,7 @@ class ClusteredController(Controller):
         self._assignments: list[tuple[int, int, int, int]] = []  # period, site, cluster, version
         self._model_scores: Mapping[int, Mapping[int, Score]] = {}  # the period's, by site
         self._watches: dict[int, Watch] = {}  # cluster -> its fresh fine-tune on probation
+        self._canaries: dict[int, ClusterCanary] = {}  # cluster -> its fine-tune under canary
 
     # ------------------------------------------------------------------ periods
 
@@ -94,7 +145,12 @@ class ClusteredController(Controller):
         start = time.perf_counter()
         edges = HistogramEdges(np.asarray(self.state.edges, dtype=np.float64))
         collected = replayed or self._collect(period, self._champion(), edges)
-        self._model_scores = collected.model_scores
+        # The clusters' own models' scores; a canary candidate's row is the canary's.
+        model_scores = {
+            site: {c: v for c, v in rows.items() if c < CANARY_MODEL}
+            for site, rows in collected.model_scores.items()
+        }
+        self._model_scores = model_scores
         if _no_data(collected.stats):
             self._idle_period(collected, start)
             return
@@ -102,7 +158,7 @@ class ClusteredController(Controller):
             plan = plan_period(
                 self.clusters,
                 period,
-                collected.model_scores,
+                model_scores,
                 self.cfg.adaptation,
                 self._count_sd(collected),
             )
@@ -115,11 +171,12 @@ class ClusteredController(Controller):
             log.info("period %d: %s", period, record["reason"])
         self._drifted = plan.drifted
         self._watch(period)
+        self._score_canaries(period, collected)
         outcomes = [self._new_concept(period, sites) for sites in groups]
-        refined, refreshed = set(), []
+        refined, refreshed = set(self._canaries), []  # a cluster under canary waits for it
         if self.cfg.adaptation.refine_on_join:
             for cluster in plan.joined:  # joined by sites its model never trained on
-                if self.clusters.untrained(cluster):
+                if cluster not in refined and self.clusters.untrained(cluster):
                     outcomes.append(self._refine(period, cluster))
                     refined.add(cluster)
         if self.cfg.adaptation.refresh:
@@ -199,7 +256,13 @@ class ClusteredController(Controller):
         models = {c: self.registry.load(state.clusters[c].version) for c in live}
         champion = self.lifecycle.champion_version()
         default = next((c for c in live if state.clusters[c].version == champion), live[0])
-        return Serving(models, dict(state.assignment), default)
+        assignment = dict(state.assignment)
+        for cluster, c in sorted(self._canaries.items()):  # its sites serve the candidate
+            models[CANARY_MODEL + cluster] = self.registry.load(c.version)
+            for site in c.sites:
+                if assignment.get(site) == cluster:
+                    assignment[site] = CANARY_MODEL + cluster
+        return Serving(models, assignment, default)
 
     def _scored_periods(self, periods: int) -> int:
         """Every period after the first sends per-model scores (period 0 serves one model)."""
@@ -209,6 +272,7 @@ class ClusteredController(Controller):
         self.state.clusters = {
             "state": self.clusters.to_dict(),
             "watches": {str(c): asdict(w) for c, w in sorted(self._watches.items())},
+            "canaries": {str(k): c.to_dict() for k, c in sorted(self._canaries.items())},
             "concepts": {str(k): c for k, c in sorted(self._concept_cluster.items())},
         }
         self.state.trainings = {}
@@ -236,6 +300,9 @@ class ClusteredController(Controller):
         if raw:
             self.clusters = ClusterState.from_dict(raw["state"])
             self._watches = {int(c): Watch(**w) for c, w in raw["watches"].items()}
+            self._canaries = {
+                int(k): ClusterCanary.from_dict(c) for k, c in raw.get("canaries", {}).items()
+            }
             self._concept_cluster = {int(k): int(c) for k, c in raw["concepts"].items()}
         path = self.run_dir / CLUSTERS_CSV
         if path.exists():
@@ -309,6 +376,31 @@ class ClusteredController(Controller):
         action = f"{'refresh' if growing else 'refine'} {cluster}"
         if not self._gate(period, version, candidate, baseline, key):
             return replace(outcome, action=f"{action}{REJECTED}")
+        fraction = self.cfg.release.canary_fraction
+        if fraction > 0 and len(sites) >= 2:  # a canary needs sites that serve the parent
+            chosen = choose_canary_sites(sites, fraction, [self.cfg.runtime.seed, period, cluster])
+            self._canaries[cluster] = ClusterCanary(
+                version,
+                current.version,
+                tuple(int(s) for s in chosen),
+                sites,
+                period + 1,
+                self._window_scores(cluster, sites),  # the parent's, on every member's window
+                dict(candidate),
+            )
+            self.timeline.decision(
+                {
+                    "period": period,
+                    "cluster": "canary",
+                    "id": cluster,
+                    "version": version,
+                    "sites": list(chosen),
+                    "reason": f"cluster {cluster}'s v{version} passed its gate: served by "
+                    f"sites {list(chosen)} of {list(sites)} for "
+                    f"{self.cfg.release.canary_periods} period(s) before it takes over",
+                }
+            )
+            return replace(outcome, action=f"{action}, canary")
         self.clusters = self.clusters.refined(
             cluster, period, version, candidate, _accuracy_of(candidate)
         )
@@ -362,6 +454,86 @@ class ClusteredController(Controller):
                 {"period": period, "cluster": "rollback", "id": cluster, "reason": reason}
             )
             log.info("period %d: %s", period, reason)
+
+    def _score_canaries(self, period: int, collected: CollectedStats) -> None:
+        """Add ``period``'s scores (each member's, under the model it serves, from the
+        per-model scores) to each cluster's canary and decide at its last period: the
+        candidate takes the cluster over (and is watched) or is rolled back. A canary whose
+        cluster's sites changed (a move, a merge, a drift) ends: its comparison no longer
+        holds."""
+        for cluster, c in sorted(self._canaries.items()):
+            if period < c.start:
+                continue
+            members = self.clusters.sites_of(cluster)
+            if members != c.members or self._drifted & set(members):
+                reason = (
+                    f"cluster {cluster}'s sites changed during the canary of v{c.version} "
+                    f"({list(c.members)} -> {list(members)}, drifted "
+                    f"{sorted(self._drifted & set(members))}): it ends, v{c.parent} serves on"
+                )
+                self._end_canary(period, cluster, c, reason, "cancel")
+                continue
+            during = dict(c.during)
+            for site in members:  # the score of the model it served: candidate or parent
+                served = CANARY_MODEL + cluster if site in c.sites else cluster
+                score = collected.model_scores.get(site, {}).get(served)
+                if score is not None:
+                    had = during.get(site, (0, 0))
+                    during[site] = (had[0] + score[0], had[1] + score[1])
+            c = replace(c, during=during)
+            self._canaries[cluster] = c
+            if period < c.start + self.cfg.release.canary_periods - 1:
+                continue
+            verdict = canary_verdict(
+                c.sites,
+                as_site_scores(c.before),
+                as_site_scores(c.during),
+                margin=self.cfg.release.canary_margin,
+                min_samples=1,
+            )
+            payload = {**verdict.to_dict(), "cluster": cluster}
+            self.registry.record(
+                "canary",
+                period=period,
+                version=c.version,
+                payload=payload,
+                key=f"p{period}-c{cluster}-canary",
+            )
+            reason = f"cluster {cluster}'s canary of v{c.version}: {verdict.reason}"
+            if verdict.action.value == "promote":
+                del self._canaries[cluster]
+                quality = _accuracy_of(c.holdout)
+                self.clusters = self.clusters.refined(
+                    cluster, period, c.version, c.holdout, quality
+                )
+                self._crown(cluster, c.version, period, reason)
+                if self.cfg.release.watch_periods > 0:
+                    until = period + self.cfg.release.watch_periods
+                    self._watches[cluster] = Watch(c.version, c.parent, until)
+                self.timeline.decision(
+                    {"period": period, "cluster": "canary promote", "id": cluster,
+                     "version": c.version, "reason": reason}
+                )  # fmt: skip
+            else:
+                self._end_canary(period, cluster, c, reason, "rollback")
+            log.info("period %d: %s", period, reason)
+
+    def _end_canary(
+        self, period: int, cluster: int, c: ClusterCanary, reason: str, how: str
+    ) -> None:
+        """The candidate under canary is withdrawn: ``rolled_back`` (it served)."""
+        del self._canaries[cluster]
+        self.registry.reject(
+            c.version,
+            reason=reason,
+            period=period,
+            status=Status.rolled_back,
+            key=f"p{period}-c{cluster}-canary-{how}",
+        )
+        self.timeline.decision(
+            {"period": period, "cluster": f"canary {how}", "id": cluster,
+             "version": c.version, "reason": reason}
+        )  # fmt: skip
 
     def _roll_back(self, period: int, cluster: int, w: Watch, reason: str) -> None:
         """The registry's side of a cluster's rollback: the withdrawn version ends

@@ -40,7 +40,7 @@ from fedretrain.retraining.release_state import Canary, ReleaseState, Watch
 log = logging.getLogger(__name__)
 
 
-def _as_site_scores(scores: Mapping[int, tuple[int, int]]) -> dict[Site, ScoreLike]:
+def as_site_scores(scores: Mapping[int, tuple[int, int]]) -> dict[Site, ScoreLike]:
     """The scores typed as :func:`canary_verdict` takes them (its site ids are any hashable)."""
     return {site: (c, n) for site, (c, n) in scores.items()}
 
@@ -223,8 +223,8 @@ class Lifecycle:
             return
         verdict = canary_verdict(
             c.sites,
-            _as_site_scores(before),
-            _as_site_scores(during),
+            as_site_scores(before),
+            as_site_scores(during),
             margin=self.config.canary_margin,
             min_samples=1,
         )

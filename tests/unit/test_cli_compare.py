@@ -174,9 +174,9 @@ def test_clustered_arms_run_their_adaptation_and_are_checked_as_they_run(
     assert not any(a.startswith("policy=") for a in commands["clustered"])
     # A config only the clustered arm refuses is named with that arm, before any run.
     argv = [
-        "scenario=sine_staggered", "release.canary_fraction=0.3",
+        "scenario=sine_staggered", "privacy=dpsgd", "privacy.user_level=true",
         "--policies", "triggered,clustered",
     ]  # fmt: skip
     code, _, err = exit_of(compare.main, [*argv, "--out", str(tmp_path / "cmp")], capsys)
-    assert code == 2 and "(in clustered)" in err and "release.canary_fraction=0" in err
+    assert code == 2 and "(in clustered)" in err and "privacy.user_level=false" in err
     assert not (tmp_path / "cmp").exists()

@@ -308,3 +308,99 @@ def test_a_smaller_clusters_rollback_leaves_the_champion_alone(
         assert registry.check_invariants() == []
         assert registry.cluster_champions()[1] == rollback.version
         assert registry.get(withdrawn).cluster == 1
+
+
+def _decisions(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "decisions.jsonl").read_text().splitlines()]
+
+
+def _canary_run(make_controller: MakeController, concepts: np.ndarray, periods: int = 1):  # noqa: ANN202
+    controller, federation = make_controller(
+        concepts,
+        adaptation={**CLUSTERED, "buffer_periods": 3, "refresh": True},
+        release={"canary_fraction": 0.5, "canary_periods": periods, "watch_periods": 0},
+        site_changes=changes(concepts),
+    )
+    controller.run()
+    return controller.run_dir, federation
+
+
+@pytest.mark.parametrize("dip", [False, True], ids=["no-worse", "worse"])
+def test_a_clusters_fine_tune_is_canaried_on_its_own_sites(
+    make_controller: MakeController, dip: bool
+) -> None:
+    # Sites 0-3 form cluster 1 at period 1; its buffers grow, so it is refreshed at period 2.
+    # With the dip, θ is 0.9 at period 2 (the refresh learns it) and 1 again at 3.
+    concepts = np.zeros((6, 5))
+    concepts[0:4, 1:] = 1
+    if dip:
+        concepts[0:4, 2] = 0.9
+    run_dir, federation = _canary_run(make_controller, concepts)
+    [start] = [d for d in _decisions(run_dir) if d.get("cluster") == "canary" and d["id"] == 1]
+    assert start["period"] == 2
+    candidate, canaries = start["version"], start["sites"]
+    assert len(canaries) == 2 and set(canaries) < {0, 1, 2, 3}
+    controls = sorted({0, 1, 2, 3} - set(canaries))
+    by_version = {v.version: v for v in versions(run_dir)}
+    parent = by_version[candidate].parent
+    assert by_version[candidate].cluster == 1
+    # Period 3: the canary sites serve the candidate, the cluster's others its parent.
+    with Registry(run_dir) as registry:
+        w_candidate = float(registry.load(candidate)["w"][0])
+        w_parent = float(registry.load(parent)["w"][0])
+        champions = registry.cluster_champions()
+        [verdict] = [e for e in registry.events(kind="canary") if e.payload["cluster"] == 1]
+    served = federation.served[3]
+    assert [served[s] for s in canaries] == [w_candidate] * 2
+    assert [served[s] for s in controls] == [w_parent] * 2
+
+    # The oracle: difference in differences of the served models' accuracy, 1 - |w - θ|.
+    def acc(w: float, period: int) -> float:
+        return max(0.0, 1.0 - abs(w - concepts[0, period]))
+
+    did = (acc(w_candidate, 3) - acc(w_parent, 2)) - (acc(w_parent, 3) - acc(w_parent, 2))
+    assert verdict.period == 3 and verdict.payload["cluster"] == 1
+    promoted = bool(did >= -0.02)  # release.canary_margin
+    assert promoted is (not dip)
+    assert verdict.payload["action"] == ("promote" if promoted else "rollback")
+    assert champions[1] == (candidate if promoted else parent)
+    withdrawn = by_version[candidate].status is Status.rolled_back
+    assert withdrawn is not promoted
+    with Registry(run_dir) as registry:
+        assert registry.check_invariants() == []
+
+
+def test_a_cluster_under_canary_is_not_fine_tuned_until_its_verdict(
+    make_controller: MakeController,
+) -> None:
+    concepts = np.zeros((6, 6))
+    concepts[0:4, 1:] = 1
+    run_dir, federation = _canary_run(make_controller, concepts, periods=2)
+    [start] = [d for d in _decisions(run_dir) if d.get("cluster") == "canary" and d["id"] == 1]
+    [verdict] = [d for d in _decisions(run_dir) if d.get("cluster") == "canary promote"
+                 and d["id"] == 1]  # fmt: skip
+    assert (start["period"], verdict["period"]) == (2, 4)
+    periods = [period for what, period in federation.calls if what == "train"]
+    trained = {p for p, sites in zip(periods, federation.trained_sites, strict=True)
+               if sites is not None and set(sites) & {0, 1, 2, 3}}  # fmt: skip
+    assert 3 not in trained and {1, 2} <= trained
+
+
+def test_a_canary_whose_cluster_changes_ends_and_the_parent_serves_on(
+    make_controller: MakeController,
+) -> None:
+    # Cluster 1 (sites 0-3) is canaried from period 3, but site 3 flips back at 3.
+    concepts = np.zeros((6, 5))
+    concepts[0:4, 1:] = 1
+    concepts[3, 3:] = 0
+    run_dir, _ = _canary_run(make_controller, concepts)
+    start = next(d for d in _decisions(run_dir) if d.get("cluster") == "canary" and d["id"] == 1)
+    [ended] = [d for d in _decisions(run_dir) if d.get("cluster") == "canary cancel"]
+    assert ended["period"] == 3 and ended["version"] == start["version"]
+    assert "sites changed" in ended["reason"]
+    with Registry(run_dir) as registry:
+        assert registry.get(start["version"]).status is Status.rolled_back
+        assert registry.cluster_champions()[1] != start["version"]
+        verdicts = registry.events(kind="canary")
+        assert [e.period for e in verdicts if e.version == start["version"]] == []
+        assert registry.check_invariants() == []
