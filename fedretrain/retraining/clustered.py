@@ -71,9 +71,8 @@ class ClusterCanary:
     period ``start``; ``parent`` serves the others. ``before``: the parent's score on every
     member's window in the period the gate passed (whatever the member served then);
     ``during``: each member's score under the model it served, summed over the canary's
-    periods;
-    ``holdout``: the candidate's holdout scores at the gate (the cluster's references if it
-    takes over)."""
+    periods; ``holdout``: the candidate's holdout scores at the gate (the cluster's
+    references if it takes over)."""
 
     version: int
     parent: int
@@ -465,6 +464,14 @@ class ClusteredController(Controller):
             if period < c.start:
                 continue
             members = self.clusters.sites_of(cluster)
+            serving = self.clusters.clusters[cluster].version
+            if serving != c.parent:  # the parent's own watch rolled it back
+                reason = (
+                    f"cluster {cluster}'s v{c.parent} was withdrawn during the canary of its "
+                    f"fine-tune v{c.version}: the canary ends, v{serving} serves"
+                )
+                self._end_canary(period, cluster, c, reason, "cancel")
+                continue
             if members != c.members or self._drifted & set(members):
                 reason = (
                     f"cluster {cluster}'s sites changed during the canary of v{c.version} "

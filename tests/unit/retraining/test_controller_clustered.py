@@ -404,3 +404,34 @@ def test_a_canary_whose_cluster_changes_ends_and_the_parent_serves_on(
         verdicts = registry.events(kind="canary")
         assert [e.period for e in verdicts if e.version == start["version"]] == []
         assert registry.check_invariants() == []
+
+
+def test_a_canary_ends_when_its_parent_is_rolled_back_under_it(
+    make_controller: MakeController,
+) -> None:
+    # Cluster 1 (sites 0-3) learns a dip to 0.9 (periods 2-4): v4 takes over at 3 and is
+    # watched for two periods; v6, its own fine-tune, is canaried from 5, when θ is 1 again
+    # and v4's watch sends the cluster back to v2: v6's comparison with v4 no longer holds.
+    concepts = np.zeros((6, 7))
+    concepts[0:4, 1:] = 1
+    concepts[0:4, 2:5] = 0.9
+    controller, _ = make_controller(
+        concepts,
+        adaptation={**CLUSTERED, "buffer_periods": 5, "refresh": True},
+        release={"canary_fraction": 0.5, "canary_periods": 1, "watch_periods": 2},
+        site_changes=changes(concepts),
+    )
+    controller.run()
+    run_dir = controller.run_dir
+    ones = [d for d in _decisions(run_dir) if d.get("id") == 1]
+    kinds = [(d["period"], d["cluster"]) for d in ones]
+    assert kinds[:5] == [(1, "founded"), (2, "canary"), (3, "canary promote"), (4, "canary"),
+                         (5, "rollback")]  # fmt: skip
+    [cancel] = [d for d in ones if d["cluster"] == "canary cancel"]
+    assert cancel["period"] == 5 and "was withdrawn during the canary" in cancel["reason"]
+    with Registry(run_dir) as registry:
+        assert registry.get(cancel["version"]).status is Status.rolled_back
+        assert registry.cluster_champions()[1] == ones[0]["version"]  # v2 serves again
+        assert [e.version for e in registry.events(kind="canary")
+                if e.payload["cluster"] == 1 and e.period == 5] == []  # fmt: skip
+        assert registry.check_invariants() == []
