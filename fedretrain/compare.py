@@ -56,11 +56,14 @@ COLUMNS = (
     ("mean prequential acc", "mean_prequential_accuracy", "{:.4f}"),
     ("retrain rounds", "retrain_rounds", "{}"),
     ("retrains", "retrains", "{}"),
+    ("retrain site-rounds", "retrain_site_rounds", "{}"),
+    ("retrain MB", "retrain_megabytes", "{:.2f}"),
     ("detection delays", "detection_delays", "{}"),
     ("missed", "missed_changes", "{}"),
     ("false alarms", "false_alarms", "{}"),
     ("wall s", "wall_seconds", "{:.1f}"),
 )
+EPSILON_COLUMN = ("max ε", "max_epsilon", "{:.2f}")  # shown for DP-SGD runs only
 GRACE_S = 10.0  # how long an interrupted child may take to exit before it is killed
 
 
@@ -259,8 +262,10 @@ def aggregate(outcomes: Sequence[dict[str, Any]], policies: Sequence[str]) -> li
         if not runs and not failed:
             continue
         row: dict[str, Any] = {"policy": policy, "seeds": [r["seed"] for r in runs]}
-        for _, key, _ in COLUMNS[1:]:
+        for _, key, _ in (*COLUMNS[1:], EPSILON_COLUMN):
             values = [r.get(key) for r in runs]
+            if all(v is None for v in values):
+                continue
             numbers = [float(v) for v in values if isinstance(v, int | float)]
             if values and len(numbers) == len(values):
                 row[key] = sum(numbers) / len(numbers)
@@ -287,15 +292,17 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     >>> print(format_table([{"policy": "never", "mean_prequential_accuracy": 0.5,
     ...     "mean_prequential_accuracy_sd": 0.01, "failed": "1 of 3 runs"}]))
     ... # doctest: +NORMALIZE_WHITESPACE
-    policy | mean prequential acc | retrain rounds | retrains | detection delays | missed |
-      false alarms | wall s | failed
+    policy | mean prequential acc | retrain rounds | retrains | retrain site-rounds |
+      retrain MB | detection delays | missed | false alarms | wall s | failed
     -------+-...
-    never  | 0.5000 ± 0.0100      | None           | None     | None             | None   |
-      None         | None   | 1 of 3 runs
+    never  | 0.5000 ± 0.0100      | None           | None     | None                |
+      None       | None             | None   | None         | None   | 1 of 3 runs
     """
-    columns = list(COLUMNS) + (
-        [("failed", "failed", "{}")] if any("failed" in r for r in rows) else []
-    )
+    columns = list(COLUMNS)
+    if any("max_epsilon" in r for r in rows):  # DP-SGD runs: what retraining cost in ε
+        columns.insert(-1, EPSILON_COLUMN)
+    if any("failed" in r for r in rows):
+        columns.append(("failed", "failed", "{}"))
     header = [title for title, _, _ in columns]
     body = [[_cell(row, key, fmt) for _, key, fmt in columns] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]

@@ -52,7 +52,7 @@ from fedretrain.retraining.port import (
     digest,
 )
 from fedretrain.retraining.reuse import former_champion
-from fedretrain.retraining.summary import period_row, run_facts
+from fedretrain.retraining.summary import period_row, retrain_cost, run_facts
 from fedretrain.timeline import PeriodRow, Timeline
 from fedretrain.tracking import NoTracking, Tracker
 
@@ -223,6 +223,12 @@ class Controller:
             stats_eps = stats_epsilon(self.cfg.privacy, periods, self._scored_periods(periods))
             if stats_eps is not None:
                 extra["stats_epsilon"] = stats_eps
+            initial = next((r.rounds for r in self.timeline.rows if r.period == 0), 0)
+            weights = self._champion()
+            model_bytes = sum(np.asarray(a).nbytes for a in weights.values())
+            extra |= retrain_cost(self.report.rows, initial, model_bytes)
+            if self.epsilon is not None:  # DP-SGD: the most any site spent, for comparisons
+                extra["max_epsilon"] = self.epsilon.summary()["max_epsilon"]
             points = None if self.deployed else self.change_points
             self.report.plot()  # the rounds of every retrain, as a static run draws them
             summary = self.timeline.finish(points, extra, self.site_changes)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedretrain.config import RunConfig
 from fedretrain.registry import Registry, Status
+from fedretrain.report import RoundRow
 from fedretrain.retraining.drift_watch import Observation
 from fedretrain.retraining.outcome import Outcome
 from fedretrain.retraining.port import CollectedStats
@@ -50,6 +52,30 @@ def run_facts(
         }
     facts["run_dir"] = str(run_dir)
     return facts
+
+
+def retrain_cost(
+    rounds: Sequence[RoundRow], initial_rounds: int, model_bytes: int
+) -> dict[str, object]:
+    """What the run's retraining cost beyond its initial training (issue 17, item 5): the
+    site-rounds (one site training in one round), and the model bytes those moved (the
+    weights sent to each site that trained and its update back). Rounds
+    ``1..initial_rounds`` are period 0's.
+
+    >>> from fedretrain.report import RoundRow
+    >>> rows = [RoundRow(r, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9, n, 4, 40, 0.1)
+    ...         for r, n in ((1, 4), (2, 4), (3, 2), (4, 0))]
+    >>> retrain_cost(rows, initial_rounds=2, model_bytes=1000)["retrain_site_rounds"]
+    2
+    """
+    site_rounds = sum(r.train_clients for r in rounds if r.round > initial_rounds)
+    moved = 2 * model_bytes * site_rounds
+    return {
+        "model_bytes": model_bytes,
+        "retrain_site_rounds": site_rounds,
+        "retrain_bytes": moved,
+        "retrain_megabytes": moved / 1e6,
+    }
 
 
 def period_row(

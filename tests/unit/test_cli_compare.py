@@ -180,3 +180,21 @@ def test_clustered_arms_run_their_adaptation_and_are_checked_as_they_run(
     code, _, err = exit_of(compare.main, [*argv, "--out", str(tmp_path / "cmp")], capsys)
     assert code == 2 and "(in clustered)" in err and "privacy.user_level=false" in err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_the_table_shows_what_retraining_cost_and_epsilon_only_under_dp() -> None:
+    base = {"mean_prequential_accuracy": 0.9, "retrain_rounds": 10, "retrains": 2,
+            "detection_delays": [1], "missed_changes": 0, "false_alarms": 0,
+            "wall_seconds": 3.0, "retrain_site_rounds": 40, "retrain_megabytes": 1.234}  # fmt: skip
+    rows = compare.aggregate([{**base, "policy": "never", "seed": 0}], ["never"])
+    table = compare.format_table(rows)
+    header = [h.strip() for h in table.splitlines()[0].split("|")]
+    assert {"retrain site-rounds", "retrain MB"} <= set(header) and "max ε" not in header
+    assert "1.23" in table.splitlines()[2]
+    private = [
+        {**base, "policy": "never", "seed": s, "max_epsilon": e} for s, e in ((0, 2.0), (1, 4.0))
+    ]
+    table = compare.format_table(compare.aggregate(private, ["never"]))
+    header = [h.strip() for h in table.splitlines()[0].split("|")]
+    assert header[-2:] == ["max ε", "wall s"]
+    assert "3.00 ± 1.41" in table  # the mean and sd of 2.0 and 4.0

@@ -153,3 +153,28 @@ def test_a_period_without_data_is_skipped_and_recorded(make_controller: MakeCont
     timeline = pd.read_csv(controller.run_dir / "timeline.csv")
     assert timeline["reason"].iloc[1] == "no new data at any site"
     assert timeline["retrain"].tolist() == [True, False, True, False]
+
+
+def test_the_summary_counts_what_retraining_cost(make_controller: MakeController) -> None:
+    """Issue 17, item 5: site-rounds and model bytes of the retrains, counted against the
+    fake federation's own record of which sites each round trained."""
+    concepts = shift(2, 5)
+    controller, federation = make_controller(concepts, federation=FakeFederation(concepts))
+    summary = controller.run()
+    periods = [period for what, period in federation.calls if what == "train"]
+    per_round = [SITES if s is None else len(s) for s in federation.trained_sites]
+    expected = sum(n for p, n in zip(periods, per_round, strict=True) if p > 0)
+    assert expected > 0 and summary["retrain_site_rounds"] == expected
+    model_bytes = sum(a.nbytes for a in champion(controller.run_dir)[1].values())
+    assert summary["model_bytes"] == model_bytes == 16  # w and age, 8 bytes each
+    assert summary["retrain_bytes"] == 2 * model_bytes * expected
+    assert summary["retrain_megabytes"] == pytest.approx(summary["retrain_bytes"] / 1e6)
+    assert "max_epsilon" not in summary  # no DP-SGD
+
+
+def test_a_round_that_trained_no_site_costs_nothing(make_controller: MakeController) -> None:
+    concepts = shift(2, 4)
+    federation = FakeFederation(concepts, budget_rounds=0)  # every site declines
+    controller, _ = make_controller(concepts, federation=federation)
+    summary = controller.run()
+    assert summary["retrain_site_rounds"] == 0 and summary["retrain_bytes"] == 0
