@@ -267,7 +267,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """The registry's invariants and model files; for a registry that cannot be opened, what
-    the folder still holds (:func:`fedretrain.cli.recovery.salvage`). Reads, never writes."""
+    the folder still holds (:func:`fedretrain.cli.recovery.salvage`). Reads, never writes
+    (but for the upgrade of an older registry schema, which any open makes)."""
     run_dir = Path(args.run_dir)
     try:
         with Registry(run_dir) as registry:

@@ -38,7 +38,8 @@ def damage(run_dir: Path, ledger_dir: Path | None = None) -> list[str]:
     """What keeps the run in ``run_dir`` from resuming safely, in words; empty if nothing.
 
     Checked before any site is asked to do anything (a DP site pays for every round), and
-    without creating, repairing or writing anything: the registry opens as it is and every
+    without creating, repairing or writing anything (but for the upgrade of an older registry
+    schema, one transaction that cannot damage it): the registry opens as it is and every
     version's model file matches its sha256; the checkpoint reads (format, version, its
     arrays); every privacy ledger in the run folder (and in ``ledger_dir``, the config's
     ``privacy.ledger_dir``) passes its checksum and consistency checks. A damaged file is left
