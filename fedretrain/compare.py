@@ -143,6 +143,9 @@ def outcome(job: Job) -> dict[str, Any]:
     code = job.process.returncode
     if code == 0 and summary.exists():
         result: dict[str, Any] = json.loads(summary.read_text())
+        privacy = result.get("privacy")  # DP-SGD: the most any site spent, for the table
+        if isinstance(privacy, dict) and privacy.get("max_epsilon") is not None:
+            result["max_epsilon"] = privacy["max_epsilon"]
         return {**result, "policy": job.policy, "seed": job.seed}
     return {
         "policy": job.policy,

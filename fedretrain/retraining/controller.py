@@ -206,7 +206,8 @@ class Controller:
     def _finish(self) -> dict[str, object]:
         if self.epsilon is not None:
             self.epsilon.plot(self.run_dir / "privacy.png")
-        self.models.save(self._champion(), self.run_dir / "model.safetensors")
+        champion = self._champion()
+        self.models.save(champion, self.run_dir / "model.safetensors")
         facts = run_facts(
             self.cfg,
             self.registry,
@@ -224,11 +225,8 @@ class Controller:
             if stats_eps is not None:
                 extra["stats_epsilon"] = stats_eps
             initial = next((r.rounds for r in self.timeline.rows if r.period == 0), 0)
-            weights = self._champion()
-            model_bytes = sum(np.asarray(a).nbytes for a in weights.values())
+            model_bytes = sum(np.asarray(a).nbytes for a in champion.values())
             extra |= retrain_cost(self.report.rows, initial, model_bytes)
-            if self.epsilon is not None:  # DP-SGD: the most any site spent, for comparisons
-                extra["max_epsilon"] = self.epsilon.summary()["max_epsilon"]
             points = None if self.deployed else self.change_points
             self.report.plot()  # the rounds of every retrain, as a static run draws them
             summary = self.timeline.finish(points, extra, self.site_changes)

@@ -85,7 +85,8 @@ accuracy = {"never": 0.5, "periodic": 0.7}[policy] + seed / 100
 run_dir.mkdir(parents=True, exist_ok=True)
 (run_dir / "summary.json").write_text(json.dumps(
     {"mean_prequential_accuracy": accuracy, "retrains": seed, "detection_delays": [seed],
-     "parent": os.environ.get("FEDRETRAIN_MLFLOW_PARENT_RUN")}))
+     "parent": os.environ.get("FEDRETRAIN_MLFLOW_PARENT_RUN"),
+     **({"privacy": {"max_epsilon": 1.0 + seed}} if policy == "periodic" else {})}))
 print("done", flush=True)
 """
 
@@ -120,6 +121,9 @@ def test_seeds_give_each_policy_its_mean_and_spread_and_a_failure_is_reported(
     assert never["mean_prequential_accuracy"] == pytest.approx(np.mean([0.5, 0.52]))
     assert never["failed"] == "1 of 3 runs" and never["seeds"] == [0, 2]
     assert "0.7100 ± 0.0100" in record["table"]
+    # A DP-SGD run's largest ε, read from its summary's privacy block: seeds 0-2 spent 1-3.
+    assert periodic["max_epsilon"] == pytest.approx(2.0) and "max_epsilon" not in never
+    assert "max ε" in record["table"] and "2.00 ± 1.00" in record["table"]
     assert (tmp_path / "periodic" / "seed-2" / "compare.log").read_text().endswith("done\n")
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert record["complete"] is True  # every run ended, one of them failing

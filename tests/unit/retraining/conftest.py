@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,25 @@ def make_controller(tmp_path: Path) -> MakeController:
     controller on a fake federation writing to ``tmp_path/run``; the oracle policy retrains
     at ``points``, by default the concepts' change points."""
     return functools.partial(build_controller, tmp_path)
+
+
+def run_killed(
+    life: Callable[[bool, int], Controller], lives: Sequence[int], limit: int = 300
+) -> int:
+    """Run a controller to its end, each life killed at the next of ``lives`` requests
+    (cycled) and resumed from the folder by the next; the number of kills.
+    ``life(resume, crash_after)`` builds one life's controller."""
+    crashes = 0
+    for n, crash_after in enumerate(itertools.cycle(lives)):
+        assert n < limit, "the resumed run makes no progress"
+        controller = life(n > 0, crash_after)
+        try:
+            controller.run()
+            return crashes
+        except Crash:
+            crashes += 1
+            controller.registry.close()
+    raise AssertionError("unreachable: itertools.cycle is endless")
 
 
 def versions(run_dir: Path) -> list[ModelVersion]:

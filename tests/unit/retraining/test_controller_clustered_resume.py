@@ -9,14 +9,14 @@ run is also killed after each period's decisions and before its checkpoint.
 from __future__ import annotations
 
 import csv
-import itertools
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Crash, FakeFederation, MakeController
+from conftest import Crash, FakeFederation, MakeController, run_killed
 from test_controller_resume import fingerprint
 
 from fedretrain.registry import Registry
@@ -98,17 +98,8 @@ def test_killed_again_and_again_a_clustered_run_ends_as_an_uninterrupted_one(
 ) -> None:
     build(make_controller, mode, tmp_path / "whole").run()
     killed = tmp_path / "killed"
-    crashes = 0
-    for life, crash_after in enumerate(itertools.cycle(lives)):
-        assert life < 300, "the resumed run makes no progress"
-        controller = build(make_controller, mode, killed, life > 0, crash_after)
-        try:
-            controller.run()
-            break
-        except Crash:
-            crashes += 1
-            controller.registry.close()
-    assert crashes >= 10
+    life = functools.partial(build, make_controller, mode, killed)
+    assert run_killed(life, lives) >= 10
     assert clustered_fingerprint(killed) == clustered_fingerprint(tmp_path / "whole")
 
 

@@ -7,17 +7,25 @@ files. Every life is cut short again until the run completes.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Crash, FakeFederation, MakeController, champion, events, versions
+from conftest import (
+    Crash,
+    FakeFederation,
+    MakeController,
+    champion,
+    events,
+    run_killed,
+    versions,
+)
 
 from fedretrain.errors import FederationError
 from fedretrain.monitor.binomial_error import BinomialErrorTest
 from fedretrain.privacy import PrivacyLedger, SampledGaussian
+from fedretrain.retraining.controller import Controller
 
 SITES = 10
 # A shift, a return and a split: reinit, warm, canary, promotion, watch, rollback and a gate
@@ -72,24 +80,18 @@ def test_killed_again_and_again_the_run_ends_as_an_uninterrupted_one(
     whole.run()
 
     killed = tmp_path / "killed"
-    crashes = 0
-    for life, crash_after in enumerate(itertools.cycle(lives)):
-        assert life < 200, "the resumed run makes no progress"
-        controller, _ = make_controller(
+
+    def life(resume: bool, crash_after: int) -> Controller:
+        return make_controller(
             CONCEPTS,
             retrain=RETRAIN,
             release=RELEASE,
             run_dir=killed,
-            resume=life > 0,
+            resume=resume,
             federation=FakeFederation(CONCEPTS, step=0.1, crash_after=crash_after),
-        )
-        try:
-            controller.run()
-            break
-        except Crash:
-            crashes += 1
-            controller.registry.close()
-    assert crashes >= 10
+        )[0]
+
+    assert run_killed(life, lives, limit=200) >= 10
     assert fingerprint(killed) == fingerprint(tmp_path / "whole")
 
 

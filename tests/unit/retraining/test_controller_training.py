@@ -169,7 +169,7 @@ def test_the_summary_counts_what_retraining_cost(make_controller: MakeController
     assert summary["model_bytes"] == model_bytes == 16  # w and age, 8 bytes each
     assert summary["retrain_bytes"] == 2 * model_bytes * expected
     assert summary["retrain_megabytes"] == pytest.approx(summary["retrain_bytes"] / 1e6)
-    assert "max_epsilon" not in summary  # no DP-SGD
+    assert "privacy" not in summary  # no DP-SGD
 
 
 def test_a_round_that_trained_no_site_costs_nothing(make_controller: MakeController) -> None:
