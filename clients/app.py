@@ -38,6 +38,7 @@ from hydra.utils import instantiate
 
 from clients.attack import LABEL_MAP_KEY, REVERSED_LABELS, attack_mod
 from fedretrain.config import RunConfig, from_yaml
+from fedretrain.finetune import load_travelling, travelling_state
 from fedretrain.flower.cohorts import cohort_mod
 from fedretrain.flower.logs import quiet_flower
 from fedretrain.flower.records import (
@@ -197,8 +198,14 @@ def _load(msg: Message, context: Context) -> tuple[RunConfig, Site, Instruction]
     message's weights."""
     instruction = Instruction.from_record(msg.content.config_records["config"])
     cfg, site, _ = _site_for(instruction, context)
-    site.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    _load_weights(site, msg.content.array_records["arrays"], instruction)
     return cfg, site, instruction
+
+
+def _load_weights(site: Site, record: ArrayRecord, instruction: Instruction) -> None:
+    """The weights a message carries, into the site's model: under ``train.freeze`` all but
+    the frozen arrays, which the site holds itself (and checks against the server's)."""
+    load_travelling(site.model, record.to_torch_state_dict(), instruction.frozen_digest)
 
 
 def _site_for(
@@ -248,7 +255,7 @@ def train_handler(msg: Message, context: Context) -> Message:
             site.model, data, cfg.train, lr, site.device, generator, instruction.proximal_mu
         )
         metrics = train_metrics(result, site.partition_id)
-        arrays = ArrayRecord(site.model.state_dict())
+        arrays = ArrayRecord(travelling_state(site.model))
         content = RecordDict({"arrays": arrays, "metrics": metrics, **scored})
         return Message(content=content, reply_to=msg)
     # DP-SGD: a round asked for again (the server resumed after a crash) is answered with the
@@ -272,7 +279,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         ran = outcome.entry.mechanism
         metrics.update(epsilon_metrics(site.partition_id, spent, total, ran))
         sent = {k: cast(float, v) for k, v in metrics.items()}
-        released = Release(key, numpy_state(site.model.state_dict()), sent)
+        released = Release(key, numpy_state(travelling_state(site.model)), sent)
         cache.put(released)  # after the ledger's entry, before the update leaves the site
     else:
         log.info(
@@ -394,13 +401,13 @@ def monitor_handler(msg: Message, context: Context) -> Message:
     scored = None
     if cluster is not None:  # adaptation=clustered; the fingerprint keys a ledgered release
         models_id = _models_id(msg) if ledgered(cfg.privacy) else ""
-        scored = _Scored(cluster, _model_scores(msg, site), models_id)
+        scored = _Scored(cluster, _model_scores(msg, site, instruction), models_id)
     served = "arrays" if cluster is None else model_record_name(cluster)
-    site.model.load_state_dict(msg.content.array_records[served].to_torch_state_dict())
+    _load_weights(site, msg.content.array_records[served], instruction)
     canary = config.get(CANARY_KEY)
     if canary is not None and site.partition_id in cast(list[int], canary):
         candidate = msg.content.array_records["candidate"]  # this site serves the candidate
-        site.model.load_state_dict(candidate.to_torch_state_dict())
+        _load_weights(site, candidate, instruction)
     edges = edges_from_record(msg.content.array_records["edges"])
     whom: dict[str, int | float] = {SITE_ID_KEY: site.partition_id}
     if ledgered(cfg.privacy):
@@ -433,14 +440,14 @@ class _Scored:
     models_id: str
 
 
-def _model_scores(msg: Message, site: Site) -> np.ndarray:
+def _model_scores(msg: Message, site: Site, instruction: Instruction) -> np.ndarray:
     """Every live model's (cluster, correct, examples) on the site's new window: summable
     counts, the only thing about the other models that leaves the site."""
     config = msg.content.config_records["config"]
     rows: list[tuple[int, int, int]] = []
     for cluster in cast(list[int], config[MODELS_KEY]):
         record = msg.content.array_records[model_record_name(int(cluster))]
-        site.model.load_state_dict(record.to_torch_state_dict())
+        _load_weights(site, record, instruction)
         correct = examples = 0
         for data in (site.train_data, site.holdout):
             probs, _ = predict(site.model, data, site.device)
@@ -529,7 +536,7 @@ def _ledgered_stats(
     pid, privacy = site.partition_id, cfg.privacy
     folder = _ledger_folder(site, instruction, context)
     cache = ReleaseCache(folder, pid, name="statistics")
-    served = digest(numpy_state(site.model.state_dict()))
+    served = digest(numpy_state(travelling_state(site.model)))
     models = "" if scored is None else scored.models_id
     key = release_key(
         instruction.config_yaml,

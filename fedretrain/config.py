@@ -14,10 +14,12 @@ Groups whose code lives elsewhere keep their schema beside it (``train`` in
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +27,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fedretrain.attacks import AttackConfig
 from fedretrain.errors import ConfigError, raise_failed
@@ -63,6 +65,11 @@ __all__ = [  # the schema classes defined beside their code are importable from 
     "typed_groups",
 ]
 
+# Keys of the task's model node that fedretrain reads itself (fedretrain.finetune): the
+# factory never sees them.
+PRETRAINED_KEY = "pretrained"  # a safetensors file or a PyTorch state dict; null: none
+STRICT_KEY = "strict"  # false: a partial load (e.g. a new head) is allowed, and reported
+OWN_MODEL_KEYS = (PRETRAINED_KEY, STRICT_KEY)
 CONFIG_MODULE = "fedretrain.conf"  # conf/ at the repository root, installed under this name
 
 
@@ -496,7 +503,16 @@ def check_override_keys(overrides: Sequence[str]) -> list[str]:
 
 
 def to_yaml(cfg: DictConfig) -> str:
-    """The config with every interpolation resolved: what sites receive and runs record."""
+    """The config with every interpolation resolved: what sites receive and runs record.
+
+    A relative ``task.model.pretrained`` becomes absolute, against the folder the run is
+    started from: the processes that read it (Ray's workers) may start elsewhere."""
+    model = cfg.task.get("model")
+    path = model.get(PRETRAINED_KEY) if isinstance(model, DictConfig) else None
+    if path and not Path(str(path)).expanduser().is_absolute():
+        cfg = copy.deepcopy(cfg)
+        with open_dict(cfg):
+            cfg.task.model[PRETRAINED_KEY] = str(Path(str(path)).resolve())
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 

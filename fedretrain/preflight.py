@@ -25,6 +25,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fedretrain.config import (
+    OWN_MODEL_KEYS,
+    PRETRAINED_KEY,
+    STRICT_KEY,
     RunConfig,
     RuntimeConfig,
     assemble,
@@ -33,6 +36,7 @@ from fedretrain.config import (
     typed_groups,
 )
 from fedretrain.errors import ConfigError
+from fedretrain.train_config import TrainConfig
 
 
 def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
@@ -49,7 +53,7 @@ def to_typed(cfg: DictConfig, build_targets: bool = True) -> RunConfig:
     if problems:
         raise ConfigError(problems)
     if build_targets:
-        problems += _build_targets(cfg, typed["runtime"])
+        problems += _build_targets(cfg, typed["runtime"], typed["train"])
     if problems:
         raise ConfigError(problems)
     return assemble(cfg, typed)
@@ -73,7 +77,7 @@ def tracking_problems(cfg: DictConfig) -> list[str]:
 def target_problems(cfg: DictConfig) -> list[str]:
     """Every ``_target_`` node of ``cfg`` checked by :func:`check_target`, without building."""
     problems = check_target(cfg.task.dataset, "task.dataset")
-    problems += check_target(cfg.task.model, "task.model", MODEL_RUNTIME_ARGS)
+    problems += check_target(cfg.task.model, "task.model", MODEL_RUNTIME_ARGS, OWN_MODEL_KEYS)
     problems += check_target(cfg.data.partitioner, "data.partitioner", ("num_partitions",))
     problems += check_target(cfg.strategy, "strategy", STRATEGY_RUNTIME_ARGS)
     if cfg.scenario.stream is not None:
@@ -95,11 +99,14 @@ def _locate(target: str) -> Callable[..., Any]:
         raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
 
 
-def check_target(node: Any, key: str, runtime_args: tuple[str, ...] = ()) -> list[str]:
+def check_target(
+    node: Any, key: str, runtime_args: tuple[str, ...] = (), own_keys: tuple[str, ...] = ()
+) -> list[str]:
     """Check that ``node`` names an importable ``_target_`` that accepts its keys.
 
     ``runtime_args`` are supplied by fedretrain when it builds the object and must not be set in
-    the config. Returns the problems found (empty when the node is fine).
+    the config; ``own_keys`` are read by fedretrain itself and never reach the target.
+    Returns the problems found (empty when the node is fine).
     """
     if not isinstance(node, DictConfig) or "_target_" not in node:
         return [f"{key}: needs a '_target_' naming a class or function, got {node!r}"]
@@ -116,7 +123,7 @@ def check_target(node: Any, key: str, runtime_args: tuple[str, ...] = ()) -> lis
     valid = [n for n in params if n not in runtime_args and n != "self"]
     problems = []
     for name in map(str, node):
-        if name.startswith("_"):
+        if name.startswith("_") or name in own_keys:
             continue
         if name in runtime_args:
             problems.append(f"{key}.{name}: is set by fedretrain at run time; remove it")
@@ -126,6 +133,43 @@ def check_target(node: Any, key: str, runtime_args: tuple[str, ...] = ()) -> lis
             problems.append(
                 f"{key}.{name}: not an argument of {node._target_}; {hint}valid keys: {valid}"
             )
+    return problems
+
+
+def _model_problems(
+    cfg: DictConfig, train: TrainConfig, shape: tuple[int, ...], num_classes: int
+) -> list[str]:
+    """The task's model built as every process builds it (DP-compatible layers, the
+    pretrained file, frozen parameters), and its learning-rate groups checked."""
+    from fedretrain.finetune import freeze, load_pretrained, lr_scales  # torch heavy, so late
+    from fedretrain.site import factory_node
+
+    target = cfg.task.model._target_
+    try:
+        model = instantiate(factory_node(cfg.task.model))(
+            input_shape=shape, num_classes=num_classes
+        )
+    except Exception as err:
+        return [f"task.model ({target}): {err}"]
+    if cfg.privacy.enabled:
+        from fedretrain.privacy.opacus_adapter import make_compatible  # opacus: late
+
+        try:
+            model = make_compatible(model, fix=cfg.privacy.fix_model)
+        except ValueError as err:
+            return [f"task.model ({target}) with privacy: {err}"]
+    problems = []
+    path = cfg.task.model.get(PRETRAINED_KEY)
+    if path:
+        try:
+            load_pretrained(model, path, strict=bool(cfg.task.model.get(STRICT_KEY, True)))
+        except ConfigError as err:
+            problems += err.problems
+    try:
+        freeze(model, train.freeze)
+        lr_scales(model, train.lr_multipliers)
+    except ConfigError as err:
+        problems += err.problems
     return problems
 
 
@@ -144,7 +188,7 @@ STRATEGY_RUNTIME_ARGS = (
 )
 
 
-def _build_targets(cfg: DictConfig, runtime: RuntimeConfig) -> list[str]:
+def _build_targets(cfg: DictConfig, runtime: RuntimeConfig, train: TrainConfig) -> list[str]:
     from fedretrain.monitor.monitor import build_detector  # hydra/scipy heavy, so late
     from fedretrain.site import build_pool, partition_pool  # torch/sklearn heavy, so late
 
@@ -179,18 +223,7 @@ def _build_targets(cfg: DictConfig, runtime: RuntimeConfig) -> list[str]:
         shape, num_classes = stream.input_shape, stream.num_classes
     else:
         shape, num_classes = pool.input_shape, pool.num_classes
-    try:
-        model = instantiate(cfg.task.model)(input_shape=shape, num_classes=num_classes)
-    except Exception as err:
-        problems.append(f"task.model ({cfg.task.model._target_}): {err}")
-    else:
-        if cfg.privacy.enabled:
-            from fedretrain.privacy.opacus_adapter import make_compatible  # opacus: late
-
-            try:
-                make_compatible(model, fix=cfg.privacy.fix_model)
-            except ValueError as err:
-                problems.append(f"task.model ({cfg.task.model._target_}) with privacy: {err}")
+    problems += _model_problems(cfg, train, shape, num_classes)
     for i, node in enumerate(cfg.monitor.detectors):
         try:
             noise = cfg.privacy.stats_noise_multiplier or 0.0  # what noise_std_for gives

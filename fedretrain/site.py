@@ -15,11 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from fedretrain.config import Device, RunConfig
+from fedretrain.config import OWN_MODEL_KEYS, PRETRAINED_KEY, STRICT_KEY, Device, RunConfig
 from fedretrain.drift.streams import sample_window
+from fedretrain.finetune import (
+    Frozen,
+    LoadReport,
+    freeze,
+    load_pretrained,
+)
 from fedretrain.model_io import numpy_state, save_state_dict
 from fedretrain.tasks.dataset import ArrayDataset
 
@@ -103,29 +109,72 @@ def model_for(
 
     Under ``privacy.enabled`` layers DP-SGD cannot train are replaced (BatchNorm becomes
     GroupNorm) here, where server and sites alike build the model, so that their state dicts
-    agree; with ``privacy.fix_model=false`` such a model is refused.
+    agree; with ``privacy.fix_model=false`` such a model is refused. Then
+    ``task.model.pretrained`` is loaded into it and ``train.freeze`` turns off the gradients
+    it names (:mod:`fedretrain.finetune`).
     """
+    return prepared_model(cfg, input_shape, num_classes, seed)[0]
+
+
+def prepared_model(
+    cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, seed: int | None = None
+) -> tuple[nn.Module, LoadReport | None]:
+    """:func:`model_for`'s model, and what loading ``task.model.pretrained`` did (None
+    without one)."""
     torch.manual_seed(cfg.runtime.seed if seed is None else seed)
-    model: nn.Module = instantiate(cfg.task.model)(input_shape=input_shape, num_classes=num_classes)
+    factory = instantiate(factory_node(cfg.task.model))
+    model: nn.Module = factory(input_shape=input_shape, num_classes=num_classes)
     if cfg.privacy.enabled:
         from fedretrain.privacy.opacus_adapter import make_compatible  # opacus: only when used
 
         model = make_compatible(model, fix=cfg.privacy.fix_model)
-    return model
+    report = None
+    path = cfg.task.model.get(PRETRAINED_KEY)
+    if path:
+        report = load_pretrained(model, path, strict=bool(cfg.task.model.get(STRICT_KEY, True)))
+    freeze(model, list(cfg.train.freeze))
+    return model, report
+
+
+def factory_node(node: DictConfig) -> DictConfig:
+    """The task's model node without the keys fedretrain reads itself (``pretrained``,
+    ``strict``): what ``instantiate`` calls the factory with."""
+    return OmegaConf.masked_copy(node, [str(k) for k in node if k not in OWN_MODEL_KEYS])
 
 
 class TaskModels:
     """The task's model as the server handles it: numpy weights in, a model file out
-    (:class:`fedretrain.retraining.port.ModelFactory`)."""
+    (:class:`fedretrain.retraining.port.ModelFactory`).
+
+    ``frozen``: the run's frozen parameters (``train.freeze``), which every model of the run
+    shares; ``pretrained``: what loading ``task.model.pretrained`` did, or None."""
 
     def __init__(self, cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
         self.cfg = cfg
         self.input_shape = input_shape
         self.num_classes = num_classes
+        base, self.pretrained = prepared_model(cfg, input_shape, num_classes)
+        self.frozen = Frozen.of(base)
+        state = numpy_state(base.state_dict())
+        self._constants = {n: state[n] for n in self.frozen.names}
+        frozen = self.frozen.names
+        self.trained = tuple(n for n in state if n not in frozen) if frozen else None
+
+    def summary(self) -> dict[str, object]:
+        """What the run's summary says of its model's start and of what trained."""
+        facts: dict[str, object] = {}
+        if self.pretrained is not None:
+            facts["pretrained"] = self.pretrained.to_dict()
+        if self.trained is not None:
+            facts["trained_arrays"] = list(self.trained)
+            facts["frozen_arrays"] = sorted(self.frozen.names)
+        return facts
 
     def fresh(self, seed: int) -> dict[str, np.ndarray]:
+        """A model initialised from ``seed`` (after the pretrained file: only what it does not
+        fill differs between seeds); its frozen arrays are the run's, whatever the seed."""
         model = model_for(self.cfg, self.input_shape, self.num_classes, seed=seed)
-        return numpy_state(model.state_dict())
+        return numpy_state(model.state_dict()) | self._constants
 
     def save(self, weights: Mapping[str, np.ndarray], path: Path) -> None:
         model = model_for(self.cfg, self.input_shape, self.num_classes)

@@ -9,7 +9,8 @@ they need not import the root config, which imports the privacy package.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from enum import Enum
 
 from fedretrain.errors import raise_failed
@@ -47,6 +48,11 @@ class TrainConfig:
     augment: bool = False  # image tasks: random shifts and rotations of training batches
     augment_shift: int = 1  # pixels, each direction (an eighth of the 8x8 digits)
     augment_degrees: float = 10.0  # either way
+    # Fine-tuning (fedretrain.finetune): parameters that do not train, by name, module prefix
+    # or fnmatch pattern ("feature extraction": freeze all but the head); and learning-rate
+    # multipliers by the same patterns, "pattern:multiplier" (e.g. [features:0.1]).
+    freeze: list[str] = field(default_factory=list)
+    lr_groups: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         raise_failed(
@@ -73,4 +79,28 @@ class TrainConfig:
                 0 <= self.augment_degrees <= 180,
                 f"train.augment_degrees={self.augment_degrees}: must lie in [0, 180]",
             ),
+            *(_lr_group_check(entry) for entry in self.lr_groups),
         )
+
+    @property
+    def lr_multipliers(self) -> dict[str, float]:
+        """``lr_groups`` as pattern: multiplier, in their order.
+
+        >>> TrainConfig(lr_groups=["features:0.1", "classifier.*.bias:2"]).lr_multipliers
+        {'features': 0.1, 'classifier.*.bias': 2.0}
+        """
+        return {p: float(s) for p, _, s in (e.rpartition(":") for e in self.lr_groups)}
+
+
+def _lr_group_check(entry: str) -> tuple[bool, str]:
+    pattern, _, text = entry.rpartition(":")
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = math.nan
+    return (
+        bool(pattern) and math.isfinite(scale) and scale > 0,
+        f"train.lr_groups entry {entry!r}: must be 'pattern:multiplier' with a positive "
+        "multiplier, e.g. train.lr_groups=[features:0.1] (freeze a parameter with train.freeze "
+        "instead)",
+    )

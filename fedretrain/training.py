@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fedretrain.augment import augment_batch
+from fedretrain.finetune import lr_scales, param_groups
 from fedretrain.metrics import EvalResult, confusion_matrix
 from fedretrain.tasks.dataset import ArrayDataset
 from fedretrain.train_config import LrSchedule, Optimizer, TrainConfig
@@ -33,17 +34,24 @@ def lr_at(cfg: TrainConfig, server_round: int, num_rounds: int) -> float:
 
 
 def make_optimizer(
-    cfg: TrainConfig, params: list[nn.Parameter], lr: float, fused: bool = False
+    cfg: TrainConfig,
+    params: list[nn.Parameter],
+    lr: float,
+    fused: bool = False,
+    scales: list[float] | None = None,
 ) -> torch.optim.Optimizer:
-    """The optimizer ``cfg`` names; ``fused``: torch's one-kernel step (CPU and CUDA only)."""
+    """The optimizer ``cfg`` names; ``fused``: torch's one-kernel step (CPU and CUDA only);
+    ``scales``: each parameter's learning-rate multiplier (``train.lr_groups``,
+    :func:`fedretrain.finetune.lr_scales`)."""
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": cfg.weight_decay}
     if fused:
         kwargs["fused"] = True
+    groups = param_groups(params, scales, lr)
     if cfg.optimizer is Optimizer.sgd:
-        return torch.optim.SGD(params, momentum=cfg.momentum, **kwargs)
+        return torch.optim.SGD(groups, momentum=cfg.momentum, **kwargs)
     if cfg.optimizer is Optimizer.adam:
-        return torch.optim.Adam(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
+        return torch.optim.Adam(groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -66,13 +74,16 @@ def train(
 
     With ``proximal_mu > 0`` the loss gains FedProx's ``mu/2 * ||w - w_global||^2``, where
     ``w_global`` are the weights the model held on entry. With ``cfg.augment`` each batch of
-    images is shifted and rotated at random first (:mod:`fedretrain.augment`).
+    images is shifted and rotated at random first (:mod:`fedretrain.augment`). Only the
+    parameters whose gradient is on train (:func:`fedretrain.finetune.freeze`), each at ``lr``
+    times its ``cfg.lr_groups`` multiplier.
     """
     model.train()
     x = torch.from_numpy(data.x).to(device)
     y = torch.from_numpy(data.y).to(device)
-    optimizer = make_optimizer(cfg, list(model.parameters()), lr)
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(cfg, params, lr, scales=lr_scales(model, cfg.lr_multipliers))
+    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     loss_fn = nn.CrossEntropyLoss()
     total_loss, steps = 0.0, 0
     for _ in range(cfg.local_epochs):
@@ -85,12 +96,11 @@ def train(
                 inputs = augment_batch(inputs, cfg.augment_shift, cfg.augment_degrees, generator)
             loss = loss_fn(model(inputs), y[batch])
             if anchor:
-                params = zip(model.parameters(), anchor, strict=True)
-                drift = sum(((p - a) ** 2).sum() for p, a in params)
+                drift = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
                 loss = loss + 0.5 * proximal_mu * drift
             loss.backward()
             if cfg.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             total_loss += float(loss.detach())
             steps += 1

@@ -176,6 +176,9 @@ def run(
     drift = DriftWatch(Monitor(detectors), TriggerPolicy(cfg.policy, change_points))
     ledger_dir, epsilon = privacy_accounting(cfg, run_dir)
     num_features = int(np.prod(input_shape))
+    models = TaskModels(cfg, input_shape, num_classes)
+    if models.pretrained is not None:
+        print(models.pretrained.line(), file=out)
     federation = FlowerFederation(
         grid,
         build_strategy(cfg, report.reject),
@@ -188,13 +191,14 @@ def run(
         periods=not static,
         epsilon=epsilon,
         ledger_dir=ledger_dir,
+        frozen=models.frozen,
     )
     kind = ClusteredController if cfg.adaptation.clustered else Controller
     controller = kind(
         cfg,
         federation,
         drift,
-        TaskModels(cfg, input_shape, num_classes),
+        models,
         run_dir,
         report,
         num_features=num_features,
@@ -203,7 +207,7 @@ def run(
         config_hash=config_hash(config_yaml),
         epsilon=epsilon,
         deployed=deployed,
-        summary_extras=federation.summary,
+        summary_extras=lambda: {**federation.summary(), **models.summary()},
         fixed_rounds=cfg.runtime.num_rounds if static else None,
         out=out,
         resume=resume,

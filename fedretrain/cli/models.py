@@ -186,6 +186,7 @@ def _show(args: argparse.Namespace) -> int:
         ("rounds", v.rounds),
         ("sites", f"{len(v.sites)} ({samples})" if samples else "0"),
         ("samples", sum(v.samples.values())),
+        ("trained", "every array" if v.trained is None else ", ".join(v.trained)),
         ("metrics", metrics_cell(v.metrics) or "-"),
         ("epsilon", metrics_cell(v.epsilon) or "- (no differential privacy)"),
         ("config_hash", v.config_hash or "-"),

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedretrain.config import RunConfig
 from fedretrain.errors import FederationError
+from fedretrain.finetune import Frozen
 from fedretrain.flower.records import (
     BUFFER_FROM_KEY,
     BUFFER_SITES_KEY,
@@ -103,6 +104,10 @@ class FlowerFederation:
         Fed with what each DP-SGD training cost the site.
     ledger_dir : str or None
         Simulation under DP-SGD: the folder of the sites' privacy ledgers.
+    frozen : Frozen or None
+        The run's frozen parameters (``train.freeze``): they never travel, so every message
+        carries the other arrays only and each instruction their digest, which a site checks
+        against its own.
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class FlowerFederation:
         periods: bool = True,
         epsilon: EpsilonTracker | None = None,
         ledger_dir: str | None = None,
+        frozen: Frozen | None = None,
     ) -> None:
         self.grid = grid
         self.strategy = strategy
@@ -131,6 +137,7 @@ class FlowerFederation:
         self.periods = periods
         self.epsilon = epsilon
         self.ledger_dir = ledger_dir
+        self.frozen = frozen if frozen is not None and frozen.names else None
         # The strategy's roster when it validates, so that the query and the rounds agree on
         # when the federation is under way.
         v = cfg.validation
@@ -165,11 +172,12 @@ class FlowerFederation:
             self._period(period),
             self.ledger_dir,
             evaluate_incoming=evaluate_incoming,
+            frozen_digest=self._frozen_digest,
         )
         if since:  # the buffer of each site that trains on more than the period's window
             config[BUFFER_SITES_KEY] = sorted(since)
             config[BUFFER_FROM_KEY] = [since[s] for s in sorted(since)]
-        arrays = to_record(weights)
+        arrays = self._record(weights)
         messages = self.strategy.configure_train(server_round, arrays, config, self.grid)
         if nodes is not None:  # a cluster's round (ValidatedStrategy already left the rest out)
             messages = [m for m in messages if m.metadata.dst_node_id in nodes]
@@ -193,7 +201,18 @@ class FlowerFederation:
             return TrainedRound(weights, loss, 0, incoming=incoming)
         left_out = self.report.rejected_nodes(server_round, "train")
         examples = trained_examples(replies, left_out)
-        return TrainedRound(to_numpy(new_arrays), loss, trained, examples, incoming)
+        aggregated = to_numpy(new_arrays)
+        if self.frozen is not None:  # the frozen arrays did not travel: they are as sent
+            aggregated = self.frozen.merged(weights, aggregated)
+        return TrainedRound(aggregated, loss, trained, examples, incoming)
+
+    @property
+    def _frozen_digest(self) -> str | None:
+        return None if self.frozen is None else self.frozen.digest
+
+    def _record(self, weights: Weights) -> ArrayRecord:
+        """``weights`` as they travel: without the frozen arrays, when the run has some."""
+        return to_record(weights if self.frozen is None else self.frozen.outgoing(weights))
 
     def _incoming(self, server_round: int, replies: list[Message]) -> Evaluation:
         """The evaluations of the weights sent that came with a round's train replies, as
@@ -243,9 +262,14 @@ class FlowerFederation:
         return frozenset(n for n, s in self._site_of_node.items() if s in sites)
 
     def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:
-        config = instruction_config(self.config_yaml, self.num_rounds, self._period(period))
+        config = instruction_config(
+            self.config_yaml,
+            self.num_rounds,
+            self._period(period),
+            frozen_digest=self._frozen_digest,
+        )
         messages = self.strategy.configure_evaluate(
-            server_round, to_record(weights), config, self.grid
+            server_round, self._record(weights), config, self.grid
         )
         replies = checked_replies(self._send(messages, server_round, "evaluate"), "evaluate")
         for reply in replies:
@@ -299,17 +323,23 @@ class FlowerFederation:
         scores each of them; a site whose scores are malformed is rejected as a whole."""
         cfg = self.cfg
         nodes = self.roster.wait(self.grid)
-        config = instruction_config(self.config_yaml, self.num_rounds, period, self.ledger_dir)
+        config = instruction_config(
+            self.config_yaml,
+            self.num_rounds,
+            period,
+            self.ledger_dir,
+            frozen_digest=self._frozen_digest,
+        )
         config[SERVER_ROUND_KEY] = server_round  # a DP site's release is keyed by its request
         content = RecordDict(
-            {"arrays": to_record(weights), "config": config, "edges": edges_record(edges)}
+            {"arrays": self._record(weights), "config": config, "edges": edges_record(edges)}
         )
         if canary is not None:
-            content["candidate"] = to_record(canary.weights)
+            content["candidate"] = self._record(canary.weights)
             config[CANARY_KEY] = list(canary.sites)
         if serving is not None:
             for cluster, model in serving.models.items():
-                content[model_record_name(cluster)] = to_record(model)
+                content[model_record_name(cluster)] = self._record(model)
             config[MODELS_KEY] = sorted(serving.models)
             config[SERVE_SITES_KEY] = sorted(serving.assignment)
             config[SERVE_CLUSTERS_KEY] = [serving.assignment[s] for s in sorted(serving.assignment)]

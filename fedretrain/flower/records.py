@@ -26,6 +26,7 @@ MONITOR_QUERY = "query.monitor"  # message type of the per-period statistics que
 EVALUATE_INCOMING_KEY = "evaluate-incoming"  # a train instruction: score the model sent, first
 INCOMING_EVAL_KEY = "incoming-eval"  # a train reply: that score (eval_metrics, as a ConfigRecord)
 LEDGER_DIR_KEY = "ledger-dir"  # simulation: the folder of the sites' privacy ledgers
+FROZEN_DIGEST_KEY = "frozen-digest"  # train.freeze: the frozen arrays every site must hold
 CANARY_KEY = "canary-sites"  # the sites that serve the candidate sent along in a monitor query
 # adaptation=clustered: a monitor query carries every live model as ArrayRecord "model-<k>";
 # its config lists the clusters, the assigned sites with their clusters, and the default one.
@@ -80,13 +81,17 @@ def instruction_config(
     period: int | None = None,
     ledger_dir: str | None = None,
     evaluate_incoming: bool = False,
+    frozen_digest: str | None = None,
 ) -> ConfigRecord:
     """A fresh ConfigRecord for one round's instructions (Flower's strategies write into it).
 
     ``evaluate_incoming``: a train instruction also asks each site to evaluate the model it
     is sent on its holdout before training, and to send that with its update (one message
-    wave where there would be two)."""
+    wave where there would be two). ``frozen_digest``: the run freezes parameters, which do
+    not travel; a site checks that its own frozen arrays have this fingerprint."""
     record = ConfigRecord({CONFIG_KEY: config_yaml, NUM_ROUNDS_KEY: num_rounds})
+    if frozen_digest is not None:
+        record[FROZEN_DIGEST_KEY] = frozen_digest
     if evaluate_incoming:
         record[EVALUATE_INCOMING_KEY] = True
     if period is not None:
@@ -107,11 +112,13 @@ class Instruction:
     period: int | None = None  # the window to use in a drift scenario
     ledger_dir: str | None = None  # simulation: where sites keep their privacy ledgers
     evaluate_incoming: bool = False  # train: also evaluate the model sent, before training
+    frozen_digest: str | None = None  # the server's frozen arrays (train.freeze), by digest
 
     @classmethod
     def from_record(cls, config: ConfigRecord) -> Instruction:
         period = config.get(PERIOD_KEY)
         ledger_dir = config.get(LEDGER_DIR_KEY)
+        frozen = config.get(FROZEN_DIGEST_KEY)
         return cls(
             config_yaml=str(config[CONFIG_KEY]),
             server_round=int(cast(int, config.get(SERVER_ROUND_KEY, 0))),
@@ -120,6 +127,7 @@ class Instruction:
             period=None if period is None else int(cast(int, period)),
             ledger_dir=None if ledger_dir is None else str(ledger_dir),
             evaluate_incoming=bool(config.get(EVALUATE_INCOMING_KEY, False)),
+            frozen_digest=None if frozen is None else str(frozen),
         )
 
 

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from fedretrain.augment import augment_batch
+from fedretrain.finetune import lr_scales
 from fedretrain.privacy.config import PrivacyConfig
 from fedretrain.privacy.ledger import Decision, LedgerEntry, PrivacyLedger
 from fedretrain.privacy.opacus_adapter import (
@@ -176,9 +177,12 @@ def dp_train(
         )
     fused = engine is Engine.fused or (engine is Engine.auto and not fused_problems)
     stepper = _FusedStepper if fused else OpacusStepper
+    scales = lr_scales(
+        model, train_cfg.lr_multipliers
+    )  # train.lr_groups: per-parameter multipliers
     step = stepper(
         model, params, functools.partial(make_optimizer, train_cfg, lr=lr), privacy, plan, noise,
-        proximal_mu,
+        proximal_mu, scales,
     )  # fmt: skip
     x = torch.from_numpy(data.x).to(device)
     y = torch.from_numpy(data.y).to(device)
@@ -209,6 +213,21 @@ def dp_train(
         step.close()
     entry = ledger.record(tag, plan.composition[0], privacy.delta)
     return DPTrainResult(TrainResult(len(data), total_loss / max(losses, 1), done), plan, entry)
+
+
+def _runs(params: list[nn.Parameter], scales: list[float] | None) -> list[tuple[int, int, float]]:
+    """(start, stop, multiplier) of each run of consecutive ``params`` with one learning-rate
+    multiplier, as element offsets into their flat buffer."""
+    runs: list[tuple[int, int, float]] = []
+    offset = 0
+    for p, scale in zip(params, scales or [1.0] * len(params), strict=True):
+        stop = offset + p.numel()
+        if runs and runs[-1][2] == scale:
+            runs[-1] = (runs[-1][0], stop, scale)
+        else:
+            runs.append((offset, stop, scale))
+        offset = stop
+    return runs
 
 
 def _fused_problems(model: nn.Module, params: list[nn.Parameter]) -> list[str]:
@@ -247,6 +266,7 @@ class _FusedStepper:
         plan: TrainingPlan,
         noise: torch.Generator,
         proximal_mu: float,
+        scales: list[float] | None = None,
     ) -> None:
         self.params = params
         self.scale = 1.0 / plan.expected_batch_size
@@ -260,14 +280,27 @@ class _FusedStepper:
             loss_sum=functools.partial(nn.functional.cross_entropy, reduction="sum"),
         )
         flat, views = flat_buffer(params)
-        self.weights = nn.Parameter(flat)
         for p, view, grad in zip(params, views, self.clipping.views, strict=True):
             view.copy_(p.detach())
             p.data, p.grad = view, grad
-        self.grad = self.weights.grad = self.clipping.flat
+        self.flat = flat
+        self.grad = self.clipping.flat
         self.grad_views = self.clipping.views
-        self.optimizer = make_opt([self.weights], fused=flat.device.type in ("cpu", "cuda"))
-        self.anchor = self.weights.detach().clone() if proximal_mu > 0 else None
+        # One flat parameter per run of parameters sharing a learning rate (one without
+        # train.lr_groups), each a slice of the flat buffer and its gradient one of the
+        # gradient buffer's.
+        runs = _runs(params, scales)
+        self.weights: list[nn.Parameter] = []
+        for start, stop, _ in runs:
+            weight = nn.Parameter(flat[start:stop])
+            weight.grad = self.grad[start:stop]
+            self.weights.append(weight)
+        self.optimizer = make_opt(
+            self.weights,
+            fused=flat.device.type in ("cpu", "cuda"),
+            scales=[scale for _, _, scale in runs],
+        )
+        self.anchor = flat.detach().clone() if proximal_mu > 0 else None
         self.mu = proximal_mu
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
@@ -283,7 +316,7 @@ class _FusedStepper:
         if n:
             loss_sum = float(self.clipping(x, y, self.scale))
         if self.anchor is not None:
-            self.grad.add_(self.weights.detach() - self.anchor, alpha=self.mu)
+            self.grad.add_(self.flat - self.anchor, alpha=self.mu)
         self.optimizer.step()
         return loss_sum / n if n else None
 

@@ -156,9 +156,10 @@ class OpacusStepper:
         plan: TrainingPlan,
         noise: torch.Generator,
         proximal_mu: float,
+        scales: list[float] | None = None,
     ) -> None:
         self.params = params
-        self.optimizer = optimizer = make_opt(list(model.parameters()))
+        self.optimizer = optimizer = make_opt(params, scales=scales)
         self.std = plan.noise_multiplier * privacy.max_grad_norm
         self.expected_batch_size = plan.expected_batch_size
         self.noise = noise

@@ -75,6 +75,8 @@ def version_from_row(row: sqlite3.Row) -> ModelVersion:
     fields["site_metrics"] = {s: floats(m) for s, m in fields["site_metrics"].items()}
     fields["epsilon"] = floats(fields["epsilon"])
     fields["status"] = Status(fields["status"])
+    trained = fields.get("trained")
+    fields["trained"] = None if trained is None else tuple(json.loads(trained))
     return ModelVersion(**fields)
 
 

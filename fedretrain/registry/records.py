@@ -73,6 +73,9 @@ class ModelVersion:
         When it was registered, UTC, ISO 8601.
     cluster : int or None
         ``adaptation=clustered``: the concept cluster it was trained for (None otherwise).
+    trained : tuple of str or None
+        The arrays its training rounds trained when the run froze the others
+        (``train.freeze``); None when every array trained.
     """
 
     version: int
@@ -92,6 +95,7 @@ class ModelVersion:
     status: Status
     created: str
     cluster: int | None = None
+    trained: tuple[str, ...] | None = None
 
     @property
     def sites(self) -> tuple[str, ...]:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -65,7 +65,7 @@ ALIASES = ("champion", "candidate")
 
 _COLUMNS = (
     'version, key, parent, "trigger", reason, period, rounds, samples, config_hash, metrics, '
-    "site_metrics, epsilon, file, sha256, status, created, cluster"
+    "site_metrics, epsilon, file, sha256, status, created, cluster, trained"
 )
 # A cluster's champion may be any version but one that was withdrawn from serving.
 _UNSERVABLE = (Status.rejected, Status.rolled_back)
@@ -142,6 +142,7 @@ class Registry:
         epsilon: Mapping[Site, float] | None = None,
         status: Status = Status.candidate,
         cluster: int | None = None,
+        trained: Sequence[str] | None = None,
     ) -> ModelVersion:
         """Store a new version, or return the one already committed under ``key``.
 
@@ -157,7 +158,7 @@ class Registry:
         key : str
             The caller's idempotency key, unique in the registry (e.g. ``"p3-retrain"``).
         trigger, reason, period, parent, rounds, samples, config_hash, metrics, site_metrics,
-        epsilon, cluster
+        epsilon, cluster, trained
             Lineage; see :class:`ModelVersion`. Non-finite metrics are kept.
         status : Status
             ``candidate`` or ``champion``.
@@ -175,6 +176,13 @@ class Registry:
             isinstance(cluster, bool) or int(cluster) != cluster or cluster < 0
         ):
             raise ValueError(f"cluster={cluster!r} must be a whole number >= 0, or None")
+        if trained is not None:
+            unknown = sorted(set(trained) - set(arrays))
+            if unknown or not trained:
+                raise ValueError(
+                    f"trained={list(trained)!r}: must name some of the model's arrays "
+                    f"(not {unknown}), or be None when every array trained"
+                )
         columns = {
             "key": key,
             "parent": parent,
@@ -190,6 +198,7 @@ class Registry:
             ),
             "epsilon": codec.dump({str(s): float(e) for s, e in (epsilon or {}).items()}),
             "cluster": None if cluster is None else int(cluster),
+            "trained": None if trained is None else codec.dump([str(n) for n in trained]),
         }
         with self._transaction():
             raced = self._row("key", key)  # another writer committed it since find()
@@ -211,7 +220,7 @@ class Registry:
                 f"INSERT INTO versions ({_COLUMNS}) VALUES "
                 "(:version, :key, :parent, :trigger, :reason, :period, :rounds, :samples, "
                 ":config_hash, :metrics, :site_metrics, :epsilon, :file, :sha256, :status, "
-                ":created, :cluster)",
+                ":created, :cluster, :trained)",
                 {
                     **columns,
                     "version": version,

@@ -11,8 +11,10 @@ Lineage is immutable and events are append-only, enforced by triggers in the fil
 
 Schema history: 1, the first release; 2 adds each version's ``cluster`` (``adaptation=
 clustered``: the concept cluster it was trained for) and the per-cluster champion aliases
-``cluster-N``. An older file is migrated when it is opened, in one transaction that also
-records a ``migrate`` event; a file that fails to migrate is left as it was.
+``cluster-N``; 3 adds each version's ``trained``, the arrays its training rounds trained when
+the run froze others (``train.freeze``; NULL: every array). An older file is migrated when it
+is opened, one schema at a time, in one transaction that also records a ``migrate`` event per
+step; a file that fails to migrate is left as it was.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from fedretrain import __version__
 from fedretrain.registry import codec
 from fedretrain.registry.errors import NotARunFolderError, RegistryError, SchemaVersionError
 
-SCHEMA_VERSION = 2  # bump on any change to the tables below, with a migration from the last
+SCHEMA_VERSION = 3  # bump on any change to the tables below, with a migration from the last
 APPLICATION_ID = 0x46524547  # "FREG": marks a SQLite file as a fedretrain registry
 STATUSES = ("candidate", "champion", "retired", "rejected", "rolled_back")
 # A cluster's champion alias is "cluster-" and the cluster's number (cluster-0, cluster-12).
@@ -34,6 +36,7 @@ _ALIAS_NAME_CHECK = (
     "name NOT GLOB 'cluster-*[^0-9]*')"
 )
 _CLUSTER_COLUMN = "cluster INTEGER CHECK (cluster IS NULL OR cluster >= 0)"
+_TRAINED_COLUMN = "trained TEXT"  # a JSON list of array names; NULL: every array trained
 _ALIASES_TABLE = f"""
 CREATE TABLE aliases (
     name TEXT PRIMARY KEY CHECK ({_ALIAS_NAME_CHECK}),
@@ -43,7 +46,7 @@ CREATE TABLE aliases (
 _LINEAGE_TRIGGER = """
 CREATE TRIGGER versions_lineage_is_immutable
 BEFORE UPDATE OF version, key, parent, "trigger", reason, period, rounds, samples, config_hash,
-    metrics, site_metrics, epsilon, file, sha256, created, cluster ON versions
+    metrics, site_metrics, epsilon, file, sha256, created, cluster, trained ON versions
 BEGIN SELECT RAISE(ABORT, 'a version''s lineage is immutable'); END;
 """
 
@@ -65,7 +68,8 @@ CREATE TABLE versions (
     sha256 TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in STATUSES)})),
     created TEXT NOT NULL,
-    {_CLUSTER_COLUMN}
+    {_CLUSTER_COLUMN},
+    {_TRAINED_COLUMN}
 ) STRICT;
 {_ALIASES_TABLE}
 CREATE TABLE events (
@@ -190,10 +194,21 @@ def _to_2(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO aliases (name, version) SELECT name, version FROM aliases_1")
     conn.execute("DROP TABLE aliases_1")
     conn.execute("DROP TRIGGER versions_lineage_is_immutable")
+    conn.execute(_LINEAGE_TRIGGER_2)
+
+
+def _to_3(conn: sqlite3.Connection) -> None:
+    """Schema 2 to 3: the arrays each version trained (NULL for every earlier version: they
+    all trained every array), part of the immutable lineage."""
+    conn.execute(f"ALTER TABLE versions ADD COLUMN {_TRAINED_COLUMN}")
+    conn.execute("DROP TRIGGER versions_lineage_is_immutable")
     conn.execute(_LINEAGE_TRIGGER.strip())
 
 
-_MIGRATIONS = {1: _to_2}  # from schema N to N + 1
+# Schema 2's lineage trigger: a migration creates the trigger of its own schema, so that the
+# next migration finds what it expects.
+_LINEAGE_TRIGGER_2 = _LINEAGE_TRIGGER.strip().replace(", cluster, trained ON", ", cluster ON")
+_MIGRATIONS = {1: _to_2, 2: _to_3}  # from schema N to N + 1
 
 
 def _statements(script: str) -> list[str]:

@@ -225,7 +225,12 @@ class Controller:
             if stats_eps is not None:
                 extra["stats_epsilon"] = stats_eps
             initial = next((r.rounds for r in self.timeline.rows if r.period == 0), 0)
-            model_bytes = sum(np.asarray(a).nbytes for a in champion.values())
+            trained = self.models.trained  # frozen arrays (train.freeze) never travel
+            model_bytes = sum(
+                np.asarray(a).nbytes
+                for name, a in champion.items()
+                if trained is None or name in trained
+            )
             extra |= retrain_cost(self.report.rows, initial, model_bytes)
             points = None if self.deployed else self.change_points
             self.report.plot()  # the rounds of every retrain, as a static run draws them
@@ -654,6 +659,7 @@ class Controller:
             site_metrics={str(s): {"accuracy": c / n} for s, (c, n) in sorted(scores.items()) if n},
             epsilon={str(s): e for s, e in (outcome.epsilon_by_site or {}).items()},
             cluster=cluster,
+            trained=self.models.trained,
         )
         return entry.version
 

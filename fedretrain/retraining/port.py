@@ -138,7 +138,12 @@ class Federation(Protocol):
 
 
 class ModelFactory(Protocol):
-    """The task's model as the server needs it: fresh weights, and the final model's file."""
+    """The task's model as the server needs it: fresh weights, and the final model's file.
+
+    ``trained``: the names of the arrays a round trains, when some are frozen
+    (``train.freeze``); None when every array trains. The registry records them."""
+
+    trained: tuple[str, ...] | None
 
     def fresh(self, seed: int) -> Weights:
         """A newly initialised model's weights, the same for the same seed in every process."""

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from fedretrain.drift.schedule import Schedule
 from fedretrain.drift.streams import DriftStream, sample_window
+from fedretrain.site import factory_node
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 # deployed.yaml reads site folders: tests/unit/deploy and tests/integration/test_deploy_e2e.py
@@ -81,7 +82,7 @@ def test_scenario_task_model_fits_the_stream(path: Path) -> None:
     task = next(d["override /task"] for d in node.defaults if "override /task" in d)
     task_node = OmegaConf.load(CONF / "task" / f"{task}.yaml")
     torch.manual_seed(0)
-    model = instantiate(task_node.model)(
+    model = instantiate(factory_node(task_node.model))(
         input_shape=stream.input_shape, num_classes=stream.num_classes
     )
     window = sample_window(stream, schedule, 0, 0, 8, seed=0)

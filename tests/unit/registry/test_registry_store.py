@@ -440,7 +440,7 @@ def test_gaps_in_numbers_and_dangling_aliases_are_reported(registry: Registry) -
         registry,
         "INSERT INTO versions SELECT 3, 'forged', NULL, \"trigger\", reason, period, rounds, "
         "samples, config_hash, metrics, site_metrics, epsilon, file, sha256, 'retired', "
-        "created, cluster FROM versions WHERE version = 1",
+        "created, cluster, trained FROM versions WHERE version = 1",
         "PRAGMA foreign_keys=OFF",
         "INSERT INTO aliases VALUES ('candidate', 8)",
     )

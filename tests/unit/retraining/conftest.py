@@ -183,6 +183,8 @@ class FakeFederation:
 class FakeModels:
     """Fresh models start at w = 0 with age 0; the final model is a safetensors file."""
 
+    trained: tuple[str, ...] | None = None  # every array trains
+
     def fresh(self, seed: int) -> dict[str, np.ndarray]:
         return {"w": np.array([0.0]), "age": np.array([0])}
 
