@@ -84,6 +84,10 @@ class RunState:
     # adaptation=clustered: the trainings of the period under way that are done, by registry
     # key (what each produced), so a resumed period does not train them again.
     trainings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # policy.windows / policy.max_rounds_per_day: the trigger that waits ([period, cause]), and
+    # the rounds trained on the latest day that trained ([ISO date, rounds]).
+    waiting: list[Any] | None = None
+    day_rounds: list[Any] | None = None
 
     def capture_random(self) -> None:
         version, internal, gauss = random.getstate()

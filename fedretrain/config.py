@@ -582,6 +582,7 @@ def cross_checks(cfg: DictConfig, typed: dict[str, Any]) -> list[str]:
         problems += _check_user_level_dp(cfg)
     problems += _check_stats_bound(cfg)
     problems += _check_augment(cfg)
+    problems += _check_windows(cfg)
     if cfg.adaptation.mode != AdaptationMode.single.value:
         problems += _check_clustered(cfg)
     return problems
@@ -597,6 +598,38 @@ def _check_augment(cfg: DictConfig) -> list[str]:
         "task=digits_cnn), set task.image=true if your inputs are (channels, height, width) "
         "images, or set train.augment=false"
     ]
+
+
+FOLDER_STREAM = "fedretrain.deploy.stream.FolderStream"  # a deployed site's data folder
+
+
+def _check_windows(cfg: DictConfig) -> list[str]:
+    """Retraining windows and a daily round budget keep the wall clock: a deployment's."""
+    p = cfg.policy
+    if not p.get("windows") and p.get("max_rounds_per_day") is None:
+        return []
+    keys = "policy.windows / policy.max_rounds_per_day"
+    problems = []
+    stream = cfg.scenario.get("stream")
+    if stream is None or str(stream.get("_target_")) != FOLDER_STREAM:
+        problems.append(
+            f"{keys}: wall-clock retraining windows and a daily budget apply to a deployment "
+            "(scenario=deployed, `fedretrain server`), whose periods happen in real time; a "
+            "simulation's periods have no clock: leave them unset"
+        )
+    mode = AdaptationMode(cfg.adaptation.mode).value
+    if mode != AdaptationMode.single.value:
+        problems.append(
+            f"{keys} with adaptation={mode}: a clustered run's retrains are not "
+            "scheduled by windows yet: use adaptation=single, or leave them unset"
+        )
+    budget, rounds = p.get("max_rounds_per_day"), cfg.retrain.max_rounds
+    if budget is not None and budget < rounds:
+        problems.append(
+            f"policy.max_rounds_per_day={budget} is below retrain.max_rounds={rounds}: no "
+            "retrain could ever start; raise the budget or lower retrain.max_rounds"
+        )
+    return problems
 
 
 def _check_clustered(cfg: DictConfig) -> list[str]:

@@ -19,11 +19,16 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fedretrain.config import RunConfig, check_override_keys, compose, register_schema, to_yaml
+from fedretrain.config import (
+    FOLDER_STREAM,
+    RunConfig,
+    check_override_keys,
+    compose,
+    register_schema,
+    to_yaml,
+)
 from fedretrain.errors import ConfigError, FederationError
 from fedretrain.preflight import to_typed
-
-FOLDER_STREAM = "fedretrain.deploy.stream.FolderStream"
 
 log = logging.getLogger("fedretrain")
 

@@ -44,6 +44,9 @@ class PeriodRow:
     validation_accuracy: float  # of the model chosen this period (nan when no retrain)
     seconds: float
     max_epsilon: float = math.nan  # DP-SGD: the largest cumulative ε of any site so far
+    # policy.windows: "wait" (the trigger fired and waits), "pending" (an earlier one still
+    # waits), "waited" (a trigger that waited retrains now); "" otherwise.
+    schedule: str = ""
 
 
 class Timeline:

@@ -16,7 +16,7 @@ import sys
 import time
 from logging import WARNING
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 from flwr.app import Context
@@ -194,6 +194,7 @@ def run(
         frozen=models.frozen,
     )
     kind = ClusteredController if cfg.adaptation.clustered else Controller
+    clustered: dict[str, Any] = {"truth": truth} if cfg.adaptation.clustered else {}
     controller = kind(
         cfg,
         federation,
@@ -212,6 +213,6 @@ def run(
         out=out,
         resume=resume,
         tracker=build_tracker(cfg, run_dir, config_yaml),
-        **({"truth": truth} if cfg.adaptation.clustered else {}),
+        **clustered,
     )
     return controller.run()

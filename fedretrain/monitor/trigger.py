@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fedretrain.errors import ConfigError
+from fedretrain.monitor.windows import parse_window, zone
 
 
 class Alarm(Protocol):
@@ -58,6 +59,14 @@ class TriggerConfig:
         Periods after a training during which nothing triggers (lets a reference settle).
     max_retrains : int or None
         Cap on retrains in a run (the initial training does not count).
+    windows : list of str
+        Deployment: wall-clock spans ``HH:MM-HH:MM`` of the day in which a retrain may start
+        (off-peak hours, e.g. ``22:00-06:00``); a trigger outside them waits. Empty: any time.
+    timezone : str
+        The IANA time zone of ``windows`` and of the day ``max_rounds_per_day`` counts.
+    max_rounds_per_day : int or None
+        Deployment: the training rounds one calendar day may spend; a trigger that the day's
+        remaining rounds cannot pay a whole retrain for (``retrain.max_rounds``) waits.
     """
 
     name: str = "triggered"
@@ -68,9 +77,25 @@ class TriggerConfig:
     min_new_labels: int | None = None
     cooldown: int = 0
     max_retrains: int | None = None
+    windows: list[str] = field(default_factory=list)
+    timezone: str = "UTC"
+    max_rounds_per_day: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        for window in self.windows:
+            try:
+                parse_window(window)
+            except ValueError as err:
+                problems.append(f"policy.windows: {err}")
+        try:
+            zone(self.timezone)
+        except ValueError as err:
+            problems.append(f"policy.timezone: {err}")
+        if self.max_rounds_per_day is not None and self.max_rounds_per_day < 1:
+            problems.append(
+                f"policy.max_rounds_per_day={self.max_rounds_per_day}: must be >= 1, or null"
+            )
         if self.every is not None and self.every < 1:
             problems.append(f"policy.every={self.every}: must be >= 1, or null")
         if self.performance_floor is not None and not 0 <= self.performance_floor <= 1:

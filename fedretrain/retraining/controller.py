@@ -34,6 +34,7 @@ from fedretrain.html_report import write_report
 from fedretrain.monitor.base import Seed
 from fedretrain.monitor.private import statistics_privacy, stats_epsilon
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats
+from fedretrain.monitor.windows import RetrainWindows, Scheduled, schedule
 from fedretrain.privacy.tracking import EpsilonTracker
 from fedretrain.registry import Registry
 from fedretrain.report import RoundRow, RunReport
@@ -105,6 +106,9 @@ class Controller:
         Continue from the run folder's last checkpoint.
     tracker : Tracker or None
         Experiment tracking (:mod:`fedretrain.tracking`); None: the run folder alone.
+    clock : callable
+        The wall clock (Unix seconds): it paces deployed periods and dates each period's
+        start, which ``policy.windows`` and ``policy.max_rounds_per_day`` judge.
     """
 
     _first_cluster: int | None = None  # the registry cluster of the initial model, if any
@@ -129,8 +133,12 @@ class Controller:
         out: TextIO = sys.stdout,
         resume: bool = False,
         tracker: Tracker | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
+        self.clock = clock
+        p = cfg.policy
+        self.windows = RetrainWindows(p.windows, p.timezone, p.max_rounds_per_day)
         self.tracker = tracker or NoTracking()
         self.federation = federation
         self.drift = drift
@@ -290,6 +298,7 @@ class Controller:
             outcome, 0, "initial", "initial training", parent=None, cluster=self._first_cluster
         )
         self.registry.promote(version, reason="initial model", period=0, key="p0-promote")
+        self._spent(0, outcome.rounds)
         # Period 0's histograms used no edges yet: only the model's scores seed the monitor.
         self.drift.trained(0, initial=True, seed=self._seed(0, None))
         self._first_served(version)
@@ -316,20 +325,58 @@ class Controller:
             self.lifecycle.score_canary(period, stats, self.checkpoints.load_stats)
         observation = self.drift.observe(stats)
         self._drifted = observation.alarm_sites
-        self.timeline.decision(observation.to_dict())
-        decision = observation.decision
+        decision = self._schedule(period, observation.decision.retrain, observation.decision.reason)
+        logged = observation.to_dict()
+        if decision.schedule:  # the windows held a trigger, or a waiting one retrains now
+            logged |= {"schedule": decision.schedule, "scheduled": decision.reason}
+        self.timeline.decision(logged)
         retrained: Outcome | None = None
         if decision.retrain:
             retrained = self._retrain(period, decision.reason)
             changed = released(retrained.action) or not self.state.keep_reference_on_reject
             seed = self._seed(period, stats) if self._promoted(period, retrained) else None
             self.drift.trained(period, serving_changed=changed, seed=seed)
+            self._spent(period, retrained.rounds)
+        self.state.waiting = None if decision.waiting is None else list(decision.waiting)
         serving = self.lifecycle.champion_version()
         row = period_row(
             collected, observation, decision.retrain, decision.reason, retrained, serving, start
         )
-        self._add_row(replace(row, change_point=period in self.change_points))
+        change_point = period in self.change_points
+        self._add_row(replace(row, change_point=change_point, schedule=decision.schedule))
         self._complete(period)
+
+    def _schedule(self, period: int, fired: bool, reason: str) -> Scheduled:
+        """The policy's verdict held to ``policy.windows`` and ``policy.max_rounds_per_day``,
+        at the time the period started (kept in the checkpoint: a resumed period is judged at
+        the same time)."""
+        waiting = self.state.waiting
+        now = self._started_at(period)
+        return schedule(
+            self.windows,
+            fired,
+            reason,
+            None if waiting is None else (int(waiting[0]), str(waiting[1])),
+            period,
+            now,
+            self._rounds_on(self.windows.day(now)),
+            self.cfg.retrain.max_rounds,
+        )
+
+    def _started_at(self, period: int) -> float:
+        started = self.state.period_started
+        if started is not None and int(started[0]) == period:
+            return float(started[1])
+        return self.clock()
+
+    def _rounds_on(self, day: str) -> int:
+        spent = self.state.day_rounds
+        return int(spent[1]) if spent is not None and spent[0] == day else 0
+
+    def _spent(self, period: int, rounds: int) -> None:
+        """Count ``rounds`` against the day of ``period``'s start (the daily budget)."""
+        day = self.windows.day(self._started_at(period))
+        self.state.day_rounds = [day, self._rounds_on(day) + rounds]
 
     def _idle_period(self, collected: CollectedStats, start: float) -> None:
         """A period in which no site had new data: nothing to monitor or train."""
@@ -348,11 +395,11 @@ class Controller:
         if started is not None and int(started[0]) == period:
             return
         if seconds > 0 and started is not None:
-            wait = started[1] + seconds - time.time()
+            wait = started[1] + seconds - self.clock()
             if wait > 0:
                 log.info("period %d starts in %.0f s", period, wait)
                 time.sleep(wait)
-        self.state.period_started = [period, time.time()]
+        self.state.period_started = [period, self.clock()]
 
     def _promoted(self, period: int, retrained: Outcome) -> bool:
         """Whether the retrain at ``period`` made its model the champion (not a canary, not

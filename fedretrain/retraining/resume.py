@@ -23,6 +23,7 @@ from fedretrain.checkpoint import (
 from fedretrain.errors import FederationError
 from fedretrain.monitor.base import Seed
 from fedretrain.monitor.stats import PeriodStats
+from fedretrain.monitor.windows import policy_fired
 from fedretrain.privacy.ledger import LedgerFormatError, PrivacyLedger
 from fedretrain.privacy.tracking import EpsilonTracker
 from fedretrain.registry import Registry, RegistryError
@@ -146,6 +147,7 @@ def replay(
 
     drift.trained(0, initial=True, seed=seed(0, None))
     retrained = {row.period: row.retrain for row in rows}
+    fired = {row.period: policy_fired(row.retrain, row.schedule) for row in rows}
     actions = {row.period: row.action for row in rows}
     for period in range(1, done + 1):
         stats = checkpoints.load_stats(period)
@@ -154,11 +156,11 @@ def replay(
         if stats.total.n == 0:  # a period without data: nothing was monitored
             continue
         observation = drift.observe(stats)
-        if observation.retrain != retrained[period]:
+        if observation.retrain != fired[period]:  # the policy's verdict, before any window
             raise FederationError(
                 f"resume: replaying period {period} decided retrain={observation.retrain} but "
-                f"the run decided {retrained[period]}; the run folder is inconsistent"
+                f"the run decided {fired[period]}; the run folder is inconsistent"
             )
-        if observation.retrain:
+        if retrained[period]:
             changed = released(actions[period]) or not keep_reference_on_reject
             drift.trained(period, serving_changed=changed, seed=seed(period, stats))

@@ -239,6 +239,7 @@ def build_controller(
     site_changes: dict[int, list[tuple[int, int]]] | None = None,
     adaptation: dict[str, Any] | None = None,
     policy: TriggerConfig | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> tuple[Controller, FakeFederation]:
     concepts = np.asarray(concepts, dtype=np.float64)
     cfg = config(concepts.shape[1], concepts.shape[0], retrain, release, adaptation, policy)
@@ -263,6 +264,7 @@ def build_controller(
         out=out,
         resume=resume,
         **({"truth": concepts.astype(np.int64)} if cfg.adaptation.oracle else {}),
+        **({"clock": clock} if clock is not None else {}),
     )
     return controller, federation
 

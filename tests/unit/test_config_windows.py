@@ -1,0 +1,61 @@
+"""``policy.windows``, ``policy.timezone`` and ``policy.max_rounds_per_day`` are checked when the
+config is composed, each problem named with its fix (issue 17, item 5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedretrain.config import compose
+from fedretrain.errors import ConfigError
+from fedretrain.preflight import to_typed
+
+DEPLOYED = ["scenario=deployed"]
+
+
+def problems(overrides: list[str]) -> str:
+    with pytest.raises(ConfigError) as err:
+        to_typed(compose(overrides), build_targets=False)
+    return "\n".join(err.value.problems)
+
+
+def test_a_deployment_takes_windows_a_time_zone_and_a_budget() -> None:
+    run = to_typed(
+        compose(
+            [
+                *DEPLOYED,
+                "policy.windows=[22:00-06:00,12:00-13:00]",
+                "policy.timezone=Europe/Berlin",
+                "policy.max_rounds_per_day=40",
+            ]
+        ),
+        build_targets=False,
+    )
+    assert run.policy.windows == ["22:00-06:00", "12:00-13:00"]
+    assert (run.policy.timezone, run.policy.max_rounds_per_day) == ("Europe/Berlin", 40)
+
+
+def test_bad_windows_time_zones_and_budgets_are_named() -> None:
+    text = problems(
+        [
+            *DEPLOYED,
+            "policy.windows=[22-06,10:00-10:00]",
+            "policy.timezone=Mars/Olympus",
+            "policy.max_rounds_per_day=5",
+            "retrain.max_rounds=20",
+        ]
+    )
+    assert "'22-06' is not a window HH:MM-HH:MM" in text
+    assert "'10:00-10:00' is empty" in text
+    assert "'Mars/Olympus' is not an IANA time zone" in text
+    assert "policy.max_rounds_per_day=5 is below retrain.max_rounds=20" in text
+
+
+def test_a_simulation_has_no_wall_clock_for_windows() -> None:
+    text = problems(["scenario=sea_thresholds", "policy.windows=[22:00-06:00]"])
+    assert "apply to a deployment (scenario=deployed" in text
+    assert "apply to a deployment" in problems(["policy.max_rounds_per_day=100"])
+
+
+def test_a_clustered_deployment_refuses_windows_for_now() -> None:
+    text = problems([*DEPLOYED, "adaptation=clustered", "policy.windows=[22:00-06:00]"])
+    assert "adaptation=clustered: a clustered run's retrains are not scheduled" in text
