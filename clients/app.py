@@ -65,6 +65,8 @@ from fedretrain.flower.records import (
     to_record,
     train_metrics,
 )
+from fedretrain.groups import group_ids
+from fedretrain.metrics import EvalResult
 from fedretrain.model_io import numpy_state
 from fedretrain.monitor.private import StatsMechanism, ledgered
 from fedretrain.monitor.private_scores import privatize_scores
@@ -249,7 +251,7 @@ def train_handler(msg: Message, context: Context) -> Message:
     generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
     buffered = _buffered(site, instruction, msg.content.config_records["config"], context)
     data = _train_data(buffered, context)
-    scored = _incoming_eval(site) if instruction.evaluate_incoming else {}
+    scored = _incoming_eval(cfg, site) if instruction.evaluate_incoming else {}
     if not cfg.privacy.enabled:
         result = train(
             site.model, data, cfg.train, lr, site.device, generator, instruction.proximal_mu
@@ -293,11 +295,11 @@ def train_handler(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def _incoming_eval(site: Site) -> dict[str, ConfigRecord]:
+def _incoming_eval(cfg: RunConfig, site: Site) -> dict[str, ConfigRecord]:
     """The model just loaded, scored on the site's holdout as the evaluate handler scores it:
     it travels in the train reply (a config record, so that the reply keeps the one metric
     record Flower's strategies aggregate)."""
-    result = evaluate(site.model, site.holdout, site.device)
+    result = _holdout_eval(cfg, site)
     metrics = eval_metrics(result, site.partition_id)
     return {INCOMING_EVAL_KEY: ConfigRecord(dict(metrics))}  # type: ignore[arg-type]
 
@@ -376,10 +378,16 @@ def _train_data(data: ArrayDataset, context: Context) -> ArrayDataset:
     return ArrayDataset(data.x, data.num_classes - 1 - data.y, data.num_classes)
 
 
+def _holdout_eval(cfg: RunConfig, site: Site) -> EvalResult:
+    """The loaded model on the site's holdout, by group too when the task has groups."""
+    groups = group_ids(site.holdout, cfg.task)
+    return evaluate(site.model, site.holdout, site.device, groups=groups)
+
+
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
-    _, site, _ = _load(msg, context)
-    result = evaluate(site.model, site.holdout, site.device)
+    cfg, site, _ = _load(msg, context)
+    result = _holdout_eval(cfg, site)
     metrics = eval_metrics(result, site.partition_id)
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 

@@ -88,7 +88,8 @@ class TaskConfig:
     magnitude the task's data can have, known without looking at the data (1.0 for features in
     [0, 1]); private monitoring statistics clip to it (``privacy.stats_feature_bound``), and
     null means the task does not know one. ``image``: the inputs are images ``(channels,
-    height, width)``, so ``train.augment`` may shift and rotate them.
+    height, width)``, so ``train.augment`` may shift and rotate them. ``group_feature`` and
+    ``group_threshold`` give the data a synthetic group attribute (:mod:`fedretrain.groups`).
     """
 
     name: str = "custom"
@@ -96,6 +97,11 @@ class TaskConfig:
     model: Any = None
     feature_bound: float | None = None
     image: bool = False  # inputs are images (n, channels, height, width): train.augment applies
+    # A synthetic group attribute for a task whose data has none: group 1 is every sample
+    # whose flattened feature ``group_feature`` exceeds ``group_threshold``, group 0 the rest
+    # (fedretrain.groups). null: no such groups.
+    group_feature: int | None = None
+    group_threshold: float = 0.0
 
 
 @dataclass
@@ -265,12 +271,15 @@ class ReleaseConfig:
 
     Every candidate meets the validation gate: it is evaluated with the champion on every
     site's holdout for the current period and passes when the federation's accuracy is not
-    worse than the champion's by more than ``global_margin`` and no site's by more than
-    ``site_margin``. With ``canary_fraction > 0`` a candidate that passes is first served by
-    that share of sites for ``canary_periods`` periods and promoted or rolled back on their
-    prequential scores. A fresh champion is then watched for ``watch_periods`` periods and
+    worse than the champion's by more than ``global_margin``, no site's by more than
+    ``site_margin`` and, when the task has groups of users (:mod:`fedretrain.groups`), no
+    group's recall by more than ``group_margin`` (null: groups are reported, not gated).
+    With ``canary_fraction > 0`` a candidate that passes is first served by that share of
+    sites for ``canary_periods`` periods and promoted or rolled back on their prequential
+    scores. A fresh champion is then watched for ``watch_periods`` periods and
     rolled back to its parent if the parent does better on current data by ``rollback_margin``.
-    Under ``adaptation=clustered`` each rule works per cluster, on that cluster's sites.
+    Under ``adaptation=clustered`` each rule works per cluster, on that cluster's sites (the
+    groups of users are not gated there yet).
     """
 
     global_margin: float = 0.0
@@ -281,10 +290,15 @@ class ReleaseConfig:
     canary_margin: float = 0.02
     watch_periods: int = 1
     rollback_margin: float = 0.03
+    group_margin: float | None = None
 
     def __post_init__(self) -> None:
         r = "release."
         raise_failed(
+            (
+                self.group_margin is None or self.group_margin >= 0,
+                f"{r}group_margin={self.group_margin}: must be >= 0, or null not to gate groups",
+            ),
             (self.global_margin >= 0, f"{r}global_margin={self.global_margin}: must be >= 0"),
             (self.site_margin >= 0, f"{r}site_margin={self.site_margin}: must be >= 0"),
             (

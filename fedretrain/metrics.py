@@ -22,17 +22,55 @@ import numpy as np
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Summable evaluation statistics: add them across sites, then compute scores."""
+    """Summable evaluation statistics: add them across sites, then compute scores.
+
+    ``groups``: with groups of users (``task.dataset.group_column``, ``task.group_feature``),
+    one confusion matrix per group, shape ``(groups, classes, classes)``, summing to
+    ``confusion``; None without groups."""
 
     num_examples: int
     loss_sum: float
     confusion: np.ndarray
+    groups: np.ndarray | None = None
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts ``cm[i, j]`` of samples of true class ``i`` predicted as ``j``."""
     index = np.asarray(y_true, dtype=np.int64) * num_classes + np.asarray(y_pred, dtype=np.int64)
     return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def group_confusion(
+    y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, num_groups: int, num_classes: int
+) -> np.ndarray:
+    """One confusion matrix per group, ``(num_groups, num_classes, num_classes)``.
+
+    >>> group_confusion(np.array([0, 1, 1]), np.array([0, 0, 1]), np.array([0, 1, 1]), 2, 2)[1]
+    array([[0, 0],
+           [1, 1]])
+    """
+    k = num_classes
+    index = (np.asarray(groups, dtype=np.int64) * k + np.asarray(y_true, dtype=np.int64)) * k
+    index += np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(index, minlength=num_groups * k * k).reshape(num_groups, k, k)
+
+
+def group_recalls(confusions: np.ndarray) -> np.ndarray:
+    """Each group's recall, macro-averaged over the classes the group has samples of (its
+    balanced accuracy); NaN for a group with no samples.
+
+    >>> cm = np.array([[[5, 0], [0, 5]], [[2, 2], [0, 0]]])  # group 1 has class 0 only
+    >>> group_recalls(cm).tolist()
+    [1.0, 0.5]
+    """
+    confusions = np.asarray(confusions, dtype=np.float64)
+    actual = confusions.sum(axis=2)  # (groups, classes)
+    hits = np.diagonal(confusions, axis1=1, axis2=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_class = np.where(actual > 0, hits / actual, np.nan)
+    present = (actual > 0).sum(axis=1)
+    sums = np.nansum(per_class, axis=1)
+    return np.where(present > 0, sums / np.maximum(present, 1), np.nan)
 
 
 def sum_confusion(matrices: Iterable[np.ndarray]) -> np.ndarray:

@@ -224,6 +224,16 @@ def _build_targets(cfg: DictConfig, runtime: RuntimeConfig, train: TrainConfig) 
     else:
         shape, num_classes = pool.input_shape, pool.num_classes
     problems += _model_problems(cfg, train, shape, num_classes)
+    from fedretrain.groups import feature_problem
+
+    group_problem = feature_problem(cfg.task.get("group_feature"), shape)
+    if group_problem is not None:
+        problems.append(group_problem)
+    if cfg.task.get("group_feature") is not None and pool.groups is not None:
+        problems.append(
+            "task.group_feature: the dataset has groups of its own (task.dataset.group_column); "
+            "set one or the other"
+        )
     for i, node in enumerate(cfg.monitor.detectors):
         try:
             noise = cfg.privacy.stats_noise_multiplier or 0.0  # what noise_std_for gives

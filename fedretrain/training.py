@@ -12,7 +12,7 @@ from torch import nn
 
 from fedretrain.augment import augment_batch
 from fedretrain.finetune import lr_scales, param_groups
-from fedretrain.metrics import EvalResult, confusion_matrix
+from fedretrain.metrics import EvalResult, confusion_matrix, group_confusion
 from fedretrain.tasks.dataset import ArrayDataset
 from fedretrain.train_config import LrSchedule, Optimizer, TrainConfig
 
@@ -109,8 +109,14 @@ def train(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: ArrayDataset, device: torch.device, batch_size: int = 512
+    model: nn.Module,
+    data: ArrayDataset,
+    device: torch.device,
+    batch_size: int = 512,
+    groups: tuple[np.ndarray, int] | None = None,
 ) -> EvalResult:
+    """Loss and confusion of ``model`` on ``data``; with ``groups`` (each sample's group and
+    the number of groups, :func:`fedretrain.groups.group_ids`) one confusion per group too."""
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     loss_sum = 0.0
@@ -122,7 +128,12 @@ def evaluate(
         loss_sum += float(loss_fn(logits, y))
         predictions.append(logits.argmax(dim=1).cpu().numpy())
     y_pred = np.concatenate(predictions) if predictions else np.empty(0, dtype=np.int64)
-    return EvalResult(len(data), loss_sum, confusion_matrix(data.y, y_pred, data.num_classes))
+    k = data.num_classes
+    by_group = None
+    if groups is not None:
+        ids, count = groups
+        by_group = group_confusion(data.y, y_pred, ids, count, k)
+    return EvalResult(len(data), loss_sum, confusion_matrix(data.y, y_pred, k), by_group)
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
 import numpy as np
 
@@ -181,12 +182,31 @@ def eval_problem(metrics: Mapping[str, object]) -> str | None:
             f"the reply lacks {', '.join(missing)}: fedretrain sums confusion matrices across "
             "sites, so a site must run fedretrain's ClientApp (clients.app)"
         )
-    return confusion_problem(
+    problem = confusion_problem(
         metrics["confusion"],
         metrics.get("num-classes"),
         metrics.get("num-examples"),
         metrics.get("loss-sum"),
     )
+    return problem or group_problem(metrics)
+
+
+def group_problem(metrics: Mapping[str, object]) -> str | None:
+    """Per-group confusion matrices, when sent, must be counts that add up to the confusion."""
+    if "group-confusion" not in metrics:
+        return None
+    groups, k = metrics.get("num-groups"), int(cast(int, metrics["num-classes"]))
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        return f"num-groups={groups!r} is not an integer >= 1"
+    values = np.asarray(metrics["group-confusion"])
+    if values.shape != (groups * k * k,):
+        return f"group-confusion has {values.size} entries, expected {groups * k * k}"
+    if not np.issubdtype(values.dtype, np.integer) or (values < 0).any():
+        return "group-confusion holds negative or non-integer counts"
+    total = values.reshape(groups, k * k).sum(axis=0)
+    if not np.array_equal(total, np.asarray(metrics["confusion"])):
+        return "the per-group confusion matrices do not add up to the confusion matrix"
+    return None
 
 
 @dataclass(frozen=True)

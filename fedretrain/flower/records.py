@@ -257,6 +257,9 @@ def eval_metrics(result: EvalResult, site: int | None = None) -> MetricRecord:
             "confusion": [int(v) for v in result.confusion.ravel()],
         }
     )
+    if result.groups is not None:  # one confusion per group of users, summed like the rest
+        record["num-groups"] = int(result.groups.shape[0])
+        record["group-confusion"] = [int(v) for v in result.groups.ravel()]
     if site is not None:
         record[SITE_ID_KEY] = site
     return record
@@ -299,8 +302,15 @@ def site_scores(replies: list[Message]) -> dict[int, tuple[int, int]]:
 def eval_result(record: MetricRecord) -> EvalResult:
     k = int(cast(int, record["num-classes"]))
     confusion = np.asarray(record["confusion"], dtype=np.int64).reshape(k, k)
+    groups = None
+    if "group-confusion" in record:
+        g = int(cast(int, record["num-groups"]))
+        groups = np.asarray(record["group-confusion"], dtype=np.int64).reshape(g, k, k)
     return EvalResult(
-        int(cast(int, record[NUM_EXAMPLES_KEY])), float(cast(float, record["loss-sum"])), confusion
+        int(cast(int, record[NUM_EXAMPLES_KEY])),
+        float(cast(float, record["loss-sum"])),
+        confusion,
+        groups,
     )
 
 
@@ -311,10 +321,17 @@ def sum_eval_metrics(replies: list[RecordDict], weighting_key: str) -> MetricRec
     the result are those of one model evaluated on the union of the holdouts.
     """
     results = [eval_result(r) for reply in replies for r in reply.metric_records.values()]
+    # Per-group matrices add up when every site sent them, with the same groups.
+    per_group = [r.groups for r in results if r.groups is not None]
+    shapes = {g.shape for g in per_group}
+    groups = None
+    if len(per_group) == len(results) and len(shapes) == 1:
+        groups = np.sum(per_group, axis=0)
     total = EvalResult(
         num_examples=sum(r.num_examples for r in results),
         loss_sum=sum(r.loss_sum for r in results),
         confusion=sum_confusion(r.confusion for r in results),
+        groups=groups,
     )
     return eval_metrics(total)
 

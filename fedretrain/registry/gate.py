@@ -24,6 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from fedretrain.metrics import group_recalls
 from fedretrain.registry.scores import (
     K,
     ScoreLike,
@@ -66,6 +69,32 @@ class GateRow:
 
 
 @dataclass(frozen=True)
+class GroupRow:
+    """One group of users' comparison: each model's recall on the group's holdout samples at
+    every site (macro over the classes the group has, :func:`fedretrain.metrics.group_recalls`).
+    ``counted`` is False for a group with fewer than ``min_group_total`` samples."""
+
+    group: int
+    candidate: float
+    champion: float
+    samples: int
+    delta: float
+    counted: bool
+    regressed: bool  # counted and delta < -group_margin
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "candidate_recall": _finite_or_none(self.candidate),
+            "champion_recall": _finite_or_none(self.champion),
+            "samples": self.samples,
+            "delta": _finite_or_none(self.delta),
+            "counted": self.counted,
+            "regressed": self.regressed,
+        }
+
+
+@dataclass(frozen=True)
 class GateDecision:
     """The gate's verdict, its reason, and the per-site rows behind it."""
 
@@ -76,6 +105,8 @@ class GateDecision:
     global_margin: float
     site_margin: float
     rows: tuple[GateRow, ...]
+    groups: tuple[GroupRow, ...] = ()
+    group_margin: float | None = None
 
     @property
     def regressed_sites(self) -> tuple[Site, ...]:
@@ -91,6 +122,8 @@ class GateDecision:
             "global_margin": self.global_margin,
             "site_margin": self.site_margin,
             "rows": [row.to_dict() for row in self.rows],
+            "group_margin": self.group_margin,
+            "groups": [row.to_dict() for row in self.groups],
         }
 
 
@@ -101,6 +134,9 @@ def gate(
     site_margin: float,
     *,
     min_site_total: int = 1,
+    candidate_groups: np.ndarray | None = None,
+    champion_groups: np.ndarray | None = None,
+    group_margin: float | None = None,
 ) -> GateDecision:
     """Compare a candidate with the champion on the sites' holdouts.
 
@@ -116,7 +152,14 @@ def gate(
         How far below the champion's accuracy at any one site the candidate may fall (>= 0).
     min_site_total : int
         Sites where either side evaluated fewer examples than this cannot block a promotion:
-        one wrong answer out of three is a 33-point regression.
+        one wrong answer out of three is a 33-point regression. Groups with fewer samples than
+        this cannot either.
+    candidate_groups, champion_groups : ndarray or None
+        Each model's confusion matrix per group of users, ``(groups, classes, classes)``,
+        summed over the sites; None without groups.
+    group_margin : float or None
+        How far below the champion's recall on any one group the candidate may fall; None:
+        the groups are compared and reported but block nothing.
 
     Returns
     -------
@@ -135,9 +178,19 @@ def gate(
     cand_acc = pooled(r.candidate for r in both if r.candidate).accuracy
     champ_acc = pooled(r.champion for r in both if r.champion).accuracy
 
+    groups = _group_rows(candidate_groups, champion_groups, group_margin, min_site_total)
+
     def decided(promote: bool, reason: str) -> GateDecision:
         return GateDecision(
-            promote, reason, cand_acc, champ_acc, global_margin, site_margin, tuple(rows)
+            promote,
+            reason,
+            cand_acc,
+            champ_acc,
+            global_margin,
+            site_margin,
+            tuple(rows),
+            tuple(groups),
+            group_margin,
         )
 
     if not any(s.total for s in cand.values()):
@@ -158,14 +211,47 @@ def gate(
         for r in rows
         if r.regressed and r.candidate and r.champion
     ]
+    problems += [
+        f"group {g.group} loses {-g.delta:.4f} of recall ({g.candidate:.4f} vs "
+        f"{g.champion:.4f}), more than group_margin {group_margin:g}"
+        for g in groups
+        if g.regressed
+    ]
     if problems:
         return decided(False, "; ".join(problems))
+    also = (
+        "" if group_margin is None or not groups else f" and no group by more than {group_margin:g}"
+    )
     return decided(
         True,
         f"candidate {cand_acc:.4f} >= champion {champ_acc:.4f} - global_margin "
         f"{global_margin:g} on {len(both)} sites, no site regresses by more than "
-        f"{site_margin:g}",
+        f"{site_margin:g}{also}",
     )
+
+
+def _group_rows(
+    candidate: np.ndarray | None,
+    champion: np.ndarray | None,
+    margin: float | None,
+    min_total: int,
+) -> list[GroupRow]:
+    """One row per group when both models were evaluated by group (and alike)."""
+    if candidate is None or champion is None or np.shape(candidate) != np.shape(champion):
+        return []
+    if margin is not None and (not math.isfinite(margin) or margin < 0):
+        raise ValueError(f"group_margin={margin!r} must be a finite number >= 0, or None")
+    cand, champ = group_recalls(candidate), group_recalls(champion)
+    rows = []
+    for g in range(len(cand)):
+        samples = int(min(np.sum(candidate[g]), np.sum(champion[g])))
+        delta = float(cand[g] - champ[g])
+        counted = samples >= min_total and math.isfinite(delta)
+        regressed = counted and margin is not None and delta < -margin - _TIE
+        rows.append(
+            GroupRow(g, float(cand[g]), float(champ[g]), samples, delta, counted, regressed)
+        )
+    return rows
 
 
 def _rows(

@@ -31,6 +31,7 @@ from fedretrain.checkpoint import CheckpointStore, Plateau, RunState
 from fedretrain.config import RunConfig
 from fedretrain.errors import FederationError
 from fedretrain.html_report import write_report
+from fedretrain.metrics import group_recalls
 from fedretrain.monitor.base import Seed
 from fedretrain.monitor.private import statistics_privacy, stats_epsilon
 from fedretrain.monitor.stats import HistogramEdges, PeriodStats
@@ -702,7 +703,7 @@ class Controller:
             rounds=outcome.trained_rounds,
             samples={str(s): n for s, n in sorted(outcome.samples.items())},
             config_hash=self.config_hash,
-            metrics={"validation_accuracy": accuracy},
+            metrics={"validation_accuracy": accuracy, **worst_scores(evaluation)},
             site_metrics={str(s): {"accuracy": c / n} for s, (c, n) in sorted(scores.items()) if n},
             epsilon={str(s): e for s, e in (outcome.epsilon_by_site or {}).items()},
             cluster=cluster,
@@ -712,9 +713,17 @@ class Controller:
 
     def _release(self, version: int, period: int, reuse: bool = False) -> bool:
         """The gate on this period's holdouts, then a promotion or a canary."""
-        candidate = self._evaluate(period, self.registry.load(version)).scores
-        champion = self._evaluate(period, self._champion()).scores
-        return self.lifecycle.release(version, period, candidate, champion, reuse=reuse)
+        candidate = self._evaluate(period, self.registry.load(version))
+        champion = self._evaluate(period, self._champion())
+        return self.lifecycle.release(
+            version,
+            period,
+            candidate.scores,
+            champion.scores,
+            reuse=reuse,
+            candidate_groups=_groups(candidate),
+            champion_groups=_groups(champion),
+        )
 
     def _champion(self) -> Weights:
         return self.registry.load(self.lifecycle.champion_version())
@@ -781,3 +790,23 @@ class Controller:
 def _no_data(stats: PeriodStats) -> bool:
     """Whether no site had data in the period (deployed sites with no new files)."""
     return stats.total.n == 0
+
+
+def _groups(evaluation: Evaluation) -> np.ndarray | None:
+    """An evaluation's confusion per group of users, when the task has groups."""
+    return None if evaluation.result is None else evaluation.result.groups
+
+
+def worst_scores(evaluation: Evaluation) -> dict[str, float]:
+    """The lowest site accuracy and, with groups of users, the lowest group recall of a
+    version's validation: what a version's metrics show beside its overall accuracy."""
+    worst = {}
+    accuracies = [c / n for c, n in evaluation.scores.values() if n]
+    if accuracies:
+        worst["worst_site_accuracy"] = min(accuracies)
+    groups = _groups(evaluation)
+    if groups is not None:
+        recalls = group_recalls(groups)
+        if np.isfinite(recalls).any():
+            worst["worst_group_recall"] = float(np.nanmin(recalls))
+    return worst

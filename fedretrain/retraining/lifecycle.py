@@ -101,8 +101,11 @@ class Lifecycle:
         champion: SiteScores,
         *,
         reuse: bool = False,
+        candidate_groups: np.ndarray | None = None,
+        champion_groups: np.ndarray | None = None,
     ) -> bool:
-        """The gate on the sites' holdout scores, then a promotion or a canary.
+        """The gate on the sites' holdout scores (and, with groups of users, each model's
+        confusion per group, summed over the sites), then a promotion or a canary.
 
         Returns False if the gate refused the version: a new candidate is then rejected; a
         former champion offered for ``reuse`` keeps its status (the refusal is the gate
@@ -123,6 +126,9 @@ class Lifecycle:
                 c.global_margin,
                 c.site_margin,
                 min_site_total=c.min_site_examples,
+                candidate_groups=candidate_groups,
+                champion_groups=champion_groups,
+                group_margin=c.group_margin,
             )
             passed, reason = decision.promote, decision.reason
             self.registry.record(

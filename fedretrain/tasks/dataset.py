@@ -20,11 +20,18 @@ class ArrayDataset:
     num_classes : int
         Number of classes of the task: fixed by the task, not by the labels a subset happens to
         hold, so every site builds the same model.
+    groups : np.ndarray or None
+        Each sample's group, ``int64`` in ``[0, num_groups)`` (e.g. a tabular file's
+        ``group_column``): the gate compares models group by group. None: no groups.
+    num_groups : int
+        Number of groups of the task (0 without groups), fixed like ``num_classes``.
     """
 
     x: np.ndarray
     y: np.ndarray
     num_classes: int
+    groups: np.ndarray | None = None
+    num_groups: int = 0
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
@@ -40,6 +47,14 @@ class ArrayDataset:
                 f"labels must lie in [0, {self.num_classes}), got [{self.y.min()}, {self.y.max()}]"
             )
 
+        if (self.groups is None) != (self.num_groups == 0):
+            raise ValueError("groups and num_groups go together: give both, or neither")
+        if self.groups is not None:
+            if self.groups.shape != self.y.shape:
+                raise ValueError(f"groups has shape {self.groups.shape}, y {self.y.shape}")
+            if len(self.groups) and (self.groups.min() < 0 or self.groups.max() >= self.num_groups):
+                raise ValueError(f"groups must lie in [0, {self.num_groups})")
+
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
@@ -48,7 +63,10 @@ class ArrayDataset:
         return tuple(int(d) for d in self.x.shape[1:])
 
     def subset(self, indices: np.ndarray) -> ArrayDataset:
-        return ArrayDataset(self.x[indices], self.y[indices], self.num_classes)
+        groups = None if self.groups is None else self.groups[indices]
+        return ArrayDataset(
+            self.x[indices], self.y[indices], self.num_classes, groups, self.num_groups
+        )
 
     def split(
         self, holdout_fraction: float, rng: np.random.Generator

@@ -18,12 +18,16 @@ def load_table(
     label_column: str = "label",
     feature_columns: Sequence[str] | None = None,
     standardize: bool = True,
+    group_column: str | None = None,
 ) -> ArrayDataset:
     """Read a table whose features are numeric and whose label column holds the classes.
 
     Labels may be any values (strings, ints); they are mapped to ``0..K-1`` in sorted order so
     that every site that reads the same file agrees on the classes. ``standardize`` rescales
     each feature to zero mean and unit variance over the whole table, which an MLP needs.
+    ``group_column`` names a column of groups of users (any values, mapped to ``0..G-1`` in
+    sorted order like the labels); it is not a feature, and the gate compares models group by
+    group (``release.group_margin``).
     """
     file = Path(path).expanduser()
     reader = _READERS.get(file.suffix.lower())
@@ -39,11 +43,18 @@ def load_table(
             f"{file}: no label column {label_column!r}; columns are {list(frame.columns)}. "
             "Set task.dataset.label_column."
         )
+    if group_column is not None and group_column not in frame.columns:
+        raise ValueError(
+            f"{file}: no group column {group_column!r}; columns are {list(frame.columns)}. "
+            "Set task.dataset.group_column, or null for no groups."
+        )
     columns = (
         list(feature_columns)
         if feature_columns
-        else [c for c in frame.columns if c != label_column]
+        else [c for c in frame.columns if c not in (label_column, group_column)]
     )
+    if group_column is not None and group_column in columns:
+        raise ValueError(f"{file}: the group column {group_column!r} cannot also be a feature")
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{file}: feature columns {missing} not found in {list(frame.columns)}")
@@ -56,6 +67,8 @@ def load_table(
         )
     x = features.to_numpy(dtype=np.float32)
     bad_rows = ~np.isfinite(x).all(axis=1) | frame[label_column].isna().to_numpy()
+    if group_column is not None:
+        bad_rows |= frame[group_column].isna().to_numpy()
     if bad_rows.any():
         first = int(np.flatnonzero(bad_rows)[0])
         # A CSV's data row i is on line i + 2 (the header is line 1) unless blank lines were
@@ -73,7 +86,10 @@ def load_table(
     classes, y = np.unique(frame[label_column].to_numpy(), return_inverse=True)
     if len(classes) < 2:
         raise ValueError(f"{file}: the label column {label_column!r} holds a single class")
-    return ArrayDataset(x, y.astype(np.int64), num_classes=len(classes))
+    if group_column is None:
+        return ArrayDataset(x, y.astype(np.int64), num_classes=len(classes))
+    names, groups = np.unique(frame[group_column].to_numpy(), return_inverse=True)
+    return ArrayDataset(x, y.astype(np.int64), len(classes), groups.astype(np.int64), len(names))
 
 
 def _line_of(file: Path, row: int) -> int:
