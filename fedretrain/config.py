@@ -659,6 +659,11 @@ def _check_clustered(cfg: DictConfig) -> list[str]:
             "adaptation=clustered: needs a drift scenario (monitoring periods), e.g. "
             "scenario=sine_staggered"
         )
+    if cfg.release.get("group_margin") is not None:
+        problems.append(
+            "release.group_margin with adaptation=clustered: a cluster's gate does not compare "
+            "groups of users yet: use adaptation=single, or release.group_margin=null"
+        )
     if cfg.privacy.user_level:
         problems.append(
             "adaptation=clustered with privacy.user_level=true: user-level DP accounts every "

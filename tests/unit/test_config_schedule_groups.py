@@ -1,5 +1,6 @@
-"""``policy.windows``, ``policy.timezone`` and ``policy.max_rounds_per_day`` are checked when the
-config is composed, each problem named with its fix (issue 17, item 5)."""
+"""``policy.windows``, ``policy.timezone``, ``policy.max_rounds_per_day`` and
+``release.group_margin`` are checked when the config is composed, each problem named with its fix
+(issue 17, items 4 and 5)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,8 @@ def test_a_simulation_has_no_wall_clock_for_windows() -> None:
 def test_a_clustered_deployment_refuses_windows_for_now() -> None:
     text = problems([*DEPLOYED, "adaptation=clustered", "policy.windows=[22:00-06:00]"])
     assert "adaptation=clustered: a clustered run's retrains are not scheduled" in text
+
+
+def test_a_clustered_run_refuses_a_group_margin_for_now() -> None:
+    text = problems(["scenario=sine_staggered", "adaptation=clustered", "release.group_margin=0.1"])
+    assert "release.group_margin with adaptation=clustered" in text
