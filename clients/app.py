@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -48,6 +48,7 @@ from fedretrain.flower.records import (
     DATA_REPORT_KEY,
     INCOMING_EVAL_KEY,
     LEDGER_DIR_KEY,
+    MEMORY_KEY,
     MODEL_SCORES_KEY,
     MODELS_KEY,
     SITE_ID_KEY,
@@ -156,15 +157,16 @@ def _split(
 
 
 def _earlier_window(
-    instruction: Instruction, context: Context, site: Site, period: int
+    instruction: Instruction, context: Context, site: Site, period: int, part: int = 0
 ) -> ArrayDataset | None:
-    """The training part of an earlier ``period``'s window of ``site``, as it was read then;
-    None for a deployed site that took no data in that period (it was offline)."""
+    """The training part (``part=1``: the holdout) of an earlier ``period``'s window of
+    ``site``, as it was read then; None for a deployed site that took no data in that period
+    (it was offline)."""
     data_dir = context.node_config.get(DATA_DIR_KEY)
     if not data_dir:
         num_partitions = int(cast(int, context.node_config["num-partitions"]))
         scenario = _scenario(instruction.config_yaml, num_partitions)
-        return scenario.window(site.partition_id, period)[0]
+        return scenario.window(site.partition_id, period)[part]
     from fedretrain.deploy.trust import parse_allowed
 
     allowed = parse_allowed(cast(str | None, context.node_config.get(ALLOWED_TARGETS_KEY)))
@@ -173,7 +175,7 @@ def _earlier_window(
     if taken is None:
         return None
     data = ArrayDataset(taken.x, taken.y, stream.num_classes)
-    return _split(cfg, data, site.partition_id, period)[0]
+    return _split(cfg, data, site.partition_id, period)[part]
 
 
 def _buffered(
@@ -384,9 +386,24 @@ def _holdout_eval(cfg: RunConfig, site: Site) -> EvalResult:
     return evaluate(site.model, site.holdout, site.device, groups=groups)
 
 
+def _memory(site: Site, instruction: Instruction, context: Context, periods: list[int]) -> Site:
+    """The site with the holdouts of earlier ``periods`` together as its holdout: what the
+    gate asks a candidate to remember (``release.memory_periods``)."""
+    parts = [_earlier_window(instruction, context, site, p, part=1) for p in periods]
+    kept = [d for d in parts if d is not None and len(d)]
+    if not kept:
+        return replace(site, holdout=site.holdout.subset(np.arange(0)))
+    x = np.concatenate([d.x for d in kept])
+    y = np.concatenate([d.y for d in kept])
+    return replace(site, holdout=ArrayDataset(x, y, site.holdout.num_classes))
+
+
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
-    cfg, site, _ = _load(msg, context)
+    cfg, site, instruction = _load(msg, context)
+    memory = msg.content.config_records["config"].get(MEMORY_KEY)
+    if memory:
+        site = _memory(site, instruction, context, [int(p) for p in cast(list[int], memory)])
     result = _holdout_eval(cfg, site)
     metrics = eval_metrics(result, site.partition_id)
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

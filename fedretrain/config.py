@@ -244,6 +244,9 @@ class RetrainConfig:
     reuse_margin: float = 0.02  # a stored model must beat the serving one by this much
     reuse_tolerance: float = 0.03  # ...and score within this of its own validation accuracy
     max_stored: int = 20  # earlier models kept for reuse
+    # Rehearsal: a retrain's sites train on their windows of this many earlier periods too (a
+    # bounded replay buffer, so that what still matters is not forgotten); 0: the period's.
+    rehearsal_periods: int = 0
 
     def __post_init__(self) -> None:
         r = "retrain."
@@ -262,6 +265,10 @@ class RetrainConfig:
                 f"{r}reuse_tolerance={self.reuse_tolerance}: must lie in [0, 1]",
             ),
             (self.max_stored >= 0, f"{r}max_stored={self.max_stored}: must be >= 0"),
+            (
+                self.rehearsal_periods >= 0,
+                f"{r}rehearsal_periods={self.rehearsal_periods}: must be >= 0 (0: no rehearsal)",
+            ),
         )
 
 
@@ -291,10 +298,25 @@ class ReleaseConfig:
     watch_periods: int = 1
     rollback_margin: float = 0.03
     group_margin: float | None = None
+    # Knowledge preservation: the gate also scores both models on the sites' holdouts of this
+    # many periods before the current one (backward transfer) and, with forgetting_margin,
+    # refuses a candidate that does worse there than the champion by more.
+    memory_periods: int = 0
+    forgetting_margin: float | None = None
 
     def __post_init__(self) -> None:
         r = "release."
         raise_failed(
+            (self.memory_periods >= 0, f"{r}memory_periods={self.memory_periods}: must be >= 0"),
+            (
+                self.forgetting_margin is None or self.forgetting_margin >= 0,
+                f"{r}forgetting_margin={self.forgetting_margin}: must be >= 0, or null",
+            ),
+            (
+                self.forgetting_margin is None or self.memory_periods > 0,
+                f"{r}forgetting_margin={self.forgetting_margin} needs earlier holdouts to "
+                f"judge forgetting on: set {r}memory_periods (e.g. 3)",
+            ),
             (
                 self.group_margin is None or self.group_margin >= 0,
                 f"{r}group_margin={self.group_margin}: must be >= 0, or null not to gate groups",
@@ -597,6 +619,7 @@ def cross_checks(cfg: DictConfig, typed: dict[str, Any]) -> list[str]:
     problems += _check_stats_bound(cfg)
     problems += _check_augment(cfg)
     problems += _check_windows(cfg)
+    problems += _check_memory(cfg)
     if cfg.adaptation.mode != AdaptationMode.single.value:
         problems += _check_clustered(cfg)
     return problems
@@ -611,6 +634,18 @@ def _check_augment(cfg: DictConfig) -> list[str]:
         "does not declare image inputs (task.image=false): use an image task (e.g. "
         "task=digits_cnn), set task.image=true if your inputs are (channels, height, width) "
         "images, or set train.augment=false"
+    ]
+
+
+def _check_memory(cfg: DictConfig) -> list[str]:
+    """Earlier holdouts and rehearsal need earlier periods: a drift scenario's."""
+    if not (cfg.release.get("memory_periods") or cfg.retrain.get("rehearsal_periods")):
+        return []
+    if cfg.scenario.get("stream") is not None and cfg.scenario.num_periods > 1:
+        return []
+    return [
+        "release.memory_periods / retrain.rehearsal_periods: use earlier monitoring periods, "
+        "which only a drift scenario has (e.g. scenario=sea_recurring); leave them at 0"
     ]
 
 
@@ -658,6 +693,11 @@ def _check_clustered(cfg: DictConfig) -> list[str]:
         problems.append(
             "adaptation=clustered: needs a drift scenario (monitoring periods), e.g. "
             "scenario=sine_staggered"
+        )
+    if cfg.release.get("memory_periods") or cfg.retrain.get("rehearsal_periods"):
+        problems.append(
+            "release.memory_periods / retrain.rehearsal_periods with adaptation=clustered: a "
+            "cluster's sites already train on their concept's buffer; not combined yet"
         )
     if cfg.release.get("group_margin") is not None:
         problems.append(

@@ -30,6 +30,7 @@ from fedretrain.flower.records import (
     CANARY_KEY,
     DEFAULT_CLUSTER_KEY,
     INCOMING_EVAL_KEY,
+    MEMORY_KEY,
     MODEL_SCORES_KEY,
     MODELS_KEY,
     MONITOR_QUERY,
@@ -261,13 +262,21 @@ class FlowerFederation:
         them."""
         return frozenset(n for n, s in self._site_of_node.items() if s in sites)
 
-    def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:
+    def evaluate(
+        self,
+        server_round: int,
+        weights: Weights,
+        period: int,
+        memory: tuple[int, ...] = (),
+    ) -> Evaluation:
         config = instruction_config(
             self.config_yaml,
             self.num_rounds,
             self._period(period),
             frozen_digest=self._frozen_digest,
         )
+        if memory:  # the holdouts of these earlier periods, together, instead of period's
+            config[MEMORY_KEY] = list(memory)
         messages = self.strategy.configure_evaluate(
             server_round, self._record(weights), config, self.grid
         )

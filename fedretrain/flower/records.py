@@ -26,6 +26,7 @@ MONITOR_QUERY = "query.monitor"  # message type of the per-period statistics que
 EVALUATE_INCOMING_KEY = "evaluate-incoming"  # a train instruction: score the model sent, first
 INCOMING_EVAL_KEY = "incoming-eval"  # a train reply: that score (eval_metrics, as a ConfigRecord)
 LEDGER_DIR_KEY = "ledger-dir"  # simulation: the folder of the sites' privacy ledgers
+MEMORY_KEY = "memory-periods"  # an evaluation on these earlier periods' holdouts instead
 FROZEN_DIGEST_KEY = "frozen-digest"  # train.freeze: the frozen arrays every site must hold
 CANARY_KEY = "canary-sites"  # the sites that serve the candidate sent along in a monitor query
 # adaptation=clustered: a monitor query carries every live model as ArrayRecord "model-<k>";

@@ -95,6 +95,27 @@ class GroupRow:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """Backward transfer: both models on the holdouts of earlier periods, pooled over the
+    sites that evaluated both; ``delta`` is candidate - champion (negative: forgetting)."""
+
+    candidate: float
+    champion: float
+    delta: float
+    forgetting_margin: float | None
+    forgets: bool  # delta < -forgetting_margin
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "candidate_accuracy": _finite_or_none(self.candidate),
+            "champion_accuracy": _finite_or_none(self.champion),
+            "backward_transfer": _finite_or_none(self.delta),
+            "forgetting_margin": self.forgetting_margin,
+            "forgets": self.forgets,
+        }
+
+
+@dataclass(frozen=True)
 class GateDecision:
     """The gate's verdict, its reason, and the per-site rows behind it."""
 
@@ -107,6 +128,7 @@ class GateDecision:
     rows: tuple[GateRow, ...]
     groups: tuple[GroupRow, ...] = ()
     group_margin: float | None = None
+    memory: Memory | None = None
 
     @property
     def regressed_sites(self) -> tuple[Site, ...]:
@@ -124,6 +146,7 @@ class GateDecision:
             "rows": [row.to_dict() for row in self.rows],
             "group_margin": self.group_margin,
             "groups": [row.to_dict() for row in self.groups],
+            "memory": None if self.memory is None else self.memory.to_dict(),
         }
 
 
@@ -137,6 +160,9 @@ def gate(
     candidate_groups: np.ndarray | None = None,
     champion_groups: np.ndarray | None = None,
     group_margin: float | None = None,
+    candidate_memory: Mapping[K, ScoreLike] | None = None,
+    champion_memory: Mapping[K, ScoreLike] | None = None,
+    forgetting_margin: float | None = None,
 ) -> GateDecision:
     """Compare a candidate with the champion on the sites' holdouts.
 
@@ -160,6 +186,12 @@ def gate(
     group_margin : float or None
         How far below the champion's recall on any one group the candidate may fall; None:
         the groups are compared and reported but block nothing.
+    candidate_memory, champion_memory : mapping of site to SiteScore or (correct, total)
+        Each model per site on the holdouts of earlier periods (``release.memory_periods``);
+        None: not evaluated.
+    forgetting_margin : float or None
+        How far below the champion's accuracy on those holdouts the candidate may fall;
+        None: backward transfer is reported but blocks nothing.
 
     Returns
     -------
@@ -179,6 +211,7 @@ def gate(
     champ_acc = pooled(r.champion for r in both if r.champion).accuracy
 
     groups = _group_rows(candidate_groups, champion_groups, group_margin, min_site_total)
+    memory = _memory(candidate_memory, champion_memory, forgetting_margin)
 
     def decided(promote: bool, reason: str) -> GateDecision:
         return GateDecision(
@@ -191,6 +224,7 @@ def gate(
             tuple(rows),
             tuple(groups),
             group_margin,
+            memory,
         )
 
     if not any(s.total for s in cand.values()):
@@ -217,6 +251,11 @@ def gate(
         for g in groups
         if g.regressed
     ]
+    if memory is not None and memory.forgets:
+        problems.append(
+            f"forgets: {memory.candidate:.4f} vs the champion's {memory.champion:.4f} on the "
+            f"earlier periods' holdouts, more than forgetting_margin {forgetting_margin:g} below"
+        )
     if problems:
         return decided(False, "; ".join(problems))
     also = (
@@ -228,6 +267,26 @@ def gate(
         f"{global_margin:g} on {len(both)} sites, no site regresses by more than "
         f"{site_margin:g}{also}",
     )
+
+
+def _memory(
+    candidate: Mapping[K, ScoreLike] | None,
+    champion: Mapping[K, ScoreLike] | None,
+    margin: float | None,
+) -> Memory | None:
+    """Backward transfer over the sites where both models scored some earlier holdout."""
+    if candidate is None or champion is None:
+        return None
+    if margin is not None and (not math.isfinite(margin) or margin < 0):
+        raise ValueError(f"forgetting_margin={margin!r} must be a finite number >= 0, or None")
+    cand, champ = as_scores(candidate), as_scores(champion)
+    both = [s for s in cand if s in champ and cand[s].total and champ[s].total]
+    if not both:
+        return None
+    c = pooled(cand[s] for s in both).accuracy
+    h = pooled(champ[s] for s in both).accuracy
+    forgets = margin is not None and c < h - margin - _TIE
+    return Memory(c, h, c - h, margin, forgets)
 
 
 def _group_rows(

@@ -49,6 +49,7 @@ from fedretrain.retraining.port import (
     Federation,
     ModelFactory,
     Serving,
+    SiteScores,
     TrainedRound,
     Weights,
     digest,
@@ -582,7 +583,10 @@ class Controller:
         if self._one_wave:
             return self._train_round_evaluating(server_round, weights, period, started)
         if self._train_sites is None:
-            trained = self.federation.train_round(server_round, weights, period, drifted)
+            since = self._rehearsal(period)
+            trained = self.federation.train_round(
+                server_round, weights, period, drifted, since=since
+            )
         else:  # a cluster's model: only its sites train
             trained = self.federation.train_round(
                 server_round,
@@ -713,8 +717,15 @@ class Controller:
 
     def _release(self, version: int, period: int, reuse: bool = False) -> bool:
         """The gate on this period's holdouts, then a promotion or a canary."""
-        candidate = self._evaluate(period, self.registry.load(version))
-        champion = self._evaluate(period, self._champion())
+        candidate_weights, champion_weights = self.registry.load(version), self._champion()
+        candidate = self._evaluate(period, candidate_weights)
+        champion = self._evaluate(period, champion_weights)
+        memory = self._memory_periods(period)
+        remembered: dict[str, SiteScores | None] = {"candidate": None, "champion": None}
+        if memory:
+            for name, weights in (("candidate", candidate_weights), ("champion", champion_weights)):
+                evaluation = self.federation.evaluate(self.server_round, weights, period, memory)
+                remembered[name] = evaluation.scores
         return self.lifecycle.release(
             version,
             period,
@@ -723,7 +734,22 @@ class Controller:
             reuse=reuse,
             candidate_groups=_groups(candidate),
             champion_groups=_groups(champion),
+            candidate_memory=remembered["candidate"],
+            champion_memory=remembered["champion"],
         )
+
+    def _memory_periods(self, period: int) -> tuple[int, ...]:
+        """The earlier periods whose holdouts the gate checks for forgetting."""
+        m = self.cfg.release.memory_periods
+        return tuple(range(max(0, period - m), period)) if m and period > 0 else ()
+
+    def _rehearsal(self, period: int) -> dict[int, int] | None:
+        """Each site's first window of a retrain's replay buffer (``retrain.rehearsal_periods``
+        earlier windows besides the period's); None without rehearsal."""
+        r = self.cfg.retrain.rehearsal_periods
+        if not r or period == 0:
+            return None
+        return {s: max(0, period - r) for s in range(self.cfg.runtime.num_clients)}
 
     def _champion(self) -> Weights:
         return self.registry.load(self.lifecycle.champion_version())

@@ -103,9 +103,12 @@ class Lifecycle:
         reuse: bool = False,
         candidate_groups: np.ndarray | None = None,
         champion_groups: np.ndarray | None = None,
+        candidate_memory: SiteScores | None = None,
+        champion_memory: SiteScores | None = None,
     ) -> bool:
         """The gate on the sites' holdout scores (and, with groups of users, each model's
-        confusion per group, summed over the sites), then a promotion or a canary.
+        confusion per group, summed over the sites; with ``release.memory_periods``, each
+        model's scores on earlier periods' holdouts), then a promotion or a canary.
 
         Returns False if the gate refused the version: a new candidate is then rejected; a
         former champion offered for ``reuse`` keeps its status (the refusal is the gate
@@ -129,6 +132,9 @@ class Lifecycle:
                 candidate_groups=candidate_groups,
                 champion_groups=champion_groups,
                 group_margin=c.group_margin,
+                candidate_memory=candidate_memory,
+                champion_memory=champion_memory,
+                forgetting_margin=c.forgetting_margin,
             )
             passed, reason = decision.promote, decision.reason
             self.registry.record(

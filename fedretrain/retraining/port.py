@@ -117,8 +117,16 @@ class Federation(Protocol):
         ``period``'s window alone. :attr:`TrainedRound.examples` counts all of them."""
         ...
 
-    def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:
-        """Evaluate ``weights`` on the sites' holdouts of ``period``."""
+    def evaluate(
+        self,
+        server_round: int,
+        weights: Weights,
+        period: int,
+        memory: tuple[int, ...] = (),
+    ) -> Evaluation:
+        """Evaluate ``weights`` on the sites' holdouts of ``period``; with ``memory``, on the
+        holdouts of those earlier periods together instead (what a candidate may have
+        forgotten, ``release.memory_periods``)."""
         ...
 
     def collect_stats(

@@ -84,6 +84,7 @@ class FakeFederation:
     trained_sites: list[tuple[int, ...] | None] = field(default_factory=list)  # each round's
     since: list[dict[int, int]] = field(default_factory=list)  # each round's buffer starts
     served: dict[int, dict[int, float]] = field(default_factory=dict)  # period -> site -> w
+    memories: list[tuple[int, ...]] = field(default_factory=list)  # each evaluation's memory
 
     @property
     def num_sites(self) -> int:
@@ -130,9 +131,22 @@ class FakeFederation:
             for s in range(self.num_sites)
         }
 
-    def evaluate(self, server_round: int, weights: Weights, period: int) -> Evaluation:
+    def evaluate(
+        self, server_round: int, weights: Weights, period: int, memory: tuple[int, ...] = ()
+    ) -> Evaluation:
         self._called("evaluate", period)
-        return self._evaluation(weights, period)
+        self.memories.append(memory)
+        if not memory:
+            return self._evaluation(weights, period)
+        w = float(weights["w"][0])  # the holdouts of the earlier periods, together
+        scores = {s: (0, 0) for s in range(self.num_sites)}
+        for p in memory:
+            for s, (c, n) in self.scores(w, p).items():
+                scores[s] = (scores[s][0] + c, scores[s][1] + n)
+        correct = sum(c for c, _ in scores.values())
+        total = sum(n for _, n in scores.values())
+        confusion = np.array([[correct, total - correct], [0, 0]])
+        return Evaluation(EvalResult(total, float(total - correct), confusion), len(scores), scores)
 
     def _evaluation(self, weights: Weights, period: int) -> Evaluation:
         scores = self.scores(float(weights["w"][0]), period)
