@@ -23,6 +23,7 @@ NUM_SITES = 10
 
 # What each scenario should do with 10 sites: (change points, sites affected at the first one).
 EXPECTED = {
+    "circle_recurring": ([4, 7, 10], list(range(10))),
     "circle_shift": ([5], list(range(10))),
     "digits_rotation_partial": ([5], [0, 1, 2]),
     "digits_swap": ([5], list(range(10))),

@@ -1,6 +1,7 @@
-"""``policy.windows``, ``policy.timezone``, ``policy.max_rounds_per_day`` and
-``release.group_margin`` are checked when the config is composed, each problem named with its fix
-(issue 17, items 4 and 5)."""
+"""The settings of issue 17, items 3 to 5, are checked when the config is composed, each problem
+named with its fix: ``policy.windows``, ``policy.timezone``, ``policy.max_rounds_per_day``,
+``release.group_margin``, ``release.memory_periods``, ``release.forgetting_margin`` and
+``retrain.rehearsal_periods``."""
 
 from __future__ import annotations
 
@@ -65,3 +66,30 @@ def test_a_clustered_deployment_refuses_windows_for_now() -> None:
 def test_a_clustered_run_refuses_a_group_margin_for_now() -> None:
     text = problems(["scenario=sine_staggered", "adaptation=clustered", "release.group_margin=0.1"])
     assert "release.group_margin with adaptation=clustered" in text
+
+
+def test_memory_and_rehearsal_settings_are_checked() -> None:
+    assert "set release.memory_periods" in problems(
+        ["scenario=sea_recurring", "release.forgetting_margin=0.05"]
+    )
+    assert "only a drift scenario has" in problems(["release.memory_periods=3"])
+    assert "only a drift scenario has" in problems(["retrain.rehearsal_periods=2"])
+    clustered = problems(
+        ["scenario=sine_staggered", "adaptation=clustered", "retrain.rehearsal_periods=2"]
+    )
+    assert "retrain.rehearsal_periods with adaptation=clustered" in clustered
+    assert "rehearsal_periods=-1: must be >= 0" in problems(
+        ["scenario=sea_recurring", "retrain.rehearsal_periods=-1"]
+    )
+    run = to_typed(
+        compose(
+            [
+                "scenario=sea_recurring",
+                "release.memory_periods=3",
+                "release.forgetting_margin=0.05",
+                "retrain.rehearsal_periods=2",
+            ]
+        ),
+        build_targets=False,
+    )
+    assert (run.release.memory_periods, run.retrain.rehearsal_periods) == (3, 2)
