@@ -118,14 +118,10 @@ class Scheduled:
     schedule: str = ""
     waiting: tuple[int, str] | None = None
 
-    @property
-    def fired(self) -> bool:
-        """What the trigger policy itself decided this period (resume's replay checks it)."""
-        return policy_fired(self.retrain, self.schedule)
-
 
 def policy_fired(retrain: bool, schedule: str) -> bool:
-    """The trigger policy's own verdict, from what the period did and how it was scheduled."""
+    """The trigger policy's own verdict, from what the period did and how it was scheduled
+    (what resume's replay checks against the replayed policy)."""
     return {WAIT: True, PENDING: False, WAITED: False}.get(schedule, retrain)
 
 
