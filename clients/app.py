@@ -38,11 +38,13 @@ from hydra.utils import instantiate
 
 from clients.attack import LABEL_MAP_KEY, REVERSED_LABELS, attack_mod
 from fedretrain.config import RunConfig, from_yaml
-from fedretrain.finetune import load_travelling, travelling_state
+from fedretrain.finetune import anchor_tensors, load_travelling, training_only, travelling_state
 from fedretrain.flower.cohorts import cohort_mod
 from fedretrain.flower.logs import quiet_flower
 from fedretrain.flower.records import (
     ALLOWED_TARGETS_KEY,
+    ANCHOR_MU_KEY,
+    ANCHOR_RECORD,
     CANARY_KEY,
     DATA_DIR_KEY,
     DATA_REPORT_KEY,
@@ -254,10 +256,10 @@ def train_handler(msg: Message, context: Context) -> Message:
     buffered = _buffered(site, instruction, msg.content.config_records["config"], context)
     data = _train_data(buffered, context)
     scored = _incoming_eval(cfg, site) if instruction.evaluate_incoming else {}
+    mu, anchor = _proximal(msg, site, instruction)
     if not cfg.privacy.enabled:
-        result = train(
-            site.model, data, cfg.train, lr, site.device, generator, instruction.proximal_mu
-        )
+        with training_only(site.model, instruction.train_only):
+            result = train(site.model, data, cfg.train, lr, site.device, generator, mu, anchor)
         metrics = train_metrics(result, site.partition_id)
         arrays = ArrayRecord(travelling_state(site.model))
         content = RecordDict({"arrays": arrays, "metrics": metrics, **scored})
@@ -272,7 +274,10 @@ def train_handler(msg: Message, context: Context) -> Message:
     )
     released = cache.get(key)
     if released is None:
-        outcome = _dp_train(cfg, site, data, instruction, lr, generator, folder, key)
+        with training_only(site.model, instruction.train_only):
+            outcome = _dp_train(
+                cfg, site, data, instruction, lr, generator, folder, key, mu, anchor
+            )
         if isinstance(outcome, str):  # it still scored the model it was sent
             declined = declined_reply(msg, outcome)
             for name, record in scored.items():
@@ -315,6 +320,8 @@ def _dp_train(
     generator: torch.Generator,
     folder: Path,
     request: str,
+    proximal_mu: float,
+    anchor: list[torch.Tensor] | None,
 ) -> DPTrainResult | str:
     """DP-SGD on ``data``, accounted in the site's ledger; the reason instead if the site's
     budget does not allow the round.
@@ -349,8 +356,24 @@ def _dp_train(
         ledger,
         tag,
         plan=plan,
-        proximal_mu=instruction.proximal_mu,
+        proximal_mu=proximal_mu,
+        anchor=anchor,
     )
+
+
+def _proximal(
+    msg: Message, site: Site, instruction: Instruction
+) -> tuple[float, list[torch.Tensor] | None]:
+    """The proximal term's mu and anchor: the serving model the message carries
+    (``retrain.anchor_mu``), else FedProx's mu at the incoming weights (no anchor)."""
+    if instruction.anchor_mu <= 0:
+        return instruction.proximal_mu, None
+    record = msg.content.array_records.get(ANCHOR_RECORD)
+    if record is None:
+        raise ValueError(f"the instruction sets {ANCHOR_MU_KEY} but carries no {ANCHOR_RECORD!r}")
+    with training_only(site.model, instruction.train_only):
+        anchor = anchor_tensors(site.model, record.to_torch_state_dict())
+    return instruction.anchor_mu, anchor
 
 
 def _ledger_folder(site: Site, instruction: Instruction, context: Context) -> Path:

@@ -47,6 +47,7 @@ __all__ = [  # the schema classes defined beside their code are importable from 
     "PrivacyConfig",
     "ReleaseConfig",
     "RetrainConfig",
+    "RetrainStrategy",
     "RunConfig",
     "RuntimeConfig",
     "ScenarioConfig",
@@ -231,10 +232,31 @@ class MonitorConfig:
         )
 
 
+class RetrainStrategy(str, Enum):
+    """How a triggered retrain makes its candidate (:mod:`fedretrain.retraining.strategies`)."""
+
+    auto = "auto"  # reuse a stored version that wins, else train retrain.candidates and pick
+    incremental = "incremental"  # fine-tune the serving model (a warm start)
+    full = "full"  # fresh weights, trained on the windows kept since the change
+    transfer = "transfer"  # the serving model's backbone frozen, its head re-initialised
+    reuse = "reuse"  # serve the stored version that does best on current data
+
+
+TRAINED_STRATEGIES = ("incremental", "full", "transfer")  # what a tournament may train
+
+
 @dataclass
 class RetrainConfig:
     """How a triggered retrain runs (server.controller)."""
 
+    strategy: RetrainStrategy = RetrainStrategy.auto
+    # strategy=auto: the strategies that train a candidate each, in the same period, when no
+    # stored version is reused; federated validation picks one for the gate. One: no tournament.
+    candidates: list[str] = field(default_factory=lambda: ["incremental"])
+    buffer_periods: int = 1  # strategy full: each site's windows since the change, at most
+    # A proximal term anchored at the serving model: a retrain's local loss gains
+    # anchor_mu / 2 * ||w - w_champion||^2 (FedProx's term, with the champion for the anchor).
+    anchor_mu: float = 0.0
     max_rounds: int = 20  # cap on rounds per retrain
     patience: int = 3  # stop after this many rounds without validation gain
     min_delta: float = 0.002  # validation accuracy gain that counts as progress
@@ -269,7 +291,28 @@ class RetrainConfig:
                 self.rehearsal_periods >= 0,
                 f"{r}rehearsal_periods={self.rehearsal_periods}: must be >= 0 (0: no rehearsal)",
             ),
+            (self.buffer_periods >= 1, f"{r}buffer_periods={self.buffer_periods}: must be >= 1"),
+            (
+                self.anchor_mu >= 0,
+                f"{r}anchor_mu={self.anchor_mu}: must be >= 0 (0: no proximal term)",
+            ),
+            *_candidate_problems(list(self.candidates)),
         )
+
+
+def _candidate_problems(candidates: list[str]) -> list[tuple[bool, str]]:
+    """``retrain.candidates``: one or more distinct strategies that train."""
+    key = f"retrain.candidates={candidates}"
+    unknown = [c for c in candidates if c not in TRAINED_STRATEGIES]
+    return [
+        (bool(candidates), f"{key}: name at least one of {', '.join(TRAINED_STRATEGIES)}"),
+        (
+            not unknown,
+            f"{key}: {', '.join(map(repr, unknown))} is not a strategy that trains; choose "
+            f"from {', '.join(TRAINED_STRATEGIES)} (reuse is tried first by strategy=auto)",
+        ),
+        (len(set(candidates)) == len(candidates), f"{key}: names a strategy twice"),
+    ]
 
 
 @dataclass
@@ -620,6 +663,7 @@ def cross_checks(cfg: DictConfig, typed: dict[str, Any]) -> list[str]:
     problems += _check_augment(cfg)
     problems += _check_windows(cfg)
     problems += _check_memory(cfg)
+    problems += _check_strategy(cfg)
     if cfg.adaptation.mode != AdaptationMode.single.value:
         problems += _check_clustered(cfg)
     return problems
@@ -647,6 +691,83 @@ def _check_memory(cfg: DictConfig) -> list[str]:
         "release.memory_periods / retrain.rehearsal_periods: use earlier monitoring periods, "
         "which only a drift scenario has (e.g. scenario=sea_recurring); leave them at 0"
     ]
+
+
+# Flower's strategies that keep a server optimizer's state across rounds: one state for the
+# one model they train, which a tournament's several models would share.
+STATEFUL_STRATEGIES = ("FedAdam", "FedYogi", "FedAdagrad")
+
+
+def tournament(retrain: DictConfig) -> bool:
+    """Whether ``retrain`` (the config node) trains several candidates per retrain."""
+    auto = RetrainStrategy(retrain.get("strategy", "auto")) is RetrainStrategy.auto
+    return auto and len(retrain.get("candidates") or ()) > 1
+
+
+def uses_strategy(retrain: DictConfig, name: str) -> bool:
+    """Whether a retrain under ``retrain`` may train with strategy ``name``."""
+    strategy = RetrainStrategy(retrain.get("strategy", "auto"))
+    if strategy is RetrainStrategy.auto:
+        return name in (retrain.get("candidates") or ())
+    return strategy.value == name
+
+
+def _check_strategy(cfg: DictConfig) -> list[str]:
+    """retrain.strategy, retrain.candidates and retrain.anchor_mu against the rest."""
+    r = cfg.retrain
+    try:
+        strategy = RetrainStrategy(r.get("strategy", "auto"))
+    except ValueError:
+        return []  # the group's own schema reports the value
+    problems = []
+    default = strategy is RetrainStrategy.auto and list(r.get("candidates") or ()) == [
+        "incremental"
+    ]
+    if cfg.adaptation.mode != AdaptationMode.single.value and not default:
+        problems.append(
+            f"retrain.strategy={strategy.value} / retrain.candidates with "
+            f"adaptation={AdaptationMode(cfg.adaptation.mode).value}: a cluster's model is fine-tuned on its "
+            "concept's buffer; strategies are not combined with clusters yet: use "
+            "adaptation=single, or leave retrain.strategy=auto with candidates=[incremental]"
+        )
+    if uses_strategy(r, "transfer") and cfg.train.get("lr_groups"):
+        problems.append(
+            f"train.lr_groups={list(cfg.train.lr_groups)} with the transfer strategy: transfer "
+            "trains the head alone, which the groups' patterns may not name; leave "
+            "train.lr_groups empty, or drop transfer from retrain.strategy/candidates"
+        )
+    target = str(cfg.strategy.get("_target_", ""))
+    if tournament(r) and target.rsplit(".", 1)[-1] in STATEFUL_STRATEGIES:
+        problems.append(
+            f"retrain.candidates={list(r.candidates)} with strategy {target}: its server "
+            "optimizer keeps one state across rounds, which the tournament's models would "
+            "share: use a stateless strategy (strategy=fedavg, fedprox, fedmedian, ...), or "
+            "one candidate"
+        )
+    if r.get("anchor_mu", 0.0) > 0:
+        if target.endswith("FedProx"):
+            problems.append(
+                "retrain.anchor_mu with strategy=fedprox: FedProx anchors its proximal term at "
+                "each round's incoming model, retrain.anchor_mu at the serving model; use one "
+                "of them"
+            )
+        if cfg.scenario.get("stream") is None or cfg.scenario.num_periods <= 1:
+            problems.append(
+                "retrain.anchor_mu: anchors a retrain at the serving model, and a static run "
+                "has no retrains (use a drift scenario, e.g. scenario=sea_recurring); leave it 0"
+            )
+        elif cfg.adaptation.mode != AdaptationMode.single.value:
+            problems.append(
+                f"retrain.anchor_mu with adaptation={AdaptationMode(cfg.adaptation.mode).value}: not combined with "
+                "clusters yet; use adaptation=single or leave it 0"
+            )
+        if strategy in (RetrainStrategy.full, RetrainStrategy.transfer, RetrainStrategy.reuse):
+            problems.append(
+                f"retrain.anchor_mu with retrain.strategy={strategy.value}: the anchor holds an "
+                "incremental fine-tune near the serving model, and this strategy does not "
+                "fine-tune it; use strategy=incremental or auto, or leave it 0"
+            )
+    return problems
 
 
 FOLDER_STREAM = "fedretrain.deploy.stream.FolderStream"  # a deployed site's data folder

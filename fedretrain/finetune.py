@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,6 +209,52 @@ def frozen_names(model: nn.Module) -> tuple[str, ...]:
 
 def trainable_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def head_names(model: nn.Module) -> tuple[str, ...]:
+    """The parameters of ``model``'s last layer (the module that owns its last parameter):
+    what the transfer strategy re-initialises and trains alone."""
+    names = [n for n, _ in model.named_parameters()]
+    if not names:
+        return ()
+    layer = names[-1].rpartition(".")[0]
+    return tuple(n for n in names if n.rpartition(".")[0] == layer)
+
+
+@contextmanager
+def training_only(model: nn.Module, names: Iterable[str] | None) -> Iterator[None]:
+    """Within the block, only the parameters ``names`` lists train (their gradient stays as
+    it was, the others' is off); afterwards every parameter is as before. None: no change.
+
+    Raises ValueError for a name that is not one of the model's trainable parameters."""
+    if names is None:
+        yield
+        return
+    wanted = set(names)
+    trainable = set(trainable_names(model))
+    unknown = sorted(wanted - trainable)
+    if unknown or not wanted:
+        raise ValueError(
+            f"asked to train {sorted(wanted)} alone, but {unknown or 'nothing'} is not among "
+            f"the model's trainable parameters ({', '.join(sorted(trainable))})"
+        )
+    held = [p for n, p in model.named_parameters() if n in trainable and n not in wanted]
+    for param in held:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param in held:
+            param.requires_grad_(True)
+
+
+def anchor_tensors(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    """``state``'s tensors for ``model``'s trainable parameters, in their order (a proximal
+    term's anchor). Raises ValueError when one is missing."""
+    missing = [n for n in trainable_names(model) if n not in state]
+    if missing:
+        raise ValueError(f"the proximal anchor sent lacks {', '.join(missing)}")
+    return [state[n] for n in trainable_names(model)]
 
 
 def lr_scales(model: nn.Module, groups: Mapping[str, float]) -> list[float]:

@@ -8,7 +8,7 @@ a :class:`Site` per worker process and hands it the arrays it receives.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +19,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from fedretrain.config import OWN_MODEL_KEYS, PRETRAINED_KEY, STRICT_KEY, Device, RunConfig
+from fedretrain.errors import ConfigError
 from fedretrain.drift.streams import sample_window
 from fedretrain.finetune import (
     Frozen,
     LoadReport,
     freeze,
+    head_names,
     load_pretrained,
 )
 from fedretrain.model_io import numpy_state, save_state_dict
+from fedretrain.retraining.strategies import plans
 from fedretrain.tasks.dataset import ArrayDataset
 
 
@@ -142,12 +145,36 @@ def factory_node(node: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(node, [str(k) for k in node if k not in OWN_MODEL_KEYS])
 
 
+def check_transfer_head(
+    head: Sequence[str], parameters: Sequence[str], frozen: Iterable[str]
+) -> None:
+    """The transfer strategy trains the head alone on a frozen backbone: the model needs a
+    backbone, and ``train.freeze`` must leave the head trainable."""
+    problems = []
+    if len(head) == len(parameters):
+        problems.append(
+            f"the transfer strategy re-initialises the head ({', '.join(head)}) on a frozen "
+            "backbone, and this model has no layer before its head: use strategy incremental "
+            "or full (retrain.strategy, retrain.candidates)"
+        )
+    held = sorted(set(head) & set(frozen))
+    if held:
+        problems.append(
+            f"the transfer strategy trains the head, and train.freeze freezes {', '.join(held)}:"
+            " leave the head out of train.freeze, or drop transfer from retrain.strategy/"
+            "candidates"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
 class TaskModels:
     """The task's model as the server handles it: numpy weights in, a model file out
     (:class:`fedretrain.retraining.port.ModelFactory`).
 
     ``frozen``: the run's frozen parameters (``train.freeze``), which every model of the run
-    shares; ``pretrained``: what loading ``task.model.pretrained`` did, or None."""
+    shares; ``pretrained``: what loading ``task.model.pretrained`` did, or None; ``head``: the
+    last layer's arrays (the transfer strategy's)."""
 
     def __init__(self, cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
         self.cfg = cfg
@@ -159,6 +186,9 @@ class TaskModels:
         self._constants = {n: state[n] for n in self.frozen.names}
         frozen = self.frozen.names
         self.trained = tuple(n for n in state if n not in frozen) if frozen else None
+        self.head = head_names(base)
+        if any(p.name == "transfer" for p in plans(cfg.retrain, self.head)):
+            check_transfer_head(self.head, [n for n, _ in base.named_parameters()], frozen)
 
     def summary(self) -> dict[str, object]:
         """What the run's summary says of its model's start and of what trained."""

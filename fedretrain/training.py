@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,11 +70,13 @@ def train(
     device: torch.device,
     generator: torch.Generator,
     proximal_mu: float = 0.0,
+    anchor: Sequence[torch.Tensor] | None = None,
 ) -> TrainResult:
     """Run ``cfg.local_epochs`` epochs of minibatch training in place.
 
     With ``proximal_mu > 0`` the loss gains FedProx's ``mu/2 * ||w - w_global||^2``, where
-    ``w_global`` are the weights the model held on entry. With ``cfg.augment`` each batch of
+    ``w_global`` are the weights the model held on entry, or ``anchor`` (one tensor per
+    trainable parameter, in order: the serving model, ``retrain.anchor_mu``). With ``cfg.augment`` each batch of
     images is shifted and rotated at random first (:mod:`fedretrain.augment`). Only the
     parameters whose gradient is on train (:func:`fedretrain.finetune.freeze`), each at ``lr``
     times its ``cfg.lr_groups`` multiplier.
@@ -83,7 +86,7 @@ def train(
     y = torch.from_numpy(data.y).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params, lr, scales=lr_scales(model, cfg.lr_multipliers))
-    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
+    anchor = proximal_anchor(params, anchor) if proximal_mu > 0 else []
     loss_fn = nn.CrossEntropyLoss()
     total_loss, steps = 0.0, 0
     for _ in range(cfg.local_epochs):
@@ -105,6 +108,23 @@ def train(
             total_loss += float(loss.detach())
             steps += 1
     return TrainResult(len(data), total_loss / max(steps, 1), steps)
+
+
+def proximal_anchor(
+    params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor] | None
+) -> list[torch.Tensor]:
+    """The weights a proximal term pulls ``params`` towards: ``anchor`` (on the parameters'
+    device and dtype) or, without one, the parameters' own values now."""
+    if anchor is None:
+        return [p.detach().clone() for p in params]
+    if len(anchor) != len(params):
+        raise ValueError(f"an anchor of {len(anchor)} tensors for {len(params)} parameters")
+    out = []
+    for p, a in zip(params, anchor, strict=True):
+        if a.shape != p.shape:
+            raise ValueError(f"an anchor tensor of shape {tuple(a.shape)} for {tuple(p.shape)}")
+        out.append(a.detach().to(device=p.device, dtype=p.dtype).clone())
+    return out
 
 
 @torch.no_grad()

@@ -25,6 +25,8 @@ from fedretrain.config import RunConfig
 from fedretrain.errors import FederationError
 from fedretrain.finetune import Frozen
 from fedretrain.flower.records import (
+    ANCHOR_MU_KEY,
+    ANCHOR_RECORD,
     BUFFER_FROM_KEY,
     BUFFER_SITES_KEY,
     CANARY_KEY,
@@ -38,6 +40,7 @@ from fedretrain.flower.records import (
     SERVE_SITES_KEY,
     SERVER_ROUND_KEY,
     SITE_ID_KEY,
+    TRAIN_ONLY_KEY,
     data_report,
     decline_reason,
     edges_record,
@@ -158,6 +161,8 @@ class FlowerFederation:
         sites: frozenset[int] | None = None,
         evaluate_incoming: bool = False,
         since: Mapping[int, int] | None = None,
+        trainable: frozenset[str] | None = None,
+        anchor: Weights | None = None,
     ) -> TrainedRound:
         if sites is not None and not self._site_of_node:
             # A resumed run that kept the period's statistics has not heard from the sites
@@ -178,8 +183,16 @@ class FlowerFederation:
         if since:  # the buffer of each site that trains on more than the period's window
             config[BUFFER_SITES_KEY] = sorted(since)
             config[BUFFER_FROM_KEY] = [since[s] for s in sorted(since)]
+        if trainable is not None:  # the transfer strategy: the head trains, the rest is kept
+            config[TRAIN_ONLY_KEY] = sorted(trainable)
+        if anchor is not None:
+            config[ANCHOR_MU_KEY] = self.cfg.retrain.anchor_mu
         arrays = self._record(weights)
         messages = self.strategy.configure_train(server_round, arrays, config, self.grid)
+        if anchor is not None:  # every site's instruction carries the anchor beside the model
+            anchored = self._record(anchor)
+            for message in messages:
+                message.content[ANCHOR_RECORD] = anchored
         if nodes is not None:  # a cluster's round (ValidatedStrategy already left the rest out)
             messages = [m for m in messages if m.metadata.dst_node_id in nodes]
         received = self._send(messages, server_round, "train")

@@ -28,6 +28,11 @@ INCOMING_EVAL_KEY = "incoming-eval"  # a train reply: that score (eval_metrics, 
 LEDGER_DIR_KEY = "ledger-dir"  # simulation: the folder of the sites' privacy ledgers
 MEMORY_KEY = "memory-periods"  # an evaluation on these earlier periods' holdouts instead
 FROZEN_DIGEST_KEY = "frozen-digest"  # train.freeze: the frozen arrays every site must hold
+TRAIN_ONLY_KEY = "train-only"  # a train instruction: only these arrays train (transfer's head)
+# A train instruction's proximal term anchored at the serving model (retrain.anchor_mu): its
+# mu here, the anchor's arrays as the ArrayRecord ANCHOR_RECORD.
+ANCHOR_MU_KEY = "anchor-mu"
+ANCHOR_RECORD = "anchor"
 CANARY_KEY = "canary-sites"  # the sites that serve the candidate sent along in a monitor query
 # adaptation=clustered: a monitor query carries every live model as ArrayRecord "model-<k>";
 # its config lists the clusters, the assigned sites with their clusters, and the default one.
@@ -114,12 +119,15 @@ class Instruction:
     ledger_dir: str | None = None  # simulation: where sites keep their privacy ledgers
     evaluate_incoming: bool = False  # train: also evaluate the model sent, before training
     frozen_digest: str | None = None  # the server's frozen arrays (train.freeze), by digest
+    train_only: tuple[str, ...] | None = None  # train these arrays alone (the transfer strategy)
+    anchor_mu: float = 0.0  # the proximal term at the anchor the message carries, if any
 
     @classmethod
     def from_record(cls, config: ConfigRecord) -> Instruction:
         period = config.get(PERIOD_KEY)
         ledger_dir = config.get(LEDGER_DIR_KEY)
         frozen = config.get(FROZEN_DIGEST_KEY)
+        only = config.get(TRAIN_ONLY_KEY)
         return cls(
             config_yaml=str(config[CONFIG_KEY]),
             server_round=int(cast(int, config.get(SERVER_ROUND_KEY, 0))),
@@ -129,6 +137,8 @@ class Instruction:
             ledger_dir=None if ledger_dir is None else str(ledger_dir),
             evaluate_incoming=bool(config.get(EVALUATE_INCOMING_KEY, False)),
             frozen_digest=None if frozen is None else str(frozen),
+            train_only=None if only is None else tuple(str(n) for n in cast(list[str], only)),
+            anchor_mu=float(cast(float, config.get(ANCHOR_MU_KEY, 0.0))),
         )
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import secrets
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -56,7 +56,7 @@ from fedretrain.privacy.rdp import SampledGaussian
 from fedretrain.privacy.sampling import poisson_batches
 from fedretrain.tasks.dataset import ArrayDataset
 from fedretrain.train_config import TrainConfig
-from fedretrain.training import TrainResult, make_optimizer
+from fedretrain.training import TrainResult, make_optimizer, proximal_anchor
 
 
 class BudgetExceededError(RuntimeError):
@@ -110,6 +110,7 @@ def dp_train(
     plan: TrainingPlan | None = None,
     proximal_mu: float = 0.0,
     engine: Engine = Engine.auto,
+    anchor: Sequence[torch.Tensor] | None = None,
 ) -> DPTrainResult:
     """Train ``model`` in place with DP-SGD and record the cost in ``ledger``.
 
@@ -140,6 +141,9 @@ def dp_train(
     proximal_mu : float
         FedProx's μ: its gradient ``μ (w - w_global)`` depends on no record, so it is added
         after clipping and noise, unclipped.
+    anchor : sequence of Tensor or None
+        The proximal term's anchor, one tensor per trainable parameter (the serving model,
+        ``retrain.anchor_mu``); None: the weights the model holds on entry (FedProx's).
     engine : Engine
         ``auto`` (sites): the fused engine for models it can hook, Opacus for the others;
         tests and benchmarks choose one to compare them.
@@ -182,7 +186,7 @@ def dp_train(
     )  # train.lr_groups: per-parameter multipliers
     step = stepper(
         model, params, functools.partial(make_optimizer, train_cfg, lr=lr), privacy, plan, noise,
-        proximal_mu, scales,
+        proximal_mu, scales, anchor,
     )  # fmt: skip
     x = torch.from_numpy(data.x).to(device)
     y = torch.from_numpy(data.y).to(device)
@@ -267,6 +271,7 @@ class _FusedStepper:
         noise: torch.Generator,
         proximal_mu: float,
         scales: list[float] | None = None,
+        anchor: Sequence[torch.Tensor] | None = None,
     ) -> None:
         self.params = params
         self.scale = 1.0 / plan.expected_batch_size
@@ -300,7 +305,9 @@ class _FusedStepper:
             fused=flat.device.type in ("cpu", "cuda"),
             scales=[scale for _, _, scale in runs],
         )
-        self.anchor = flat.detach().clone() if proximal_mu > 0 else None
+        self.anchor = None
+        if proximal_mu > 0:  # flat, in the parameters' order, as the flat buffer is
+            self.anchor = torch.cat([a.reshape(-1) for a in proximal_anchor(params, anchor)])
         self.mu = proximal_mu
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float | None:

@@ -20,7 +20,7 @@ logger of whatever process imports us; the import below undoes that.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,6 +29,7 @@ from torch import nn
 
 from fedretrain.privacy.config import ClippingMode, PrivacyConfig
 from fedretrain.privacy.plan import TrainingPlan
+from fedretrain.training import proximal_anchor
 
 
 @contextmanager
@@ -157,6 +158,7 @@ class OpacusStepper:
         noise: torch.Generator,
         proximal_mu: float,
         scales: list[float] | None = None,
+        anchor: Sequence[torch.Tensor] | None = None,
     ) -> None:
         self.params = params
         self.optimizer = optimizer = make_opt(params, scales=scales)
@@ -193,7 +195,7 @@ class OpacusStepper:
             for m in model.modules()
             if isinstance(m, nn.modules.conv._ConvNd)
         ]
-        self.anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
+        self.anchor = proximal_anchor(params, anchor) if proximal_mu > 0 else []
         self.mu = proximal_mu
         if self.anchor:
             self.dp_optimizer.attach_step_hook(lambda _: self._add_proximal_gradient())

@@ -48,7 +48,7 @@ from fedretrain.monitor.private_scores import score_count_sd
 from fedretrain.monitor.stats import HistogramEdges
 from fedretrain.registry import Status, canary_verdict, choose_canary_sites, gate
 from fedretrain.retraining.clusters import ClusterState, Move, PeriodPlan, Score, plan_period
-from fedretrain.retraining.controller import Controller, _no_data
+from fedretrain.retraining.controller import Controller, _no_data, outcome_from, outcome_record
 from fedretrain.retraining.lifecycle import as_site_scores
 from fedretrain.retraining.outcome import REJECTED, Outcome
 from fedretrain.retraining.port import CollectedStats, Serving, SiteScores, Weights
@@ -579,7 +579,7 @@ class ClusteredController(Controller):
         done = self.state.trainings.get(key)
         if done is not None:  # trained before the run was killed: what it produced
             version = int(done["version"])
-            return _outcome_from(done, self.registry.load(version)), version
+            return outcome_from(done, self.registry.load(version)), version
         new = cluster not in self.clusters.clusters
         self._train_sites = frozenset(sites)
         buffer = self.cfg.adaptation.buffer_periods
@@ -601,7 +601,7 @@ class ClusteredController(Controller):
         finally:
             self._train_sites = self._train_since = None
             self.state.plateau = None
-        self.state.trainings[key] = _outcome_record(outcome, version)
+        self.state.trainings[key] = outcome_record(outcome, version)
         self._checkpoint({})
         return outcome, version
 
@@ -785,34 +785,6 @@ def _reason(plan: PeriodPlan, groups: list[tuple[int, ...]], refreshed: list[int
         drifted = len(plan.drifted)
         return f"{drifted} site(s) drifted" if drifted else "every site fits its cluster's model"
     return "; ".join(parts)
-
-
-def _outcome_record(outcome: Outcome, version: int) -> dict[str, Any]:
-    """A finished training's outcome, without its weights (the registry holds them)."""
-    return {
-        "version": version,
-        "action": outcome.action,
-        "rounds": outcome.rounds,
-        "validation_accuracy": outcome.validation_accuracy,
-        "epsilon_by_site": None
-        if outcome.epsilon_by_site is None
-        else {str(s): e for s, e in outcome.epsilon_by_site.items()},
-        "trained_rounds": outcome.trained_rounds,
-        "samples": {str(s): n for s, n in outcome.samples.items()},
-    }
-
-
-def _outcome_from(record: Mapping[str, Any], weights: Weights) -> Outcome:
-    spent = record["epsilon_by_site"]
-    return Outcome(
-        weights,
-        record["action"],
-        int(record["rounds"]),
-        float(record["validation_accuracy"]),
-        epsilon_by_site=None if spent is None else {int(s): float(e) for s, e in spent.items()},
-        trained_rounds=int(record["trained_rounds"]),
-        samples={int(s): int(n) for s, n in record["samples"].items()},
-    )
 
 
 def _combined(outcomes: list[Outcome]) -> Outcome | None:

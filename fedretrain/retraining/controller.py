@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from fedretrain.checkpoint import CheckpointStore, Plateau, RunState
-from fedretrain.config import RunConfig
+from fedretrain.config import RetrainStrategy, RunConfig
 from fedretrain.errors import FederationError
 from fedretrain.html_report import write_report
 from fedretrain.metrics import group_recalls
@@ -40,6 +40,7 @@ from fedretrain.privacy.tracking import EpsilonTracker
 from fedretrain.registry import Registry
 from fedretrain.report import RoundRow, RunReport
 from fedretrain.retraining import resume as resume_run
+from fedretrain.retraining import strategies
 from fedretrain.retraining.drift_watch import DriftWatch
 from fedretrain.retraining.lifecycle import Lifecycle
 from fedretrain.retraining.outcome import REJECTED, Outcome, released
@@ -172,6 +173,11 @@ class Controller:
         self._drifted: frozenset[int] = frozenset()  # the sites the period's alarms named
         self._train_sites: frozenset[int] | None = None  # a cluster's sites, while it trains
         self._train_since: Mapping[int, int] | None = None  # ... and their buffers' starts
+        # The retrain strategy's training under way (fedretrain.retraining.strategies): each
+        # site's first window (full), the arrays that train (transfer), the proximal anchor.
+        self._plan_since: Mapping[int, int] | None = None
+        self._plan_trainable: frozenset[str] | None = None
+        self._anchor: Weights | None = None
         # A static run's rounds do not wait on their evaluation, so each round's train
         # instruction also evaluates the model it sends (the previous round's): one message
         # wave per round instead of two, where the evaluation would reach the same sites (the
@@ -457,6 +463,7 @@ class Controller:
         """Checkpoint the end of ``period``."""
         self.state.completed_period = period
         self.state.plateau = None
+        self.state.trainings = {}
         self._checkpoint({})
 
     def _checkpoint(self, arrays: Mapping[str, Weights]) -> None:
@@ -467,8 +474,9 @@ class Controller:
     # ------------------------------------------------------------------ retraining
 
     def _retrain(self, period: int, reason: str) -> Outcome:
-        """Reuse a former champion that wins on current data and passes the gate, else train to
-        a plateau; then the gate, and a promotion, a canary or a rejection.
+        """Reuse a former champion that wins on current data and passes the gate, else train
+        the ``retrain.strategy``'s candidates (:mod:`fedretrain.retraining.strategies`); then
+        the gate, and a promotion, a canary or a rejection.
 
         A chosen reuse is checkpointed before its release, so a resumed run releases the same
         version instead of choosing again against a champion that may have changed.
@@ -482,9 +490,11 @@ class Controller:
             target = self.registry.get(champion_version).metrics.get("validation_accuracy")
             plateau = Plateau(period=period, action="warm", baseline=serving_acc, target=target)
             reused = None
-            if self.cfg.retrain.reuse_stored:
+            if strategies.tries_reuse(self.cfg.retrain):
                 validate = functools.partial(self._validate, period)
                 reused = former_champion(self.registry, self.cfg.retrain, validate, serving_acc)
+                if reused is None and self.cfg.retrain.strategy is RetrainStrategy.reuse:
+                    log.info("period %d: no stored version is back; fine-tuning", period)
             if reused is not None:
                 plateau = replace(
                     plateau,
@@ -503,12 +513,130 @@ class Controller:
                 period=period, action="warm", baseline=plateau.baseline, target=plateau.target
             )
             resumed = False
-        start = self._restored["start"] if resumed else self._champion()
-        outcome = self._train_to_plateau(plateau, start, plateau.target)
-        version = self._register(outcome, period, outcome.action, reason, champion_version)
+        plans = strategies.plans(self.cfg.retrain, self.models.head)
+        if len(plans) > 1:
+            return self._tournament(period, reason, plans, plateau, champion_version)
+        plan = plans[0]
+        if not resumed:
+            plateau = replace(plateau, action=plan.action)
+        elif plan.name != "incremental":
+            plateau.action = plateau.action or plan.action
+        start = self._restored["start"] if resumed else self._start(period, plan)
+        outcome = self._train_plan(plan, plateau, start)
+        version = self._register(
+            outcome, period, outcome.action, reason, champion_version, trained=plan.trainable
+        )
         if not self._release(version, period):
             return replace(outcome, action=f"{outcome.action}{REJECTED}")
         return outcome
+
+    def _tournament(
+        self,
+        period: int,
+        reason: str,
+        plans: list[strategies.Plan],
+        plateau: Plateau,
+        champion_version: int,
+    ) -> Outcome:
+        """Each plan trains its candidate to its own plateau on the period's windows, one after
+        another, and is registered; the best on federated validation goes to the gate and the
+        others are rejected, the standings in their reason and in ``decisions.jsonl``.
+
+        A finished candidate is kept in the checkpoint (``RunState.trainings``), so a resumed
+        tournament trains the rest only. Between candidates the checkpoint holds the retrain's
+        own plateau (its baseline), which tells a resumed period that the retrain is under way.
+        """
+        header = Plateau(
+            period=period, action="tournament", baseline=plateau.baseline, target=plateau.target
+        )
+        entries, outcomes = [], []
+        for plan in plans:
+            key = f"p{period}-{plan.name}"
+            done = self.state.trainings.get(key)
+            if done is None:
+                current = self.state.plateau
+                if current is not None and current.period == period and current.key == key:
+                    p, start = current, self._restored["start"]  # killed while it trained
+                else:
+                    p = replace(header, action=plan.action, key=key)
+                    start = self._start(period, plan)
+                outcome = self._train_plan(plan, p, start)
+                version = self._register(
+                    outcome,
+                    period,
+                    outcome.action,
+                    f"{reason}; tournament candidate {plan.name}",
+                    champion_version,
+                    key=key,
+                    trained=plan.trainable,
+                )
+                done = outcome_record(outcome, version)
+                self.state.trainings[key] = done
+                self.state.plateau = header
+                self._checkpoint({})
+            outcomes.append(outcome_from(done, self.registry.load(int(done["version"]))))
+            rounds = int(done["rounds"])
+            entries.append(
+                strategies.Entry(
+                    plan.name, int(done["version"]), float(done["validation_accuracy"]), rounds
+                )
+            )
+        ranked = strategies.standings(entries)
+        winner = ranked[0]
+        why = strategies.verdict(ranked)
+        for lost in ranked[1:]:
+            self.registry.reject(
+                lost.version,
+                reason=f"lost the tournament to v{winner.version} ({why})",
+                period=period,
+                key=f"p{period}-{lost.name}-lost",
+            )
+        self.timeline.decision(
+            {
+                "period": period,
+                "tournament": [
+                    {"strategy": e.name, "version": e.version, "accuracy": e.accuracy,
+                     "rounds": e.rounds}
+                    for e in ranked
+                ],
+                "winner": winner.name,
+                "why": why,
+            }
+        )
+        log.info("period %d: %s", period, why)
+        chosen = outcomes[[e.name for e in entries].index(winner.name)]
+        spent = [o.epsilon_by_site for o in outcomes if o.epsilon_by_site is not None]
+        combined = replace(
+            chosen,
+            rounds=sum(o.rounds for o in outcomes),
+            trained_rounds=sum(o.trained_rounds for o in outcomes),
+            epsilon_by_site=_summed(spent) if spent else None,
+        )
+        if not self._release(winner.version, period):
+            return replace(combined, action=f"{combined.action}{REJECTED}")
+        return combined
+
+    def _start(self, period: int, plan: strategies.Plan) -> Weights:
+        """Where ``plan``'s candidate starts at ``period``."""
+        return strategies.start(
+            plan, self._champion(), lambda: self.models.fresh(self._reinit_seed(period))
+        )
+
+    def _train_plan(self, plan: strategies.Plan, plateau: Plateau, start: Weights) -> Outcome:
+        """``plan``'s rounds to a plateau: its arrays, its windows, its anchor."""
+        period = plateau.period
+        if plan.buffered:
+            waiting = self.state.waiting
+            change = period if waiting is None else int(waiting[0])
+            first = strategies.buffer_start(period, change, self.cfg.retrain.buffer_periods)
+            self._plan_since = {s: first for s in range(self.cfg.runtime.num_clients)}
+        self._plan_trainable = plan.trainable
+        self._anchor = self._champion() if plan.anchored else None
+        try:
+            target = plateau.target if plan.stall_rule else None
+            return self._train_to_plateau(plateau, start, target)
+        finally:
+            self._plan_since = self._plan_trainable = self._anchor = None
 
     def _train_to_plateau(self, plateau: Plateau, start: Weights, target: float | None) -> Outcome:
         """Federated rounds on the period's windows until validation accuracy stops improving.
@@ -583,10 +711,22 @@ class Controller:
         if self._one_wave:
             return self._train_round_evaluating(server_round, weights, period, started)
         if self._train_sites is None:
-            since = self._rehearsal(period)
+            since = self._plan_since if self._plan_since is not None else self._rehearsal(period)
             trained = self.federation.train_round(
-                server_round, weights, period, drifted, since=since
+                server_round,
+                weights,
+                period,
+                drifted,
+                since=since,
+                trainable=self._plan_trainable,
+                anchor=self._anchor,
             )
+            if self._plan_trainable is not None:  # the frozen backbone is exactly as sent
+                kept = self._plan_trainable
+                trained = replace(
+                    trained,
+                    weights={k: (v if k in kept else weights[k]) for k, v in trained.weights.items()},
+                )
         else:  # a cluster's model: only its sites train
             trained = self.federation.train_round(
                 server_round,
@@ -687,10 +827,12 @@ class Controller:
         parent: int | None,
         key: str | None = None,
         cluster: int | None = None,
+        trained: frozenset[str] | None = None,
     ) -> int:
         """The outcome as a candidate in the registry (once, even across a resume); ``key``
         defaults to the period's (one retrain a period). ``cluster``: the concept cluster it
-        is trained for (``adaptation=clustered``)."""
+        is trained for (``adaptation=clustered``). ``trained``: the arrays it trained, when a
+        strategy trained fewer than the run's (transfer: the head)."""
         evaluation = self._evaluate(period, outcome.weights)
         scores, accuracy = evaluation.scores, outcome.validation_accuracy
         if self.fixed_rounds is not None and math.isnan(accuracy):
@@ -711,7 +853,7 @@ class Controller:
             site_metrics={str(s): {"accuracy": c / n} for s, (c, n) in sorted(scores.items()) if n},
             epsilon={str(s): e for s, e in (outcome.epsilon_by_site or {}).items()},
             cluster=cluster,
-            trained=self.models.trained,
+            trained=self.models.trained if trained is None else sorted(trained),
         )
         return entry.version
 
@@ -811,6 +953,45 @@ class Controller:
             log.warning("could not write %s: %s", self.run_dir / "report.html", err)
         end = time.perf_counter()
         self._page_due = end + (end - start) * (1 / PAGE_SHARE - 1)
+
+
+def outcome_record(outcome: Outcome, version: int) -> dict[str, Any]:
+    """A finished training's outcome, without its weights (the registry holds them)."""
+    return {
+        "version": version,
+        "action": outcome.action,
+        "rounds": outcome.rounds,
+        "validation_accuracy": outcome.validation_accuracy,
+        "epsilon_by_site": None
+        if outcome.epsilon_by_site is None
+        else {str(s): e for s, e in outcome.epsilon_by_site.items()},
+        "trained_rounds": outcome.trained_rounds,
+        "samples": {str(s): n for s, n in outcome.samples.items()},
+    }
+
+
+def outcome_from(record: Mapping[str, Any], weights: Weights) -> Outcome:
+    """:func:`outcome_record`'s outcome again, with the registered ``weights``."""
+    spent = record["epsilon_by_site"]
+    return Outcome(
+        weights,
+        record["action"],
+        int(record["rounds"]),
+        float(record["validation_accuracy"]),
+        epsilon_by_site=None if spent is None else {int(s): float(e) for s, e in spent.items()},
+        trained_rounds=int(record["trained_rounds"]),
+        samples={int(s): int(n) for s, n in record["samples"].items()},
+    )
+
+
+def _summed(spent: list[dict[int, float]]) -> dict[int, float]:
+    """Each site's rise of cumulative ε over trainings that ran one after another: their sum
+    is the rise over all of them."""
+    total: dict[int, float] = {}
+    for by_site in spent:
+        for site, eps in by_site.items():
+            total[site] = total.get(site, 0.0) + eps
+    return total
 
 
 def _no_data(stats: PeriodStats) -> bool:

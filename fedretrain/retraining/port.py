@@ -103,6 +103,8 @@ class Federation(Protocol):
         sites: frozenset[int] | None = None,
         evaluate_incoming: bool = False,
         since: Mapping[int, int] | None = None,
+        trainable: frozenset[str] | None = None,
+        anchor: Weights | None = None,
     ) -> TrainedRound:
         """Sample sites, train ``weights`` on their windows of ``period``, aggregate.
 
@@ -114,7 +116,11 @@ class Federation(Protocol):
         :meth:`evaluate` of ``weights`` would return over those sites, without its own
         message wave). ``since``: per site, the first period whose window it trains on, with
         every later one through ``period`` (a cluster's buffer); a site not in it trains on
-        ``period``'s window alone. :attr:`TrainedRound.examples` counts all of them."""
+        ``period``'s window alone. :attr:`TrainedRound.examples` counts all of them.
+        ``trainable``: only these arrays train this round (the transfer strategy's head), the
+        others keep the values sent; None: every array the run trains. ``anchor``: the sites'
+        local loss gains ``retrain.anchor_mu / 2 * ||w - anchor||^2`` (a proximal term
+        anchored at the serving model); None: no such term."""
         ...
 
     def evaluate(
@@ -149,9 +155,12 @@ class ModelFactory(Protocol):
     """The task's model as the server needs it: fresh weights, and the final model's file.
 
     ``trained``: the names of the arrays a round trains, when some are frozen
-    (``train.freeze``); None when every array trains. The registry records them."""
+    (``train.freeze``); None when every array trains. The registry records them. ``head``:
+    the arrays of the model's last layer, which the transfer strategy re-initialises and
+    trains alone."""
 
     trained: tuple[str, ...] | None
+    head: tuple[str, ...]
 
     def fresh(self, seed: int) -> Weights:
         """A newly initialised model's weights, the same for the same seed in every process."""

@@ -85,6 +85,11 @@ class FakeFederation:
     since: list[dict[int, int]] = field(default_factory=list)  # each round's buffer starts
     served: dict[int, dict[int, float]] = field(default_factory=dict)  # period -> site -> w
     memories: list[tuple[int, ...]] = field(default_factory=list)  # each evaluation's memory
+    trainables: list[frozenset[str] | None] = field(default_factory=list)  # each round's
+    anchors: list[float | None] = field(default_factory=list)  # each round's anchor w, if any
+    # The proximal term's weight: a round with an anchor a moves towards the minimiser of
+    # (w - θ)^2 + anchor_mu (w - a)^2, that is (θ + anchor_mu a) / (1 + anchor_mu).
+    anchor_mu: float = 0.0
 
     @property
     def num_sites(self) -> int:
@@ -104,12 +109,16 @@ class FakeFederation:
         sites: frozenset[int] | None = None,
         evaluate_incoming: bool = False,
         since: dict[int, int] | None = None,
+        trainable: frozenset[str] | None = None,
+        anchor: Weights | None = None,
     ) -> TrainedRound:
         self._called("train", period)
         incoming = self._evaluation(weights, period) if evaluate_incoming else None
         self.drifted[self.trained_rounds] = drifted
         self.trained_sites.append(None if sites is None else tuple(sorted(sites)))
         self.since.append(dict(since or {}))
+        self.trainables.append(trainable)
+        self.anchors.append(None if anchor is None else float(anchor["w"][0]))
         spent = self.budget_rounds is not None and self.trained_rounds >= self.budget_rounds
         if self.skip_rounds or spent:
             return TrainedRound(weights, float("nan"), 0, incoming=incoming)
@@ -120,8 +129,13 @@ class FakeFederation:
         starts = {s: (since or {}).get(s, period) for s in training}
         windows = [self.concepts[s, p] for s in training for p in range(starts[s], period + 1)]
         target = float(np.mean(windows))
+        if anchor is not None and self.anchor_mu > 0:
+            a = float(anchor["w"][0])
+            target = (target + self.anchor_mu * a) / (1 + self.anchor_mu)
         move = target - w if age == 0 else float(np.clip(target - w, -self.step, self.step))
         new = {"w": np.array([w + move]), "age": np.array([age + 1])}
+        if trainable is not None:  # the other arrays stay as they were sent
+            new = {k: (v if k in trainable else np.asarray(weights[k])) for k, v in new.items()}
         examples = {s: self.train_n * (period + 1 - starts[s]) for s in training}
         return TrainedRound(new, abs(target - w), len(training), examples, incoming)
 
@@ -198,6 +212,7 @@ class FakeModels:
     """Fresh models start at w = 0 with age 0; the final model is a safetensors file."""
 
     trained: tuple[str, ...] | None = None  # every array trains
+    head: tuple[str, ...] = ("w",)  # the transfer strategy re-initialises and trains w alone
 
     def fresh(self, seed: int) -> dict[str, np.ndarray]:
         return {"w": np.array([0.0]), "age": np.array([0])}
