@@ -720,14 +720,15 @@ def _check_strategy(cfg: DictConfig) -> list[str]:
     except ValueError:
         return []  # the group's own schema reports the value
     problems = []
+    mode = AdaptationMode(cfg.adaptation.mode).value
     default = strategy is RetrainStrategy.auto and list(r.get("candidates") or ()) == [
         "incremental"
     ]
     if cfg.adaptation.mode != AdaptationMode.single.value and not default:
         problems.append(
             f"retrain.strategy={strategy.value} / retrain.candidates with "
-            f"adaptation={AdaptationMode(cfg.adaptation.mode).value}: a cluster's model is fine-tuned on its "
-            "concept's buffer; strategies are not combined with clusters yet: use "
+            f"adaptation={mode}: a cluster's model is fine-tuned on its concept's buffer; "
+            "strategies are not combined with clusters yet: use "
             "adaptation=single, or leave retrain.strategy=auto with candidates=[incremental]"
         )
     if uses_strategy(r, "transfer") and cfg.train.get("lr_groups"):
@@ -758,8 +759,8 @@ def _check_strategy(cfg: DictConfig) -> list[str]:
             )
         elif cfg.adaptation.mode != AdaptationMode.single.value:
             problems.append(
-                f"retrain.anchor_mu with adaptation={AdaptationMode(cfg.adaptation.mode).value}: not combined with "
-                "clusters yet; use adaptation=single or leave it 0"
+                f"retrain.anchor_mu with adaptation={mode}: not combined with clusters yet; "
+                "use adaptation=single or leave it 0"
             )
         if strategy in (RetrainStrategy.full, RetrainStrategy.transfer, RetrainStrategy.reuse):
             problems.append(

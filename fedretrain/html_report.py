@@ -206,7 +206,8 @@ def _decisions(run_dir: Path) -> dict[str, dict[str, Any]]:
             decision = json.loads(line)
         except ValueError:
             continue  # a line being written
-        out[str(decision.get("period"))] = decision
+        if "retrain" in decision:  # the trigger's decision, not a tournament's or a cluster's
+            out[str(decision.get("period"))] = decision
     return out
 
 

@@ -34,6 +34,7 @@ from fedretrain.config import (
     cross_checks,
     strategy_kwargs,
     typed_groups,
+    uses_strategy,
 )
 from fedretrain.errors import ConfigError
 from fedretrain.train_config import TrainConfig
@@ -141,8 +142,8 @@ def _model_problems(
 ) -> list[str]:
     """The task's model built as every process builds it (DP-compatible layers, the
     pretrained file, frozen parameters), and its learning-rate groups checked."""
-    from fedretrain.finetune import freeze, load_pretrained, lr_scales  # torch heavy, so late
-    from fedretrain.site import factory_node
+    from fedretrain.finetune import freeze, head_names, load_pretrained, lr_scales  # torch: late
+    from fedretrain.site import check_transfer_head, factory_node
 
     target = cfg.task.model._target_
     try:
@@ -166,8 +167,11 @@ def _model_problems(
         except ConfigError as err:
             problems += err.problems
     try:
-        freeze(model, train.freeze)
+        frozen = freeze(model, train.freeze)
         lr_scales(model, train.lr_multipliers)
+        if uses_strategy(cfg.retrain, "transfer"):  # it trains the head on a frozen backbone
+            names = [n for n, _ in model.named_parameters()]
+            check_transfer_head(head_names(model), names, frozen)
     except ConfigError as err:
         problems += err.problems
     return problems

@@ -19,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from fedretrain.config import OWN_MODEL_KEYS, PRETRAINED_KEY, STRICT_KEY, Device, RunConfig
-from fedretrain.errors import ConfigError
 from fedretrain.drift.streams import sample_window
+from fedretrain.errors import ConfigError
 from fedretrain.finetune import (
     Frozen,
     LoadReport,
@@ -157,7 +157,8 @@ def check_transfer_head(
             "backbone, and this model has no layer before its head: use strategy incremental "
             "or full (retrain.strategy, retrain.candidates)"
         )
-    held = sorted(set(head) & set(frozen))
+    frozen = set(frozen)
+    held = [n for n in head if n in frozen]
     if held:
         problems.append(
             f"the transfer strategy trains the head, and train.freeze freezes {', '.join(held)}:"

@@ -76,10 +76,11 @@ def train(
 
     With ``proximal_mu > 0`` the loss gains FedProx's ``mu/2 * ||w - w_global||^2``, where
     ``w_global`` are the weights the model held on entry, or ``anchor`` (one tensor per
-    trainable parameter, in order: the serving model, ``retrain.anchor_mu``). With ``cfg.augment`` each batch of
-    images is shifted and rotated at random first (:mod:`fedretrain.augment`). Only the
-    parameters whose gradient is on train (:func:`fedretrain.finetune.freeze`), each at ``lr``
-    times its ``cfg.lr_groups`` multiplier.
+    trainable parameter, in order: the serving model, ``retrain.anchor_mu``). With
+    ``cfg.augment`` each batch of images is shifted and rotated at random first
+    (:mod:`fedretrain.augment`). Only the parameters whose gradient is on train
+    (:func:`fedretrain.finetune.freeze`), each at ``lr`` times its ``cfg.lr_groups``
+    multiplier.
     """
     model.train()
     x = torch.from_numpy(data.x).to(device)

@@ -595,8 +595,12 @@ class Controller:
             {
                 "period": period,
                 "tournament": [
-                    {"strategy": e.name, "version": e.version, "accuracy": e.accuracy,
-                     "rounds": e.rounds}
+                    {
+                        "strategy": e.name,
+                        "version": e.version,
+                        "accuracy": e.accuracy,
+                        "rounds": e.rounds,
+                    }
                     for e in ranked
                 ],
                 "winner": winner.name,
@@ -725,7 +729,9 @@ class Controller:
                 kept = self._plan_trainable
                 trained = replace(
                     trained,
-                    weights={k: (v if k in kept else weights[k]) for k, v in trained.weights.items()},
+                    weights={
+                        k: (v if k in kept else weights[k]) for k, v in trained.weights.items()
+                    },
                 )
         else:  # a cluster's model: only its sites train
             trained = self.federation.train_round(

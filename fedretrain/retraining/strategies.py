@@ -119,5 +119,7 @@ def verdict(ranked: Sequence[Entry]) -> str:
     >>> verdict([Entry("full", 4, 0.95, 6), Entry("incremental", 3, 0.91, 8)])
     'full won on federated validation: full v4 0.9500 (6 rounds), incremental v3 0.9100 (8 rounds)'
     """
-    listed = ", ".join(f"{e.name} v{e.version} {e.accuracy:.4f} ({e.rounds} rounds)" for e in ranked)
+    listed = ", ".join(
+        f"{e.name} v{e.version} {e.accuracy:.4f} ({e.rounds} rounds)" for e in ranked
+    )
     return f"{ranked[0].name} won on federated validation: {listed}"

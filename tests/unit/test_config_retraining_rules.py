@@ -93,3 +93,81 @@ def test_memory_and_rehearsal_settings_are_checked() -> None:
         build_targets=False,
     )
     assert (run.release.memory_periods, run.retrain.rehearsal_periods) == (3, 2)
+
+
+# ---------------------------------------------------------------- item 2: retrain.strategy
+
+
+def test_the_strategies_and_candidates_are_read() -> None:
+    run = to_typed(
+        compose(
+            [
+                "scenario=sea_thresholds",
+                "retrain.candidates=[full,incremental,transfer]",
+                "retrain.buffer_periods=3",
+                "retrain.anchor_mu=0.1",
+            ]
+        ),
+        build_targets=False,
+    )
+    assert run.retrain.strategy.value == "auto"
+    assert run.retrain.candidates == ["full", "incremental", "transfer"]
+    assert (run.retrain.buffer_periods, run.retrain.anchor_mu) == (3, 0.1)
+    assert to_typed(compose(["retrain.strategy=transfer"]), build_targets=False)
+
+
+def test_bad_candidates_and_values_are_named() -> None:
+    text = problems(
+        [
+            "retrain.candidates=[incremental,reuse,incremental]",
+            "retrain.buffer_periods=0",
+            "retrain.anchor_mu=-1",
+        ]
+    )
+    assert "'reuse' is not a strategy that trains" in text
+    assert "names a strategy twice" in text
+    assert "retrain.buffer_periods=0: must be >= 1" in text
+    assert "retrain.anchor_mu=-1.0: must be >= 0" in text
+    assert "name at least one of" in problems(["retrain.candidates=[]"])
+
+
+def test_an_unknown_strategy_lists_the_known_ones() -> None:
+    with pytest.raises(Exception) as err:
+        compose(["retrain.strategy=distill"])
+    assert "expected one of [auto, incremental, full, transfer, reuse]" in str(err.value.__cause__)
+
+
+def test_strategies_that_do_not_combine_are_refused() -> None:
+    tournament = "retrain.candidates=[incremental,full]"
+    assert "its server optimizer keeps one state" in problems(
+        ["scenario=sea_thresholds", tournament, "strategy=fedadam"]
+    )
+    assert "transfer trains the head alone" in problems(
+        ["task=digits_cnn", "retrain.strategy=transfer", "train.lr_groups=[features:0.1]"]
+    )
+    assert "strategies are not combined with clusters" in problems(
+        ["scenario=sine_staggered", "adaptation=clustered", tournament]
+    )
+    assert "use one of them" in problems(
+        ["scenario=sea_thresholds", "strategy=fedprox", "retrain.anchor_mu=0.1"]
+    )
+    assert "a static run has no retrains" in problems(["retrain.anchor_mu=0.1"])
+    assert "this strategy does not fine-tune" in problems(
+        ["scenario=sea_thresholds", "retrain.strategy=full", "retrain.anchor_mu=0.1"]
+    )
+
+
+def test_transfer_needs_a_backbone_and_a_trainable_head() -> None:
+    def built(overrides: list[str]) -> str:
+        with pytest.raises(ConfigError) as err:
+            to_typed(compose(overrides))
+        return "\n".join(err.value.problems)
+
+    assert "has no layer before its head" in built(
+        ["scenario=sea_thresholds", "retrain.strategy=transfer", "task.model.hidden=[]"]
+    )
+    assert "train.freeze freezes net.3.weight, net.3.bias" in built(
+        ["scenario=sea_thresholds", "retrain.candidates=[incremental,transfer]",
+         "train.freeze=[net.3]"]
+    )  # fmt: skip
+    assert to_typed(compose(["scenario=sea_thresholds", "retrain.strategy=transfer"]))
