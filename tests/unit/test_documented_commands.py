@@ -74,10 +74,26 @@ def test_the_docs_have_the_commands_this_test_checks() -> None:
 @pytest.mark.parametrize(("doc", "command"), SIMULATIONS, ids=[c for _, c in SIMULATIONS])
 def test_a_documented_simulation_is_a_valid_config(doc: str, command: str) -> None:
     prefix = next(p for p in SIMULATE if command.startswith(p))
-    args = [a for a in _args(command, prefix) if a not in ("-m", "--cfg", "job")]
+    every = _args(command, prefix)
+    args = [a for a in every if a not in ("-m", "--cfg", "job")]
     assert check_override_keys(args) == [], f"{doc}: {command}"
-    first = [a.split(",")[0] if "=" in a and "," in a else a for a in args]  # a sweep's first
+    sweep = "-m" in every
+    first = [_first_value(a) if sweep else a for a in args]  # a sweep's first job
     to_typed(compose(first), build_targets=False)  # raises ConfigError with the problems
+
+
+def _first_value(override: str) -> str:
+    """``key=a,b`` (a sweep) as ``key=a``; a list value ``key=[a,b]`` stays whole."""
+    key, _, value = override.partition("=")
+    depth = 0
+    for i, char in enumerate(value):
+        if char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            return f"{key}={value[:i]}"
+    return override
 
 
 @pytest.mark.parametrize(("doc", "command"), COMPARES, ids=[c for _, c in COMPARES])
