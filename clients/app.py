@@ -145,7 +145,7 @@ def _folder_site(
     Only targets from the ``allowed`` packages are built."""
     cfg, stream, model, device = _deployed(config_yaml, allowed)
     taken = stream.folder(directory).take(period)
-    data = ArrayDataset(taken.x, taken.y, stream.num_classes)
+    data = stream.dataset(taken)
     train_data, holdout = _split(cfg, data, site_id, period)
     return cfg, Site(site_id, train_data, holdout, model, device), taken.report
 
@@ -176,7 +176,7 @@ def _earlier_window(
     taken = stream.folder(Path(str(data_dir))).taken(period)
     if taken is None:
         return None
-    data = ArrayDataset(taken.x, taken.y, stream.num_classes)
+    data = stream.dataset(taken)
     return _split(cfg, data, site.partition_id, period)[part]
 
 

@@ -65,6 +65,7 @@ class PeriodData:
     y: np.ndarray
     files: tuple[str, ...]
     report: dict[str, Any] = field(default_factory=dict)
+    groups: np.ndarray | None = None  # each row's group (the schema's group column), if any
 
 
 class SiteFolder:
@@ -242,7 +243,7 @@ class SiteFolder:
         if record:
             self._state["periods"][str(period)] = used
             self._save_state()
-        x, y = self._concatenate(parts)
+        x, y, groups = self._concatenate(parts)
         report: dict[str, Any] = {
             "period": period,
             "files": len(used),
@@ -252,18 +253,24 @@ class SiteFolder:
             "quarantined_files": len(quarantined),
             "quarantined": quarantined,
         }
-        return PeriodData(period=period, x=x, y=y, files=tuple(used), report=report)
+        return PeriodData(period=period, x=x, y=y, files=tuple(used), report=report, groups=groups)
 
-    def _concatenate(self, parts: list[CheckedFrame]) -> tuple[np.ndarray, np.ndarray]:
+    def _concatenate(
+        self, parts: list[CheckedFrame]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         width = len(self.schema.features)
+        grouped = self.schema.group is not None
         if not parts:
-            return np.empty((0, width), np.float32), np.empty(0, np.int64)
+            empty = np.empty(0, np.int64)
+            return np.empty((0, width), np.float32), empty, empty.copy() if grouped else None
         x = np.concatenate([p.x for p in parts])
         y = np.concatenate([p.y for p in parts])
+        groups = np.concatenate([p.groups for p in parts]) if grouped else None  # type: ignore[misc]
         if self.schema.timestamp is not None:
             order = np.argsort(np.concatenate([p.timestamps for p in parts]), kind="stable")
             x, y = x[order], y[order]
-        return x, y
+            groups = None if groups is None else groups[order]
+        return x, y, groups
 
     def _load_state(self) -> dict[str, Any]:
         if not self.state_path.exists():

@@ -24,6 +24,8 @@ class RowIssue(str, Enum):
     NON_FINITE_FEATURE = "non_finite_feature"
     MISSING_LABEL = "missing_label"
     UNKNOWN_LABEL = "unknown_label"
+    MISSING_GROUP = "missing_group"
+    UNKNOWN_GROUP = "unknown_group"
     BAD_TIMESTAMP = "bad_timestamp"
 
 
@@ -53,6 +55,12 @@ class FolderSchema:
         A column that orders the rows of a period (anything ``pandas.to_datetime`` parses;
         numbers are Unix seconds). Without it rows keep arrival order: files by modification
         time, then name, rows as in the file.
+    group : str, optional
+        A column naming each row's group of users (not a feature): the gate compares models
+        group by group (``release.group_margin``).
+    groups : sequence of int or str
+        With ``group``, the allowed group values, the same at every site: a row's group is its
+        value's position here (a row with another value is dropped, ``unknown_group``).
 
     Examples
     --------
@@ -68,10 +76,21 @@ class FolderSchema:
     label: str
     labels: tuple[int | str, ...]
     timestamp: str | None = None
+    group: str | None = None
+    groups: tuple[int | str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(str(f) for f in self.features))
         object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "groups", tuple(self.groups))
+        if self.group is not None:
+            if self.group in (*self.features, self.label, self.timestamp):
+                raise ValueError(
+                    f"group column {self.group!r} is also a feature, the label or the timestamp"
+                )
+            _check_values(self.groups, "groups", f"with group column {self.group!r}, ")
+        elif self.groups:
+            raise ValueError(f"groups {list(self.groups)} given without a group column")
         if not self.features:
             raise ValueError("features must name at least one column")
         if len(set(self.features)) != len(self.features):
@@ -80,19 +99,24 @@ class FolderSchema:
             raise ValueError(f"label column {self.label!r} is also a feature")
         if self.timestamp is not None and self.timestamp in (*self.features, self.label):
             raise ValueError(f"timestamp column {self.timestamp!r} is also a feature or label")
-        if not self.labels:
-            raise ValueError("labels must list at least one allowed value")
-        kinds = {type(v) for v in self.labels}
-        if not (kinds <= {int} or kinds <= {str}) or any(isinstance(v, bool) for v in self.labels):
-            raise ValueError(f"labels must be all int or all str, got {list(self.labels)}")
-        if len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"labels repeat a value: {list(self.labels)}")
+        _check_values(self.labels, "labels")
 
     @property
     def columns(self) -> tuple[str, ...]:
         """Every column a file must have."""
-        extra = () if self.timestamp is None else (self.timestamp,)
+        extra = tuple(c for c in (self.timestamp, self.group) if c is not None)
         return (*self.features, self.label, *extra)
+
+
+def _check_values(values: tuple[int | str, ...], name: str, context: str = "") -> None:
+    """Allowed label (or group) values: at least one, all int or all str, none twice."""
+    if not values:
+        raise ValueError(f"{context}{name} must list at least one allowed value")
+    kinds = {type(v) for v in values}
+    if not (kinds <= {int} or kinds <= {str}) or any(isinstance(v, bool) for v in values):
+        raise ValueError(f"{name} must be all int or all str, got {list(values)}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} repeat a value: {list(values)}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +127,7 @@ class CheckedFrame:
     y: np.ndarray
     timestamps: np.ndarray | None
     dropped: dict[RowIssue, int]
+    groups: np.ndarray | None = None  # each row's group index, with a group column
 
 
 class FileRejected(ValueError):
@@ -183,6 +208,12 @@ def check_frame(
     flag(frame[schema.label].isna().to_numpy(), RowIssue.MISSING_LABEL)
     flag(label_index < 0, RowIssue.UNKNOWN_LABEL)
 
+    group_index = None
+    if schema.group is not None:
+        group_index = _label_index(frame[schema.group], schema.groups)
+        flag(frame[schema.group].isna().to_numpy(), RowIssue.MISSING_GROUP)
+        flag(group_index < 0, RowIssue.UNKNOWN_GROUP)
+
     timestamps = None
     if schema.timestamp is not None:
         timestamps = _timestamps_ns(frame[schema.timestamp])
@@ -201,6 +232,7 @@ def check_frame(
         y=label_index[good].astype(np.int64),
         timestamps=None if timestamps is None else timestamps[good],
         dropped=dict(Counter(issue[bad])),
+        groups=None if group_index is None else group_index[good].astype(np.int64),
     )
 
 

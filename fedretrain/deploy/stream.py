@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedretrain.deploy.folder import SiteFolder
+from fedretrain.deploy.folder import PeriodData, SiteFolder
 from fedretrain.deploy.schema import FolderSchema
 from fedretrain.tasks.dataset import ArrayDataset
 
@@ -24,7 +24,7 @@ class FolderStream:
 
     Parameters
     ----------
-    features, label, labels, timestamp
+    features, label, labels, timestamp, group, groups
         The federation's :class:`~fedretrain.deploy.schema.FolderSchema`.
     min_age_s : float
         A file is read once it is this old (a file still being written is left for later).
@@ -46,9 +46,16 @@ class FolderStream:
         timestamp: str | None = None,
         min_age_s: float = 5.0,
         max_bad_row_fraction: float = 0.5,
+        group: str | None = None,
+        groups: Sequence[int | str] = (),
     ) -> None:
         self.schema = FolderSchema(
-            features=tuple(features), label=label, labels=tuple(labels), timestamp=timestamp
+            features=tuple(features),
+            label=label,
+            labels=tuple(labels),
+            timestamp=timestamp,
+            group=group,
+            groups=tuple(groups),
         )
         if min_age_s < 0:
             raise ValueError(f"min_age_s={min_age_s}: must be >= 0")
@@ -68,6 +75,17 @@ class FolderStream:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return (len(self.schema.features),)
+
+    @property
+    def num_groups(self) -> int:
+        """Groups of users the files name (0 without a group column)."""
+        return len(self.schema.groups) if self.schema.group is not None else 0
+
+    def dataset(self, taken: PeriodData) -> ArrayDataset:
+        """A period's rows as a dataset, with each row's group when the files have them."""
+        if taken.groups is None:
+            return ArrayDataset(taken.x, taken.y, self.num_classes)
+        return ArrayDataset(taken.x, taken.y, self.num_classes, taken.groups, self.num_groups)
 
     def folder(self, directory: Path) -> SiteFolder:
         """A site's folder read with this schema and these options."""

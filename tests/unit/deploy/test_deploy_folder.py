@@ -295,6 +295,18 @@ def test_reports_are_flat_and_json_ready(tmp_path: Path) -> None:
         ({"features": ("a",), "label": "y", "labels": (True, False)}, "all int or all str"),
         ({"features": ("a",), "label": "y", "labels": (1, 1)}, "repeat a value"),
         ({"features": ("a",), "label": "y", "labels": (0,), "timestamp": "y"}, "timestamp"),
+        (
+            {"features": ("a",), "label": "y", "labels": (0,), "group": "a", "groups": (0,)},
+            "group column 'a' is also a feature",
+        ),
+        (
+            {"features": ("a",), "label": "y", "labels": (0,), "group": "g"},
+            "with group column 'g', groups must list at least one",
+        ),
+        (
+            {"features": ("a",), "label": "y", "labels": (0,), "groups": ("n",)},
+            "without a group column",
+        ),
     ],
 )
 def test_schema_errors_name_the_problem(kwargs: dict[str, object], match: str) -> None:
@@ -306,3 +318,37 @@ def test_check_frame_raises_file_rejected_with_its_issue() -> None:
     with pytest.raises(FileRejected) as info:
         check_frame(pd.DataFrame({"x0": [1.0]}), SCHEMA)
     assert info.value.issue is FileIssue.MISSING_COLUMNS
+
+
+GROUPED = FolderSchema(
+    features=("x0", "x1"), label="y", labels=(0, 1, 2), timestamp="t", group="region",
+    groups=("north", "south"),
+)  # fmt: skip
+
+
+def test_a_group_column_gives_each_row_its_group_and_drops_unknown_ones(tmp_path: Path) -> None:
+    """Issue 17, item 4, in deployment: each row's group is its value's position in the
+    declared ``groups`` (the same at every site), kept in the rows' timestamp order; a row
+    with a missing or undeclared group is dropped and counted. The group is not a feature."""
+    first = _frame(4, seed=1).assign(t=[4, 2, 9, 7], region=["south", "north", None, "west"])
+    second = _frame(3, seed=2).assign(t=[1, 8, 3], region=["north", "south", "south"])
+    _put(tmp_path, "a.csv", first, mtime=1_000)
+    _put(tmp_path, "b.parquet", second, mtime=2_000)
+    data = _site(tmp_path, GROUPED).take(0)
+    rows = pd.concat([first, second]).dropna(subset=["region"])
+    rows = rows[rows["region"] != "west"].sort_values("t", kind="stable")
+    assert data.groups is not None and data.groups.dtype == np.int64
+    assert data.groups.tolist() == [("north", "south").index(r) for r in rows["region"]]
+    np.testing.assert_array_equal(data.x, rows[["x0", "x1"]].to_numpy(np.float32))
+    assert data.report["dropped.missing_group"] == 1
+    assert data.report["dropped.unknown_group"] == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _site(empty, GROUPED).take(0).groups.tolist() == []  # type: ignore[union-attr]
+
+
+def test_a_file_without_the_group_column_is_quarantined(tmp_path: Path) -> None:
+    _put(tmp_path, "a.csv", _frame(4).assign(t=[1, 2, 3, 4]), mtime=1_000)
+    site = _site(tmp_path, GROUPED)
+    assert site.take(0).groups.tolist() == []  # type: ignore[union-attr]
+    assert site.report()["quarantined"] == ["a.csv: missing_columns: missing columns ['region']"]
