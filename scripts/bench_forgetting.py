@@ -9,7 +9,9 @@ returns, ``retrain.reuse_stored``). Arms:
   three earlier windows too (a bounded replay buffer);
 - ``memory``: ``release.memory_periods=3 release.forgetting_margin=0.05``, the gate refuses a
   candidate that does worse than the champion on the three earlier periods' holdouts;
-- ``both``: the two together.
+- ``both``: the two together;
+- ``anchor``: ``retrain.anchor_mu=0.5``, a proximal term anchored at the serving model in
+  each retrain's local loss (FedProx's term, with the champion for the anchor).
 
 From the scenario's own schedule it finds each period where a concept returns (a concept seen
 before, and not in the period before), and from ``timeline.csv`` reads the prequential
@@ -57,6 +59,7 @@ ARMS = {
         "release.memory_periods=3",
         "release.forgetting_margin=0.05",
     ],
+    "anchor": ["retrain.anchor_mu=0.5"],
 }
 SITES = 10
 

@@ -120,7 +120,10 @@ def summarise(runs: list[Run]) -> list[dict[str, object]]:
         fixed = {a: by_arm[a]["accuracy"] for a in FIXED if by_arm[a]["runs"]}
         best = max(fixed, key=lambda a: fixed[a]) if fixed else ""
         gap = by_arm["auto"]["accuracy"] - fixed[best] if best else float("nan")
-        verdict = "MET" if gap >= -MARGIN else ("NOT MET" if gap == gap else "no result")
+        # The accuracies are means of exact fractions (correct / examples): compare at 1e-9,
+        # so that a gap of exactly half a point is not lost to float rounding.
+        met = round(gap, 9) >= -MARGIN
+        verdict = "MET" if met else ("NOT MET" if gap == gap else "no result")
         rows.append(
             {"scenario": scenario, "arms": by_arm, "best_fixed": best, "gap": gap,
              "verdict": verdict}

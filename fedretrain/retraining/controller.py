@@ -517,10 +517,8 @@ class Controller:
         if len(plans) > 1:
             return self._tournament(period, reason, plans, plateau, champion_version)
         plan = plans[0]
-        if not resumed:
+        if not resumed:  # a resumed one keeps its action (a warm start may have re-initialised)
             plateau = replace(plateau, action=plan.action)
-        elif plan.name != "incremental":
-            plateau.action = plateau.action or plan.action
         start = self._restored["start"] if resumed else self._start(period, plan)
         outcome = self._train_plan(plan, plateau, start)
         version = self._register(
