@@ -633,7 +633,10 @@ class Controller:
             first = strategies.buffer_start(period, change, self.cfg.retrain.buffer_periods)
             self._plan_since = {s: first for s in range(self.cfg.runtime.num_clients)}
         self._plan_trainable = plan.trainable
-        self._anchor = self._champion() if plan.anchored else None
+        # The anchor holds a warm start near the champion; a resumed search that already
+        # re-initialised (action reinit) trains fresh weights without it.
+        anchored = plan.anchored and plateau.action == "warm"
+        self._anchor = self._champion() if anchored else None
         try:
             target = plateau.target if plan.stall_rule else None
             return self._train_to_plateau(plateau, start, target)
@@ -680,6 +683,7 @@ class Controller:
             if p.action == "warm" and p.rounds == check and stalled:
                 current = self.models.fresh(self._reinit_seed(p.period))
                 p.action, p.since_best = "reinit", 0
+                self._anchor = None  # fresh weights are not held near the champion
             self.state.plateau = p
             self._checkpoint({"start": start, "current": current, "best": best})
         if fixed and p.pending is not None:  # one wave per round: the last model's evaluation

@@ -224,3 +224,33 @@ def test_a_tournament_killed_again_and_again_ends_as_an_uninterrupted_one(
 
     assert run_killed(life, lives, limit=200) >= 8
     assert fingerprint(tmp_path / "killed") == fingerprint(tmp_path / "whole")
+
+
+def test_a_warm_start_that_stalls_and_re_initialises_drops_the_anchor(
+    make_controller: MakeController, tmp_path: Path
+) -> None:
+    """Under auto's lone incremental candidate, a stalled warm start re-initialises; the
+    fresh weights are not pulled towards the champion they replace. Killed and resumed after
+    the switch, the run drops the anchor too."""
+    c = shift(2, 3, after=2.0)  # warm weights move 0.1 a round and stall below the champion
+    retrain = {"anchor_mu": 1.0, "reinit_after": 2, "stall_gap": 0.05, "patience": 2}
+    federation = FakeFederation(c, step=0.1, anchor_mu=1.0)
+    controller, _ = make_controller(c, retrain=retrain, federation=federation)
+    controller.run()
+    v1, v2 = versions(controller.run_dir)
+    assert v2.trigger == "reinit"
+    anchors = federation.anchors[v1.rounds :]
+    assert anchors == [0.0, 0.0] + [None] * (v2.rounds - 2)
+    assert v2.metrics["validation_accuracy"] == 1.0  # unanchored, fresh weights reach θ
+
+    def life(resume: bool, crash_after: int) -> Controller:
+        return make_controller(
+            c,
+            retrain=retrain,
+            run_dir=tmp_path / "killed",
+            resume=resume,
+            federation=FakeFederation(c, step=0.1, anchor_mu=1.0, crash_after=crash_after),
+        )[0]
+
+    assert run_killed(life, (3, 4, 5, 6), limit=100) >= 3
+    assert fingerprint(tmp_path / "killed") == fingerprint(controller.run_dir)
