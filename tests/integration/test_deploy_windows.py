@@ -8,28 +8,18 @@ the decision log and the timeline say so, and no round trains after the first mo
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from test_deploy_e2e import _taken, _wait, launched  # noqa: F401
+from test_deploy_e2e import pytestmark as PYTESTMARK
 from test_deploy_faults import SITES, Cli, Drill
 
 from fedretrain.deploy.launch import Launched
 from fedretrain.registry import Registry
 
-BIN = Path(sys.executable).parent
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.deploy,
-    pytest.mark.skipif(not Path("/proc").exists(), reason="process trees are read from /proc"),
-    pytest.mark.skipif(
-        not (BIN / "flower-superlink").exists(), reason="flower-superlink not beside python"
-    ),
-]
+pytestmark = PYTESTMARK  # the deployment tests' marks and skips
 
 
 def _window_later() -> str:
