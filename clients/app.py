@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import torch
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Context,
@@ -39,6 +38,7 @@ from hydra.utils import instantiate
 from clients.attack import LABEL_MAP_KEY, REVERSED_LABELS, attack_mod
 from fedretrain.config import RunConfig, from_yaml
 from fedretrain.finetune import anchor_tensors, load_travelling, training_only, travelling_state
+from fedretrain.flower.arrays import to_numpy, to_record
 from fedretrain.flower.cohorts import cohort_mod
 from fedretrain.flower.logs import quiet_flower
 from fedretrain.flower.records import (
@@ -64,8 +64,6 @@ from fedretrain.flower.records import (
     model_record_name,
     serving_cluster,
     stats_record,
-    to_numpy,
-    to_record,
     train_metrics,
 )
 from fedretrain.groups import group_ids
@@ -208,10 +206,16 @@ def _load(msg: Message, context: Context) -> tuple[RunConfig, Site, Instruction]
     return cfg, site, instruction
 
 
+def torch_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """``record.to_torch_state_dict()`` (keeping the record), decoded by
+    :func:`fedretrain.flower.arrays.decode`."""
+    return {k: torch.from_numpy(v) for k, v in to_numpy(record).items()}
+
+
 def _load_weights(site: Site, record: ArrayRecord, instruction: Instruction) -> None:
     """The weights a message carries, into the site's model: under ``train.freeze`` all but
     the frozen arrays, which the site holds itself (and checks against the server's)."""
-    load_travelling(site.model, record.to_torch_state_dict(), instruction.frozen_digest)
+    load_travelling(site.model, torch_state(record), instruction.frozen_digest)
 
 
 def _site_for(
@@ -261,7 +265,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         with training_only(site.model, instruction.train_only):
             result = train(site.model, data, cfg.train, lr, site.device, generator, mu, anchor)
         metrics = train_metrics(result, site.partition_id)
-        arrays = ArrayRecord(travelling_state(site.model))
+        arrays = to_record(travelling_state(site.model))
         content = RecordDict({"arrays": arrays, "metrics": metrics, **scored})
         return Message(content=content, reply_to=msg)
     # DP-SGD: a round asked for again (the server resumed after a crash) is answered with the
@@ -372,7 +376,7 @@ def _proximal(
     if record is None:
         raise ValueError(f"the instruction sets {ANCHOR_MU_KEY} but carries no {ANCHOR_RECORD!r}")
     with training_only(site.model, instruction.train_only):
-        anchor = anchor_tensors(site.model, record.to_torch_state_dict())
+        anchor = anchor_tensors(site.model, torch_state(record))
     return instruction.anchor_mu, anchor
 
 
@@ -471,7 +475,7 @@ def monitor_handler(msg: Message, context: Context) -> Message:
         record = stats_record(stats)
     content = RecordDict({"stats": record, "site": MetricRecord(whom)})  # type: ignore[arg-type]
     if scores is not None:
-        content[MODEL_SCORES_KEY] = ArrayRecord({"table": Array(scores)})
+        content[MODEL_SCORES_KEY] = to_record({"table": scores})
     if folder_report is not None:
         content[DATA_REPORT_KEY] = data_report_record(folder_report)
     return Message(content=content, reply_to=msg)

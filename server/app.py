@@ -14,12 +14,13 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from collections.abc import Iterable
 from logging import WARNING
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-from flwr.app import Context
+from flwr.app import Context, Message
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 from hydra.utils import instantiate
@@ -36,6 +37,7 @@ from fedretrain.flower.cohorts import CohortGrid
 from fedretrain.flower.federation import FlowerFederation, privacy_accounting, seed_sampling
 from fedretrain.flower.logs import quiet_flower
 from fedretrain.flower.polling import PollingGrid
+from fedretrain.flower.simulation import wake_feeder
 from fedretrain.flower.strategies import build_strategy
 from fedretrain.monitor.monitor import Monitor, build_detectors
 from fedretrain.monitor.private import noise_std_for
@@ -52,16 +54,25 @@ from fedretrain.tracking import build_tracker
 app = ServerApp()
 
 # Flower's in-memory grid sleeps 0.1 s between polls for replies, once per message wave; its
-# node side (the simulation engine's queue feeder, Flower's private code) keeps its own 0.1 s.
+# node side (the simulation engine's queue feeder) is woken at each push instead.
 PULL_INTERVAL_S = 0.005
 
 
 def polled(grid: Grid, interval_s: float) -> Grid:
-    """``grid`` asking for a wave's replies without Flower's long pauses: simulation's
-    in-memory grid every :data:`PULL_INTERVAL_S`, the deployment grid (which sleeps 3 s
-    between pulls) every ``interval_s`` (``runtime.poll_interval_s``)."""
+    """``grid`` without Flower's long pauses: simulation's in-memory grid asks for a wave's
+    replies every :data:`PULL_INTERVAL_S` and wakes the engine's feeder when it pushes
+    (:func:`fedretrain.flower.simulation.wake_feeder`); the deployment grid (which sleeps 3 s
+    between pulls) asks every ``interval_s`` (``runtime.poll_interval_s``)."""
     if hasattr(grid, "pull_interval"):  # simulation's in-memory grid
         grid.pull_interval = PULL_INTERVAL_S
+        push = grid.push_messages
+
+        def push_and_wake(messages: Iterable[Message]) -> Iterable[str]:
+            ids = list(push(messages))
+            wake_feeder()
+            return ids
+
+        grid.push_messages = push_and_wake  # type: ignore[method-assign]
         return grid
     return PollingGrid(grid, interval_s)
 

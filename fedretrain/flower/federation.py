@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from flwr.serverapp.strategy import Strategy
 from fedretrain.config import RunConfig
 from fedretrain.errors import FederationError
 from fedretrain.finetune import Frozen
+from fedretrain.flower.arrays import decode, to_numpy, to_record
 from fedretrain.flower.records import (
     ANCHOR_MU_KEY,
     ANCHOR_RECORD,
@@ -53,8 +55,6 @@ from fedretrain.flower.records import (
     reply_site,
     site_scores,
     stats_from_record,
-    to_numpy,
-    to_record,
     trained_examples,
 )
 from fedretrain.flower.strategies import user_level_epsilon
@@ -492,7 +492,7 @@ def _model_scores(
             "the reply has no per-model scores (adaptation=clustered needs fedretrain's "
             "ClientApp at every site)"
         )
-    table = record["table"].numpy()
+    table = decode(record["table"])
     cluster = serving.assignment.get(site, serving.default)
     served = (cluster, int(round(float(np.trace(stats.confusion)))))
     problem = model_scores_problem(table, list(serving.models), stats.n, served)
@@ -597,18 +597,24 @@ def checked_replies(replies: Iterable[Message], what: str) -> list[Message]:
 
 
 def canonical_order(replies: list[Message]) -> list[Message]:
-    """Replies sorted by the hash of their arrays rather than by arrival.
+    """Replies sorted by the site they name (by the hash of their arrays where none is named,
+    or two name the same site) rather than by arrival.
 
-    Aggregation adds floats in reply order, and arrival order varies with scheduling; sorting by
-    content makes a run repeat itself bit for bit under the same seed.
+    Aggregation adds floats in reply order, and arrival order varies with scheduling; a fixed
+    order makes a run repeat itself bit for bit under the same seed.
     """
+    sites = [reply_site(r) for r in replies]
+    named = Counter(s for s in sites if s is not None)
 
-    def key(reply: Message) -> tuple[bool, str]:
+    def key(pair: tuple[Message, int | None]) -> tuple[bool, bool, int, str]:
+        reply, site = pair
         if reply.has_error() or "arrays" not in reply.content.array_records:
-            return (True, "")
-        return (False, reply.content.array_records["arrays"].object_id)
+            return (True, True, 0, "")
+        if site is not None and named[site] == 1:
+            return (False, False, site, "")
+        return (False, True, 0, reply.content.array_records["arrays"].object_id)
 
-    return sorted(replies, key=key)
+    return [reply for reply, _ in sorted(zip(replies, sites, strict=True), key=key)]
 
 
 def accepted_count(replies: list[Message], report: RunReport, server_round: int, phase: str) -> int:

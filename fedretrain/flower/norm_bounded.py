@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, cast
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedretrain.aggregation import norm_bounded_mean
+from fedretrain.flower.arrays import to_numpy, to_record
 
 
 class NormBoundedFedAvg(FedAvg):
@@ -33,7 +34,7 @@ class NormBoundedFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._reference = {k: v.numpy() for k, v in arrays.items()}
+        self._reference = to_numpy(arrays)
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -43,14 +44,11 @@ class NormBoundedFedAvg(FedAvg):
         if not valid:
             return None, None
         contents = [m.content for m in valid]
-        updates = [
-            {k: v.numpy() for k, v in next(iter(c.array_records.values())).items()}
-            for c in contents
-        ]
+        updates = [to_numpy(next(iter(c.array_records.values()))) for c in contents]
         weights = [
             float(cast(float, next(iter(c.metric_records.values()))[self.weighted_by_key]))
             for c in contents
         ]
         mean = norm_bounded_mean(self._reference, updates, weights, self.max_norm)
-        arrays = ArrayRecord({k: Array(v) for k, v in mean.items()})
+        arrays = to_record(mean)
         return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from fedretrain.flower.arrays import decode, to_numpy, to_record
 from fedretrain.metrics import sum_confusion
 from fedretrain.monitor.stats import HistogramEdges, WindowStats
 from fedretrain.privacy.rdp import SampledGaussian
@@ -211,29 +212,20 @@ def epsilon_from_reply(reply: Message) -> EpsilonReport | None:
     return EpsilonReport(site, spent, total, ran, n)
 
 
-def to_record(weights: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """Numpy weights as an ArrayRecord, in their order."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
-
-
-def to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in arrays.items()}
-
-
 def stats_record(stats: WindowStats) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in stats.to_arrays().items()})
+    return to_record(stats.to_arrays())
 
 
 def stats_from_record(record: ArrayRecord) -> WindowStats:
-    return WindowStats.from_arrays({k: v.numpy() for k, v in record.items()})
+    return WindowStats.from_arrays(to_numpy(record))
 
 
 def edges_record(edges: HistogramEdges) -> ArrayRecord:
-    return ArrayRecord({"interior": Array(np.ascontiguousarray(edges.interior))})
+    return to_record({"interior": edges.interior})
 
 
 def edges_from_record(record: ArrayRecord) -> HistogramEdges:
-    return HistogramEdges(record["interior"].numpy())
+    return HistogramEdges(decode(record["interior"]))
 
 
 def train_metrics(result: TrainResult, site: int) -> MetricRecord:

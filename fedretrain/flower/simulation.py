@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
 import socket
 import sys
+import threading
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from flwr.clientapp import ClientApp
@@ -18,6 +23,60 @@ from fedretrain.errors import FederationError
 from fedretrain.flower.logs import quiet_flower
 
 log = logging.getLogger(__name__)
+
+# Flower's simulation engine hands messages to its ClientApp actors from one thread that sweeps
+# the link state and then pauses 0.1 s (``vce_api.add_messages_to_queue``, whose pause is
+# ``f_stop.wait(0.1)``; Flower's private code, no setting): a wave waits 50 ms on average
+# before any site sees it. While :func:`simulate` runs, that thread's pause ends as soon as
+# the server pushes a message (:func:`wake_feeder`, called by the grid ``server.app`` tunes).
+_PUSHED = threading.Event()
+
+
+def wake_feeder() -> None:
+    """Tell the simulation engine's feeder that the server has pushed messages."""
+    _PUSHED.set()
+
+
+class _WakeableStop:
+    """The feeder's stop event as the feeder sees it: its pause between sweeps waits on
+    :func:`wake_feeder` as well as on the stop (which it still notices within the pause)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+
+    def is_set(self) -> bool:
+        return self._stop.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        # Cleared before the sweep that follows: a push during that sweep wakes the next pause.
+        _PUSHED.wait(timeout)
+        _PUSHED.clear()
+        return self._stop.is_set()
+
+
+@contextmanager
+def wakeable_feeder() -> Iterator[None]:
+    """Within it, Flower's simulation feeder sweeps for messages when the server pushes them
+    instead of every 0.1 s. Flower's own function still does the sweeping; only the stop event
+    it is handed waits differently. If this Flower's feeder is not the one it was written
+    for, the engine is left as it is."""
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    feeder: Callable[..., None] | None = getattr(vce_api, "add_messages_to_queue", None)
+    expected = ["state", "queue", "nodes_mapping", "f_stop"]
+    if feeder is None or list(inspect.signature(feeder).parameters) != expected:
+        log.debug("Flower's simulation feeder is not the one expected: left as it is")
+        yield
+        return
+
+    def wakeable(state: Any, queue: Any, nodes_mapping: Any, f_stop: threading.Event) -> None:
+        feeder(state, queue, nodes_mapping, _WakeableStop(f_stop))
+
+    vce_api.add_messages_to_queue = wakeable
+    try:
+        yield
+    finally:
+        vce_api.add_messages_to_queue = feeder
 
 
 def backend_config(runtime: RuntimeConfig) -> dict[str, dict[str, float | int | str | bool]]:
@@ -135,7 +194,7 @@ def simulate(
         )
 
     quiet_flower(level=None)  # fedretrain-simulate has set Flower's level already
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), wakeable_feeder():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
             server_app=server_app,

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Message,
@@ -28,6 +27,7 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Strategy
 
 from fedretrain.errors import FederationError
+from fedretrain.flower.arrays import decoded_record, to_numpy
 from fedretrain.flower.records import SITE_ID_KEY, error_summary
 from fedretrain.validation import (
     NormPolicy,
@@ -97,7 +97,7 @@ class ValidatedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._wait_for_nodes(grid)
-        self._reference = {k: v.numpy() for k, v in arrays.items()}
+        self._reference = to_numpy(arrays)
         try:
             messages = list(self.inner.configure_train(server_round, arrays, config, grid))
             if self.only_nodes is not None:
@@ -209,7 +209,7 @@ class ValidatedStrategy(Strategy):
             shape = "a train reply must hold exactly one ArrayRecord and one MetricRecord"
             self._reject(server_round, "train", reply, shape)
             return None
-        arrays = {k: v.numpy() for k, v in next(iter(content.array_records.values())).items()}
+        arrays = to_numpy(next(iter(content.array_records.values())))
         metrics = next(iter(content.metric_records.values()))
         missing = [k for k in TRAIN_KEYS if k not in metrics]
         reason = (
@@ -335,7 +335,7 @@ def _metric_problem(metrics: MetricRecord, expected_keys: set[str]) -> str | Non
 def _rebuilt(reply: Message, arrays: dict[str, np.ndarray], metrics: MetricRecord) -> Message:
     content = RecordDict(
         {
-            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            "arrays": decoded_record(arrays),
             "metrics": MetricRecord(dict(metrics)),
         }
     )
