@@ -253,7 +253,11 @@ def train_handler(msg: Message, context: Context) -> Message:
     cfg, site, instruction = _load(msg, context)
     if not len(site.train_data):
         period = instruction.period
-        return declined_reply(msg, f"no training data in period {period}", phase=NO_DATA_PHASE)
+        declined = declined_reply(msg, f"no training data in period {period}", phase=NO_DATA_PHASE)
+        if instruction.evaluate_incoming and len(site.holdout):  # it still scores the model
+            for name, record in _incoming_eval(cfg, site).items():
+                declined.content[name] = record
+        return declined
     lr = lr_at(cfg.train, instruction.server_round, instruction.num_rounds)
     seed = np.random.SeedSequence([cfg.runtime.seed, site.partition_id, instruction.server_round])
     generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))

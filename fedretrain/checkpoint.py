@@ -72,6 +72,9 @@ class RunState:
 
     completed_period: int = -1  # -1: period 0 (initial training) not finished yet
     server_round: int = 0
+    # One wave per round: site-rounds of retrain rounds trained ahead of a decision that
+    # stopped or re-initialised the search, and dropped (they cost what a kept round costs).
+    ahead_site_rounds: int = 0
     random_state: list[Any] = field(default_factory=list)
     edges: list[list[float]] | None = None
     release: ReleaseState = field(default_factory=ReleaseState)  # canary, watch

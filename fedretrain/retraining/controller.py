@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from fedretrain.checkpoint import CheckpointStore, Plateau, RunState
-from fedretrain.config import RetrainStrategy, RunConfig
+from fedretrain.config import STATEFUL_STRATEGIES, RetrainStrategy, RunConfig
 from fedretrain.errors import FederationError
 from fedretrain.html_report import write_report
 from fedretrain.metrics import group_recalls
@@ -59,6 +59,7 @@ from fedretrain.retraining.reuse import former_champion
 from fedretrain.retraining.summary import period_row, retrain_cost, run_facts
 from fedretrain.timeline import PeriodRow, Timeline
 from fedretrain.tracking import NoTracking, Tracker
+from fedretrain.validation import Rejection
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ class Controller:
             and r.fraction_evaluate == r.fraction_train
             and cfg.attack.dropout == 0
         )
+        self._lagged = fixed_rounds is None and one_wave_search(cfg)
 
     @property
     def server_round(self) -> int:
@@ -247,7 +249,8 @@ class Controller:
                 for name, a in champion.items()
                 if trained is None or name in trained
             )
-            extra |= retrain_cost(self.report.rows, initial, model_bytes)
+            ahead = self.state.ahead_site_rounds
+            extra |= retrain_cost(self.report.rows, initial, model_bytes, ahead)
             points = None if self.deployed else self.change_points
             self.report.plot()  # the rounds of every retrain, as a static run draws them
             summary = self.timeline.finish(points, extra, self.site_changes)
@@ -665,27 +668,14 @@ class Controller:
         best = arrays.get("best", start)
         if not p.best_action:
             p.best_action = p.action
-        check = r.reinit_after if target is not None else None
-        while p.rounds < cap and (fixed or p.since_best < r.patience):
-            trained = self._train_round(p.period, current)
-            current = trained.weights
-            p.rounds += 1
-            if trained.sites:  # a round every site declined or that was skipped trains nothing
-                p.trained += 1
-                for site, n in trained.examples.items():
-                    p.samples[str(site)] = max(p.samples.get(str(site), 0), n)
-            if fixed or self._last_validation > p.best_acc + r.min_delta:
-                p.best_acc, best, p.best_action = self._last_validation, current, p.action
-                p.since_best = 0
-            else:
-                p.since_best += 1
-            stalled = target is not None and p.best_acc < target - r.stall_gap
-            if p.action == "warm" and p.rounds == check and stalled:
-                current = self.models.fresh(self._reinit_seed(p.period))
-                p.action, p.since_best = "reinit", 0
-                self._anchor = None  # fresh weights are not held near the champion
-            self.state.plateau = p
-            self._checkpoint({"start": start, "current": current, "best": best})
+        if not fixed and self._lagged and self._train_sites is None:
+            best = self._lagged_plateau(p, start, current, best, target)
+        else:
+            while p.rounds < cap and (fixed or p.since_best < r.patience):
+                trained = self._train_round(p.period, current)
+                current, best = self._decide(p, trained, self._last_validation, best, target, fixed)
+                self.state.plateau = p
+                self._checkpoint({"start": start, "current": current, "best": best})
         if fixed and p.pending is not None:  # one wave per round: the last model's evaluation
             started = time.perf_counter()
             evaluation = self._evaluate(p.period, current)
@@ -703,6 +693,119 @@ class Controller:
             epsilon_by_site=spent,
             trained_rounds=p.trained,
             samples={int(s): n for s, n in p.samples.items()},
+        )
+
+    def _decide(
+        self,
+        p: Plateau,
+        trained: TrainedRound,
+        validation: float,
+        best: Weights,
+        target: float | None,
+        fixed: bool = False,
+    ) -> tuple[Weights, Weights]:
+        """The end of round ``p.rounds + 1`` of the search, whose model (``trained``) validated
+        at ``validation``: the weights the next round starts from, and the best so far."""
+        r = self.cfg.retrain
+        current = trained.weights
+        p.rounds += 1
+        if trained.sites:  # a round every site declined or that was skipped trains nothing
+            p.trained += 1
+            for site, n in trained.examples.items():
+                p.samples[str(site)] = max(p.samples.get(str(site), 0), n)
+        if fixed or validation > p.best_acc + r.min_delta:
+            p.best_acc, best, p.best_action = validation, current, p.action
+            p.since_best = 0
+        else:
+            p.since_best += 1
+        stalled = target is not None and p.best_acc < target - r.stall_gap
+        if p.action == "warm" and target is not None and p.rounds == r.reinit_after and stalled:
+            current = self.models.fresh(self._reinit_seed(p.period))
+            p.action, p.since_best = "reinit", 0
+            self._anchor = None  # fresh weights are not held near the champion
+        return current, best
+
+    def _lagged_plateau(
+        self, p: Plateau, start: Weights, current: Weights, best: Weights, target: float | None
+    ) -> Weights:
+        """:meth:`_train_to_plateau`'s search in one message wave per round; the best model.
+
+        Each train wave also evaluates the model it sends (the previous round's), and that
+        evaluation decides the previous round, as the evaluate wave of two waves a round
+        would. So round k+1 trains before round k is decided; if the search stops or
+        re-initialises at round k, round k+1 is dropped: its replies' records go and its
+        round number is used again, so every kept round is the round two waves would train,
+        on the same seeds. The checkpoint after each decision holds the decided round only; a
+        resume trains the next round again. The last round allowed (``retrain.max_rounds``) is
+        decided by an evaluate wave of its own.
+        """
+        r = self.cfg.retrain
+        pending: tuple[TrainedRound, int, float] | None = None  # trained, its round, seconds
+        while p.rounds < r.max_rounds and p.since_best < r.patience:
+            if pending is None:  # the start, a resume or a re-initialisation: nothing to decide
+                trained, seconds = self._one_wave_round(p.period, current, evaluate=False)
+                self.state.server_round += 1
+                pending = (trained, self.state.server_round, seconds)
+                continue
+            trained, server_round, seconds = pending
+            started = time.perf_counter()
+            upcoming: TrainedRound | None = None
+            if p.rounds + 1 >= r.max_rounds:
+                evaluation: Evaluation | None = self._evaluate(p.period, trained.weights)
+            else:
+                upcoming, ahead = self._one_wave_round(p.period, trained.weights, evaluate=True)
+                evaluation = upcoming.incoming
+                if evaluation is not None and evaluation.result is not None:
+                    self._remember(p.period, trained.weights, evaluation)
+            loss = None if math.isnan(trained.loss) else trained.loss
+            took = time.perf_counter() - started if upcoming is None else 0.0
+            self._add_pending([server_round, loss, trained.sites, seconds], evaluation, took)
+            validation = math.nan if evaluation is None else self._accuracy(evaluation)
+            current, best = self._decide(p, trained, validation, best, target)
+            goes_on = p.rounds < r.max_rounds and p.since_best < r.patience
+            kept = goes_on and current is trained.weights
+            if upcoming is not None and not kept and p.period > 0:
+                self.state.ahead_site_rounds += upcoming.sites  # trained: it cost a round
+            self.state.plateau = p
+            self._checkpoint({"start": start, "current": current, "best": best})
+            if upcoming is not None and kept:
+                self.state.server_round += 1
+                pending = (upcoming, self.state.server_round, ahead)
+            else:
+                if upcoming is not None:  # its replies' records go; its round number is reused
+                    self.report.restore(self.state.server_round, _through(self.state.server_round))
+                pending = None
+        return best
+
+    def _one_wave_round(
+        self, period: int, weights: Weights, evaluate: bool
+    ) -> tuple[TrainedRound, float]:
+        """A training round of a search, as :meth:`_train_round` sends it, at the round after
+        the last one kept; with ``evaluate``, the sites first evaluate ``weights``. The round
+        is not counted here. Its seconds."""
+        started = time.perf_counter()
+        drifted = self._drifted if period > 0 else frozenset()
+        since = self._plan_since if self._plan_since is not None else self._rehearsal(period)
+        trained = self.federation.train_round(
+            self.state.server_round + 1,
+            weights,
+            period,
+            drifted,
+            evaluate_incoming=evaluate,
+            since=since,
+            trainable=self._plan_trainable,
+            anchor=self._anchor,
+        )
+        return self._kept_backbone(trained, weights), time.perf_counter() - started
+
+    def _kept_backbone(self, trained: TrainedRound, weights: Weights) -> TrainedRound:
+        """Under the transfer strategy, the frozen backbone exactly as it was sent."""
+        if self._plan_trainable is None:
+            return trained
+        kept = self._plan_trainable
+        return replace(
+            trained,
+            weights={k: (v if k in kept else weights[k]) for k, v in trained.weights.items()},
         )
 
     def _reinit_seed(self, period: int) -> int:
@@ -727,14 +830,7 @@ class Controller:
                 trainable=self._plan_trainable,
                 anchor=self._anchor,
             )
-            if self._plan_trainable is not None:  # the frozen backbone is exactly as sent
-                kept = self._plan_trainable
-                trained = replace(
-                    trained,
-                    weights={
-                        k: (v if k in kept else weights[k]) for k, v in trained.weights.items()
-                    },
-                )
+            trained = self._kept_backbone(trained, weights)
         else:  # a cluster's model: only its sites train
             trained = self.federation.train_round(
                 server_round,
@@ -961,6 +1057,33 @@ class Controller:
             log.warning("could not write %s: %s", self.run_dir / "report.html", err)
         end = time.perf_counter()
         self._page_due = end + (end - start) * (1 / PAGE_SHARE - 1)
+
+
+def one_wave_search(cfg: RunConfig) -> bool:
+    """Whether a scenario's plateau searches run in one message wave per round.
+
+    A search decides after each round whether to go on, on that round's validation. In one
+    wave, round k's validation comes with round k+1's train replies: round k+1 trains before
+    the decision on round k, and is dropped (its round number used again) when the search
+    stops or re-initialises there (:meth:`Controller._lagged_plateau`). That needs the train
+    wave to reach the sites the evaluate wave would (the same sampling, no simulated dropout),
+    and a dropped round to cost nothing that stays: not under DP-SGD (it would spend ε), not
+    with a server optimizer (FedAdam, FedYogi, FedAdagrad: it would have moved its state).
+    A cluster's rounds validate on its own sites and keep two waves.
+    """
+    r = cfg.runtime
+    optimizer = str(cfg.strategy.get("_target_", "") if cfg.strategy else "").rsplit(".", 1)[-1]
+    return (
+        r.fraction_evaluate == r.fraction_train
+        and cfg.attack.dropout == 0
+        and not cfg.privacy.enabled
+        and optimizer not in STATEFUL_STRATEGIES
+    )
+
+
+def _through(server_round: int) -> Callable[[Rejection], bool]:
+    """Whether a rejection was recorded in ``server_round`` or before."""
+    return lambda rejection: rejection.server_round <= server_round
 
 
 def outcome_record(outcome: Outcome, version: int) -> dict[str, Any]:

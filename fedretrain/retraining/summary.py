@@ -55,12 +55,13 @@ def run_facts(
 
 
 def retrain_cost(
-    rounds: Sequence[RoundRow], initial_rounds: int, model_bytes: int
+    rounds: Sequence[RoundRow], initial_rounds: int, model_bytes: int, ahead: int = 0
 ) -> dict[str, object]:
     """What the run's retraining cost beyond its initial training (issue 17, item 5): the
     site-rounds (one site training in one round), and the model bytes those moved (the
     weights sent to each site that trained and its update back). Rounds
-    ``1..initial_rounds`` are period 0's.
+    ``1..initial_rounds`` are period 0's; ``ahead`` adds the site-rounds of retrain rounds
+    trained ahead of a decision and dropped (one wave per round), which have no row.
 
     >>> from fedretrain.report import RoundRow
     >>> rows = [RoundRow(r, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9, n, 4, 40, 0.1)
@@ -68,7 +69,7 @@ def retrain_cost(
     >>> retrain_cost(rows, initial_rounds=2, model_bytes=1000)["retrain_site_rounds"]
     2
     """
-    site_rounds = sum(r.train_clients for r in rounds if r.round > initial_rounds)
+    site_rounds = sum(r.train_clients for r in rounds if r.round > initial_rounds) + ahead
     moved = 2 * model_bytes * site_rounds
     return {
         "model_bytes": model_bytes,

@@ -42,6 +42,8 @@ def test_after_a_far_shift_the_tournament_picks_fresh_weights_and_rejects_the_ot
     controller, federation = make_controller(
         c, retrain={**TOURNAMENT, "max_rounds": 4}, federation=FakeFederation(c, step=0.1)
     )
+    controller._lagged = False  # the per-call lists below are two waves' (one wave adds
+    # the rounds it trains ahead of a stop and drops: test_controller_one_wave)
     summary = controller.run()
     v1, incremental, full, transfer = versions(controller.run_dir)
     assert [v.trigger for v in (incremental, full, transfer)] == ["warm", "full", "transfer"]
@@ -190,6 +192,8 @@ def test_the_anchor_is_the_champion_and_pulls_an_incremental_retrain_towards_it(
         retrain={"anchor_mu": 1.0, "candidates": ["incremental", "full"], "reinit_after": None},
         federation=federation,
     )
+    controller._lagged = False  # the per-call lists below are two waves' (one wave adds
+    # the rounds it trains ahead of a stop and drops: test_controller_one_wave)
     controller.run()
     v1, incremental, full = versions(controller.run_dir)
     assert federation.anchors[: v1.rounds] == [None] * v1.rounds  # the first model: no anchor
@@ -222,7 +226,7 @@ def test_a_tournament_killed_again_and_again_ends_as_an_uninterrupted_one(
             federation=FakeFederation(c, step=0.1, crash_after=crash_after),
         )[0]
 
-    assert run_killed(life, lives, limit=200) >= 8
+    assert run_killed(life, lives, limit=200) >= 7
     assert fingerprint(tmp_path / "killed") == fingerprint(tmp_path / "whole")
 
 
@@ -236,6 +240,8 @@ def test_a_warm_start_that_stalls_and_re_initialises_drops_the_anchor(
     retrain = {"anchor_mu": 1.0, "reinit_after": 2, "stall_gap": 0.05, "patience": 2}
     federation = FakeFederation(c, step=0.1, anchor_mu=1.0)
     controller, _ = make_controller(c, retrain=retrain, federation=federation)
+    controller._lagged = False  # the per-call lists below are two waves' (one wave adds
+    # the rounds it trains ahead of a stop and drops: test_controller_one_wave)
     controller.run()
     v1, v2 = versions(controller.run_dir)
     assert v2.trigger == "reinit"
