@@ -777,17 +777,15 @@ class Controller:
                 pending = None
         return best
 
-    def _one_wave_round(
-        self, period: int, weights: Weights, evaluate: bool
-    ) -> tuple[TrainedRound, float]:
-        """A training round of a search, as :meth:`_train_round` sends it, at the round after
-        the last one kept; with ``evaluate``, the sites first evaluate ``weights``. The round
-        is not counted here. Its seconds."""
-        started = time.perf_counter()
+    def _search_round(
+        self, server_round: int, period: int, weights: Weights, evaluate: bool
+    ) -> TrainedRound:
+        """Training round ``server_round`` of a search from ``weights``, on the strategy's
+        windows, arrays and anchor; with ``evaluate``, the sites first evaluate ``weights``."""
         drifted = self._drifted if period > 0 else frozenset()
         since = self._plan_since if self._plan_since is not None else self._rehearsal(period)
         trained = self.federation.train_round(
-            self.state.server_round + 1,
+            server_round,
             weights,
             period,
             drifted,
@@ -796,7 +794,16 @@ class Controller:
             trainable=self._plan_trainable,
             anchor=self._anchor,
         )
-        return self._kept_backbone(trained, weights), time.perf_counter() - started
+        return self._kept_backbone(trained, weights)
+
+    def _one_wave_round(
+        self, period: int, weights: Weights, evaluate: bool
+    ) -> tuple[TrainedRound, float]:
+        """:meth:`_search_round` at the round after the last one kept, which it does not
+        count; its seconds."""
+        started = time.perf_counter()
+        trained = self._search_round(self.state.server_round + 1, period, weights, evaluate)
+        return trained, time.perf_counter() - started
 
     def _kept_backbone(self, trained: TrainedRound, weights: Weights) -> TrainedRound:
         """Under the transfer strategy, the frozen backbone exactly as it was sent."""
@@ -820,17 +827,7 @@ class Controller:
         if self._one_wave:
             return self._train_round_evaluating(server_round, weights, period, started)
         if self._train_sites is None:
-            since = self._plan_since if self._plan_since is not None else self._rehearsal(period)
-            trained = self.federation.train_round(
-                server_round,
-                weights,
-                period,
-                drifted,
-                since=since,
-                trainable=self._plan_trainable,
-                anchor=self._anchor,
-            )
-            trained = self._kept_backbone(trained, weights)
+            trained = self._search_round(server_round, period, weights, evaluate=False)
         else:  # a cluster's model: only its sites train
             trained = self.federation.train_round(
                 server_round,

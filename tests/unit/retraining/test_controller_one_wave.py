@@ -99,6 +99,7 @@ def test_the_rules_scenario_decides_the_same_in_one_wave(
             run_dir=tmp_path / f"rules-{lagged}",
             federation=FakeFederation(CONCEPTS, step=0.1),
         )
+        assert controller._lagged  # the fake's config allows one wave
         controller._lagged = lagged
         controller.run()
         outcomes.append(fingerprint(controller.run_dir))
